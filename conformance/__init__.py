@@ -1,0 +1,1 @@
+"""Conformance and numerical test harness for LLaMA on InfiniCore (a pytest suite)."""

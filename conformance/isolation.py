@@ -1,0 +1,71 @@
+"""Run an InfiniCore call in a child process, so that a crash is a failed check.
+
+A kernel that segfaults (as InfiniCore 0.1.0's fused attention does on NVIDIA) would
+otherwise take the whole pytest run with it. The child is started with `spawn` (no
+inherited CUDA or OpenMP state), runs `func(*args)`, and sends back its return value
+(numpy arrays); a child killed by a signal becomes `CrashedCheck` naming the signal.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import traceback
+
+
+class CrashedCheck(AssertionError):
+    """The code under test killed its process (signal) or hung (timeout)."""
+
+
+def _child(conn, func, args) -> None:
+    try:
+        conn.send(("ok", func(*args)))
+    except BaseException as e:  # noqa: BLE001 - everything must reach the parent
+        conn.send(("error", (type(e).__name__, str(e), traceback.format_exc())))
+    finally:
+        conn.close()
+
+
+class ChildError(RuntimeError):
+    def __init__(self, type_name: str, message: str, tb: str) -> None:
+        super().__init__(f"{type_name} in isolated child: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.child_traceback = tb
+
+
+def run_isolated(func, *args, timeout: float = 600.0):
+    """`func(*args)` in a fresh process; `func` must be importable at module level."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, func, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            proc.kill()
+            proc.join()
+            if proc.exitcode is not None and proc.exitcode < 0 and \
+                    proc.exitcode != -signal.SIGKILL:
+                raise CrashedCheck(_signal_text(proc.exitcode))
+            raise CrashedCheck(f"no result within {timeout:.0f} s (killed)")
+        kind, payload = parent.recv()
+    except EOFError:
+        proc.join()
+        raise CrashedCheck(_signal_text(proc.exitcode)) from None
+    finally:
+        parent.close()
+    proc.join()
+    if kind == "error":
+        raise ChildError(*payload)
+    return payload
+
+
+def _signal_text(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"process crashed: killed by {name} (exit code {exitcode})"
+    return f"process died without a result (exit code {exitcode})"

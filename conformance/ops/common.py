@@ -1,0 +1,68 @@
+"""Shared pieces of the op-level checks: inputs, device copies, the unsupported guard.
+
+Inputs are drawn on the host, rounded to the tested dtype, and the very same rounded
+values feed both InfiniCore and the float64 torch reference, so the reference error
+budget covers only the op's own arithmetic and output rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from infinilm_models.runtime import DType, InfiniError, Tensor
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded from the case's identity, stable across processes and runs."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def host(shape: Sequence[int], dtype: str, rng: np.random.Generator,
+         scale: float = 1.0) -> np.ndarray:
+    """Random normal values already rounded to `dtype` (as a float64 array)."""
+    a = (rng.standard_normal(tuple(shape)) * scale).astype(np.float32)
+    return a.astype(DType.parse(dtype).numpy).astype(np.float64)
+
+
+def to_device(a: np.ndarray, device, dtype: str) -> Tensor:
+    return Tensor.from_numpy(a, device, dtype)
+
+
+def padded_view(a: np.ndarray, device, dtype: str, pad: int = 5) -> Tensor:
+    """`a` inside a buffer whose last dim is `pad` wider: a non-contiguous row-strided view
+    (the layout of a q/k/v slice of a fused projection, or of a narrowed cache)."""
+    big = np.zeros(a.shape[:-1] + (a.shape[-1] + pad,))
+    big[..., : a.shape[-1]] = a
+    return Tensor.from_numpy(big, device, dtype).narrow(-1, 0, a.shape[-1])
+
+
+def torch64(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
+@contextlib.contextmanager
+def unsupported_guard(verify):
+    """An InfiniCore 'not supported' status becomes an explicit unsupported result;
+    any other failure propagates and fails the check."""
+    try:
+        yield
+    except InfiniError as e:
+        if e.unsupported:
+            verify.unsupported(e)
+        raise
+
+
+def output_untouched(buffer_before: np.ndarray, buffer_after: np.ndarray,
+                     written: np.ndarray) -> tuple[bool, str]:
+    """For strided outputs: nothing outside the view may change."""
+    changed = (buffer_before != buffer_after) & ~written
+    if changed.any():
+        idx = tuple(int(i) for i in np.argwhere(changed)[0])
+        return False, f"op wrote outside its output view, e.g. at {idx}"
+    return True, ""

@@ -1,0 +1,50 @@
+"""causal_softmax: attention probabilities for prefill (square mask), decode (one row over
+the cache), chunked prefill after a cache (bottom-right mask), rows longer than a
+1024-wide block, and a narrowed (strided) score buffer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infinilm_models.runtime import Tensor, ops
+
+from .common import host, rng_for, to_device, unsupported_guard
+from .shapes import DECODE_POS, HEADS, PREFILL
+
+# name: (shape, strided?) ; shape [batch(heads), q_len, kv_len] or 2-D [q_len, kv_len]
+CASES = {
+    "prefill": ((HEADS, PREFILL, PREFILL), False),
+    "decode": ((HEADS, 1, DECODE_POS + 1), False),
+    "chunk_after_cache": ((HEADS, 5, 40), False),
+    "long_rows": ((2, 3, 1100), False),
+    "two_dim": ((PREFILL, PREFILL), False),
+    "strided_scores": ((HEADS, 4, 70), True),
+}
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    q, k = x.shape[-2:]
+    mask = np.arange(k)[None, :] <= (k - q + np.arange(q))[:, None]
+    z = np.where(mask, x, -np.inf)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_op_causal_softmax(case, dtype, infini_device, verify):
+    shape, strided = CASES[case]
+    x = host(shape, dtype, rng_for("causal_softmax", case, dtype), scale=4.0)
+    expected = reference(x)
+    if strided:  # scores inside a [heads, q, 128] buffer, as a narrowed cache-length view
+        big = np.zeros(shape[:-1] + (128,))
+        big[..., : shape[-1]] = x
+        xt = to_device(big, infini_device, dtype).narrow(-1, 0, shape[-1])
+    else:
+        xt = to_device(x, infini_device, dtype)
+    yt = xt if strided else Tensor.empty(shape, dtype, infini_device)  # in place when strided
+    verify.info.update(x=xt.describe(), inplace=strided)
+    with unsupported_guard(verify):
+        ops.causal_softmax(yt, xt)
+    verify.close(yt.numpy(), expected, "causal_softmax", dtype)

@@ -1,0 +1,47 @@
+"""add and mul: residual connections (in place), a stride-0 broadcast row, strided
+operands and odd sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infinilm_models.runtime import Tensor, ops
+
+from .common import host, padded_view, rng_for, to_device, unsupported_guard
+from .shapes import HIDDEN, PREFILL
+
+# name: (shape, layout): "plain", "inplace" (c is a), "broadcast" (b is a stride-0 row),
+# "strided" (a is a padded view)
+CASES = {
+    "residual_prefill": ((PREFILL, HIDDEN), "inplace"),
+    "decode": ((1, HIDDEN), "plain"),
+    "broadcast_row": ((PREFILL, HIDDEN), "broadcast"),
+    "strided": ((PREFILL, HIDDEN), "strided"),
+    "batched_3d": ((2, PREFILL, HIDDEN), "plain"),
+    "odd": ((7, 73), "plain"),
+}
+OPS = {"add": (ops.add, np.add), "mul": (ops.mul, np.multiply)}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_op_elementwise(op, case, dtype, infini_device, verify):
+    shape, layout = CASES[case]
+    fn, ref = OPS[op]
+    rng = rng_for("elementwise", op, case, dtype)
+    a = host(shape, dtype, rng)
+    if layout == "broadcast":
+        row = host(shape[-1:], dtype, rng)
+        b = np.broadcast_to(row, shape)
+        bt = to_device(row, infini_device, dtype).unsqueeze(0).expand(*shape)
+    else:
+        b = host(shape, dtype, rng)
+        bt = to_device(b, infini_device, dtype)
+    at = padded_view(a, infini_device, dtype) if layout == "strided" else \
+        to_device(a, infini_device, dtype)
+    ct = at if layout == "inplace" else Tensor.empty(shape, dtype, infini_device)
+    verify.info.update(a=at.describe(), b=bt.describe(), c=ct.describe())
+    with unsupported_guard(verify):
+        fn(ct, at, bt)
+    verify.close(ct.numpy(), ref(a, b), op, dtype)

@@ -1,0 +1,81 @@
+"""gemm: every matrix product of the model (projections, attention scores and values,
+lm_head), with transposed weights and cache views as the model passes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infinilm_models.runtime import Tensor, ops
+
+from .common import host, rng_for, to_device, unsupported_guard
+from .shapes import CACHE_LEN, DECODE_POS, GROUP, HEAD_DIM, HIDDEN, INTER, KV_HEADS, PREFILL, VOCAB
+
+# name: (batch or None, M, K, N, b layout, alpha, beta)
+#   b layout "wT": b is the transposed view of a [N, K] weight (x @ W.T, column-major b)
+#            "row": b stored [K, N];  "cacheT": K^T as a view of a longer KV cache
+#            "bcast": b has batch 1 and broadcasts over a's batch
+CASES = {
+    "q_proj_prefill": (None, PREFILL, HIDDEN, HIDDEN, "wT", 1.0, 0.0),
+    "qkv_decode": (None, 1, HIDDEN, HIDDEN + 2 * KV_HEADS * HEAD_DIM, "wT", 1.0, 0.0),
+    "up_proj_prefill": (None, PREFILL, HIDDEN, INTER, "wT", 1.0, 0.0),
+    "down_proj_prefill": (None, PREFILL, INTER, HIDDEN, "wT", 1.0, 0.0),
+    "lm_head_tied": (None, 2, HIDDEN, VOCAB, "wT", 1.0, 0.0),
+    "odd_row_major": (None, 7, 72, 200, "row", 1.0, 0.0),
+    "tile_crossing": (None, 129, 257, 130, "wT", 1.0, 0.0),
+    "attn_scores_prefill": (KV_HEADS, GROUP * PREFILL, HEAD_DIM, PREFILL, "cacheT", 0.125, 0.0),
+    "attn_scores_decode": (KV_HEADS, GROUP, HEAD_DIM, DECODE_POS + 1, "cacheT", 0.125, 0.0),
+    "attn_values_prefill": (KV_HEADS, GROUP * PREFILL, PREFILL, HEAD_DIM, "row", 1.0, 0.0),
+    "alpha_beta_residual": (None, 16, 64, 48, "wT", 0.5, 1.0),
+    "batch_broadcast_b": (4, 5, 24, 40, "bcast", 1.0, 0.0),
+}
+
+
+def _operands(name: str, dtype: str, device):
+    batch, m, k, n, layout, alpha, beta = CASES[name]
+    rng = rng_for("gemm", name, dtype)
+    lead = () if batch is None else (batch,)
+    a = host(lead + (m, k), dtype, rng)
+    # Weights ~ 1/sqrt(K) keep outputs O(1), as in a trained layer.
+    scale = 1.0 / np.sqrt(k)
+    if layout == "wT":
+        w = host(lead + (n, k), dtype, rng, scale)
+        b_ref = np.swapaxes(w, -1, -2)
+        b = to_device(w, device, dtype).transpose(-1, -2)
+    elif layout == "cacheT":
+        cache = host((batch, CACHE_LEN, k), dtype, rng, scale)
+        b_ref = np.swapaxes(cache[:, :n, :], -1, -2)
+        b = to_device(cache, device, dtype).narrow(1, 0, n).transpose(1, 2)
+    elif layout == "bcast":
+        b_ref = host((1, k, n), dtype, rng, scale)
+        b = to_device(b_ref, device, dtype)
+    else:
+        b_ref = host(lead + (k, n), dtype, rng, scale)
+        b = to_device(b_ref, device, dtype)
+    c0 = host(lead + (m, n), dtype, rng) if beta else np.zeros(lead + (m, n))
+    expected = alpha * np.matmul(a, b_ref) + beta * c0
+    return to_device(a, device, dtype), b, to_device(c0, device, dtype), alpha, beta, expected
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_op_gemm(case, dtype, infini_device, verify):
+    a, b, c, alpha, beta, expected = _operands(case, dtype, infini_device)
+    verify.info.update(a=a.describe(), b=b.describe(), c=c.describe(), alpha=alpha, beta=beta)
+    with unsupported_guard(verify):
+        ops.gemm(c, a, b, alpha, beta)
+    verify.close(c.numpy(), expected, "gemm", dtype)
+
+
+def test_op_gemm_descriptor_reused(infini_device):
+    """A second call with the same signature creates no new descriptor."""
+    from infinilm_models.runtime.ops.gemm import _op
+
+    a = Tensor.from_numpy(np.ones((3, 4), np.float32), infini_device)
+    b = Tensor.from_numpy(np.ones((4, 5), np.float32), infini_device)
+    c = Tensor.empty((3, 5), "f32", infini_device)
+    ops.gemm(c, a, b)
+    created = _op.created
+    for _ in range(3):
+        ops.gemm(c, a, b)
+    assert _op.created == created
+    np.testing.assert_array_equal(c.numpy(), np.full((3, 5), 4.0, np.float32))

@@ -1,0 +1,75 @@
+"""random_sample: greedy (argmax over SmolLM2's vocab) and top-k/top-p/temperature sampling
+with a fixed random value, checked token-exact against the documented algorithm:
+sort descending, cumulate exp((l - max) / T), return the first token whose cumulative
+mass reaches random_val * min(mass of the top-k, topp * total mass)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infinilm_models.runtime import Tensor, ops
+
+from .common import rng_for, to_device, unsupported_guard
+from .shapes import VOCAB
+
+# name: (vocab, random_val, topp, topk, temperature); topk 1 (or topp 0) means argmax
+CASES = {
+    "greedy_vocab": (VOCAB, 0.0, 0.0, 1, 1.0),
+    "greedy_odd_vocab": (331, 0.0, 0.0, 1, 1.0),
+    "topk3_T0.5": (256, 0.8, 0.8, 3, 0.5),
+    "topk5_topp0.9": (256, 0.05, 0.9, 5, 1.0),
+    "topk10_T2": (256, 0.15, 0.85, 10, 2.0),
+    "topp_only_bound": (256, 0.5, 0.3, 256, 1.0),
+    "topk50_full_p": (256, 0.9, 1.0, 50, 1.0),
+}
+
+
+def reference(logits: np.ndarray, random_val: float, topp: float, topk: int, temp: float) -> int:
+    if topk <= 1 or topp <= 0:
+        return int(np.argmax(logits))  # first maximal index, as InfiniCore's scan
+    order = np.argsort(-logits, kind="stable")
+    z = (logits[order] - logits[order[0]]) / temp
+    cum = np.cumsum(np.exp(z))
+    limit = random_val * min(cum[min(topk, len(cum)) - 1], topp * cum[-1])
+    return int(order[np.searchsorted(cum, limit, side="left")])
+
+
+def logits_for(vocab: int, dtype: str, seed) -> np.ndarray:
+    """Distinct values exactly representable in every dtype (no ties, so the order is unique):
+    a permutation of a grid with step 1/8 for small vocabularies; for a large vocabulary a
+    single clear maximum over noise (greedy only needs the argmax to be unique)."""
+    rng = rng_for("random_sample", seed)
+    if vocab <= 256:
+        return rng.permutation(np.arange(vocab) - vocab / 2).astype(np.float64) / 8.0
+    x = np.round(rng.standard_normal(vocab) * 4) / 4
+    x[rng.integers(vocab)] = 40.0
+    return x
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_op_random_sample(case, dtype, infini_device, verify):
+    vocab, random_val, topp, topk, temp = CASES[case]
+    logits = logits_for(vocab, dtype, (case, dtype))
+    expected = reference(logits, random_val, topp, topk, temp)
+    result = Tensor.empty((), "i32", infini_device)
+    verify.info.update(vocab=vocab, random_val=random_val, topp=topp, topk=topk, temperature=temp)
+    with unsupported_guard(verify):
+        ops.random_sample(result, to_device(logits, infini_device, dtype), random_val, topp, topk,
+                          temp)
+    verify.exact(int(result.numpy()), expected, "token id")
+
+
+def test_op_random_sample_distribution(infini_device):
+    """Sweeping random_val over [0, 1) visits exactly the top-k tokens, each with the
+    probability mass the algorithm gives it (a shifted cumulative, not a coin flip)."""
+    logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 3.0], dtype=np.float64)
+    lt = to_device(logits, infini_device, "f32")
+    result = Tensor.empty((), "i32", infini_device)
+    seen = {}
+    for r in np.linspace(0, 0.999, 200):
+        ops.random_sample(result, lt, float(r), 1.0, 3, 1.0)
+        tok = int(result.numpy())
+        assert tok == reference(logits, float(r), 1.0, 3, 1.0)
+        seen[tok] = seen.get(tok, 0) + 1
+    assert set(seen) == {5, 0, 1}, seen

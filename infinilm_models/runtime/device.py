@@ -1,0 +1,113 @@
+"""Devices by name, selection, synchronization and the per-device infiniop handle."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+from .library import check, load
+
+# infiniDevice_t, by the names users type.
+DEVICE_TYPES: dict[str, int] = {
+    "cpu": 0,
+    "nvidia": 1,
+    "cambricon": 2,
+    "ascend": 3,
+    "metax": 4,
+    "moore": 5,
+    "iluvatar": 6,
+    "kunlun": 7,
+    "sugon": 8,
+}
+_ALIASES = {"cuda": "nvidia", "gpu": "nvidia", "mlu": "cambricon", "npu": "ascend"}
+
+_current: tuple[int, int] | None = None
+_handles: dict[tuple[int, int], ctypes.c_void_p] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device type and index, e.g. Device.parse('nvidia:0')."""
+
+    type: str
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.type not in DEVICE_TYPES:
+            raise ValueError(
+                f"unknown device type {self.type!r}; expected one of {sorted(DEVICE_TYPES)}"
+            )
+        if self.index < 0:
+            raise ValueError(f"device index must be >= 0, got {self.index}")
+
+    @classmethod
+    def parse(cls, spec: str | Device) -> Device:
+        if isinstance(spec, Device):
+            return spec
+        name, _, idx = str(spec).strip().lower().partition(":")
+        name = _ALIASES.get(name, name)
+        try:
+            index = int(idx) if idx else 0
+        except ValueError:
+            raise ValueError(f"bad device index in {spec!r}; expected e.g. 'nvidia:0'") from None
+        return cls(name, index)
+
+    @property
+    def code(self) -> int:
+        return DEVICE_TYPES[self.type]
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.index}"
+
+    def activate(self) -> None:
+        """Make this the current device for infinirt calls (malloc, memcpy, handles)."""
+        global _current
+        key = (self.code, self.index)
+        if _current == key:
+            return
+        count = device_count(self.type)
+        if self.index >= count:
+            raise ValueError(
+                f"device {self} not available: this InfiniCore build sees {count} "
+                f"{self.type} device(s)"
+            )
+        lib = load()
+        check(lib.rt.infinirtSetDevice(self.code, self.index), "infinirtSetDevice", str(self))
+        _current = key
+
+    def synchronize(self) -> None:
+        self.activate()
+        check(load().rt.infinirtDeviceSynchronize(), "infinirtDeviceSynchronize", str(self))
+
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        """The infiniop handle of this device, created once and kept for the process."""
+        key = (self.code, self.index)
+        with _lock:
+            h = _handles.get(key)
+            if h is None:
+                self.activate()
+                h = ctypes.c_void_p()
+                check(load().op.infiniopCreateHandle(ctypes.byref(h)), "infiniopCreateHandle",
+                      str(self))
+                _handles[key] = h
+        return h
+
+
+def device_count(device_type: str) -> int:
+    """How many devices of this type the loaded InfiniCore build can use (0 if not built)."""
+    lib = load()
+    name = _ALIASES.get(device_type, device_type)
+    if name not in DEVICE_TYPES:
+        raise ValueError(
+            f"unknown device type {device_type!r}; expected one of {sorted(DEVICE_TYPES)}")
+    n = ctypes.c_int(0)
+    status = lib.rt.infinirtGetDeviceCount(DEVICE_TYPES[name], ctypes.byref(n))
+    # A backend that was not compiled in answers with an error rather than zero.
+    return n.value if status == 0 else 0
+
+
+def available_devices() -> list[str]:
+    return [name for name in DEVICE_TYPES if device_count(name) > 0]

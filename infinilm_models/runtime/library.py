@@ -1,0 +1,200 @@
+"""Finding and loading InfiniCore's shared libraries, and declaring the C API.
+
+This module and its siblings in `runtime/` are the only code that touches ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable
+from ctypes import POINTER, c_float, c_int, c_size_t, c_ssize_t, c_void_p
+from dataclasses import dataclass
+from pathlib import Path
+
+from .build import default_prefix
+
+STATUS_NAMES = {
+    0: "INFINI_STATUS_SUCCESS",
+    1: "INFINI_STATUS_INTERNAL_ERROR",
+    2: "INFINI_STATUS_NOT_IMPLEMENTED",
+    3: "INFINI_STATUS_BAD_PARAM",
+    4: "INFINI_STATUS_NULL_POINTER",
+    5: "INFINI_STATUS_DEVICE_TYPE_NOT_SUPPORTED",
+    6: "INFINI_STATUS_DEVICE_NOT_FOUND",
+    7: "INFINI_STATUS_DEVICE_NOT_INITIALIZED",
+    8: "INFINI_STATUS_DEVICE_ARCHITECTURE_NOT_SUPPORTED",
+    10: "INFINI_STATUS_BAD_TENSOR_DTYPE",
+    11: "INFINI_STATUS_BAD_TENSOR_SHAPE",
+    12: "INFINI_STATUS_BAD_TENSOR_STRIDES",
+    13: "INFINI_STATUS_INSUFFICIENT_WORKSPACE",
+}
+# Statuses that mean "this backend does not do this", as opposed to "you called it wrong".
+UNSUPPORTED_STATUSES = frozenset({2, 5, 8, 10})
+
+
+class InfiniError(RuntimeError):
+    """A non-success infiniStatus_t, with the call and the tensors involved."""
+
+    def __init__(self, call: str, status: int, detail: str = "") -> None:
+        self.call = call
+        self.status = status
+        self.status_name = STATUS_NAMES.get(status, f"UNKNOWN_STATUS_{status}")
+        msg = f"{call} failed: {self.status_name} ({status})"
+        super().__init__(msg + (f" [{detail}]" if detail else ""))
+
+    @property
+    def unsupported(self) -> bool:
+        return self.status in UNSUPPORTED_STATUSES
+
+
+class LibraryNotFound(RuntimeError):
+    pass
+
+
+def check(status: int, call: str, detail: str | Callable[[], str] = "") -> None:
+    """Raise InfiniError for a failed call; `detail` may be a callable so that the
+    (costly) description of shapes is only built on failure."""
+    if status != 0:
+        raise InfiniError(call, status, detail() if callable(detail) else detail)
+
+
+def candidate_roots() -> list[tuple[str, Path]]:
+    """Where we look, in order, with the reason each place is considered."""
+    roots: list[tuple[str, Path]] = []
+    if os.environ.get("INFINI_ROOT"):
+        roots.append(("INFINI_ROOT", Path(os.environ["INFINI_ROOT"]).expanduser()))
+    backend = os.environ.get("INFINILM_BACKEND", "cpu")
+    roots.append((f"default prefix for backend {backend!r}", default_prefix(backend)))
+    return roots
+
+
+def find_root() -> Path:
+    looked = []
+    for why, root in candidate_roots():
+        if (root / "lib" / "libinfiniop.so").is_file():
+            return root
+        looked.append(f"  {root}/lib/libinfiniop.so ({why})")
+        if why == "INFINI_ROOT":
+            # An explicit INFINI_ROOT that is wrong must not silently fall back elsewhere.
+            break
+    raise LibraryNotFound(
+        "InfiniCore libraries not found. Looked for:\n" + "\n".join(looked)
+        + "\nBuild them with `python -m infinilm_models.runtime.build --backend cpu` "
+        "(or --backend nvidia), or set INFINI_ROOT to an existing InfiniCore install prefix."
+    )
+
+
+@dataclass
+class Library:
+    root: Path
+    rt: ctypes.CDLL
+    op: ctypes.CDLL
+    ccl: ctypes.CDLL | None
+
+    def path(self, name: str) -> Path:
+        return self.root / "lib" / name
+
+
+_lock = threading.Lock()
+_lib: Library | None = None
+
+
+def _declare(lib: ctypes.CDLL, name: str, *argtypes) -> None:
+    fn = getattr(lib, name)
+    fn.argtypes = list(argtypes)
+    fn.restype = c_int
+
+
+P = c_void_p
+PP = POINTER(c_void_p)
+SIZE_P = POINTER(c_size_t)
+
+
+def _declare_rt(rt: ctypes.CDLL) -> None:
+    _declare(rt, "infinirtInit")
+    _declare(rt, "infinirtGetDeviceCount", c_int, POINTER(c_int))
+    _declare(rt, "infinirtSetDevice", c_int, c_int)
+    _declare(rt, "infinirtGetDevice", POINTER(c_int), POINTER(c_int))
+    _declare(rt, "infinirtDeviceSynchronize")
+    _declare(rt, "infinirtStreamCreate", PP)
+    _declare(rt, "infinirtStreamDestroy", P)
+    _declare(rt, "infinirtStreamSynchronize", P)
+    _declare(rt, "infinirtMalloc", PP, c_size_t)
+    _declare(rt, "infinirtFree", P)
+    _declare(rt, "infinirtMallocHost", PP, c_size_t)
+    _declare(rt, "infinirtFreeHost", P)
+    _declare(rt, "infinirtMemcpy", P, P, c_size_t, c_int)
+
+
+# (name, argtypes after the descriptor for the compute call) of every op we bind.
+_WS = [P, c_size_t]  # workspace, workspace_size
+OP_SIGNATURES: dict[str, tuple[int, list]] = {
+    # op: (number of tensor descriptors at creation, compute-call argtypes)
+    "Gemm": (3, _WS + [P, P, P, c_float, c_float, P]),
+    "RMSNorm": (3, _WS + [P, P, P, P]),
+    "RoPE": (5, _WS + [P, P, P, P, P, P]),
+    "CausalSoftmax": (2, _WS + [P, P, P]),
+    "SwiGLU": (3, _WS + [P, P, P, P]),
+    "Add": (3, _WS + [P, P, P, P]),
+    "Mul": (3, _WS + [P, P, P, P]),
+    "Rearrange": (2, [P, P, P]),
+    "RandomSample": (2, _WS + [P, P, c_float, c_float, c_int, c_float, P]),
+    "Attention": (6, _WS + [P, P, P, P, P, P, P]),
+}
+
+
+def _declare_op(op: ctypes.CDLL) -> None:
+    _declare(op, "infiniopCreateHandle", PP)
+    _declare(op, "infiniopDestroyHandle", P)
+    _declare(op, "infiniopCreateTensorDescriptor", PP, c_size_t, POINTER(c_size_t),
+             POINTER(c_ssize_t), c_int)
+    _declare(op, "infiniopDestroyTensorDescriptor", P)
+    for name, (ndesc, compute) in OP_SIGNATURES.items():
+        extra = {"RMSNorm": [c_float], "RoPE": [c_int], "Attention": [c_size_t]}.get(name, [])
+        _declare(op, f"infiniopCreate{name}Descriptor", P, PP, *([P] * ndesc), *extra)
+        if name != "Rearrange":
+            _declare(op, f"infiniopGet{name}WorkspaceSize", P, SIZE_P)
+        _declare(op, f"infiniop{name}", P, *compute)
+        _declare(op, f"infiniopDestroy{name}Descriptor", P)
+
+
+def load() -> Library:
+    """Load InfiniCore once per process.
+
+    InfiniCore 0.1.0 installs libinfiniop.so without RUNPATH and libinfinirt.so without
+    SONAME, so the dynamic loader cannot find the dependency on its own unless the user
+    set LD_LIBRARY_PATH. Loading libinfinirt (and libinfiniccl) by absolute path with
+    RTLD_GLOBAL first makes the NEEDED entry resolve to the already-loaded object.
+    """
+    global _lib
+    with _lock:
+        if _lib is not None:
+            return _lib
+        root = find_root()
+        libdir = root / "lib"
+        mode = ctypes.RTLD_GLOBAL
+        try:
+            rt = ctypes.CDLL(str(libdir / "libinfinirt.so"), mode=mode)
+            ccl_path = libdir / "libinfiniccl.so"
+            ccl = ctypes.CDLL(str(ccl_path), mode=mode) if ccl_path.is_file() else None
+            op = ctypes.CDLL(str(libdir / "libinfiniop.so"), mode=mode)
+        except OSError as e:
+            hint = ""
+            if "libinfinirt.so" in str(e):
+                # A build made without our recipe has no RUNPATH (see build.COMMON_FLAGS).
+                hint = (f"\nThis build's libinfiniop.so has no RUNPATH: run with "
+                        f"LD_LIBRARY_PATH={libdir} (InfiniCore's own setup), or rebuild with "
+                        "`python -m infinilm_models.runtime.build`.")
+            raise LibraryNotFound(f"failed to load InfiniCore from {libdir}: {e}{hint}") from e
+        try:
+            _declare_rt(rt)
+            _declare_op(op)
+        except AttributeError as e:
+            raise LibraryNotFound(
+                f"{libdir} lacks a symbol this binding needs ({e}); is it InfiniCore 0.1.0?"
+            ) from e
+        check(rt.infinirtInit(), "infinirtInit")
+        _lib = Library(root=root, rt=rt, op=op, ccl=ccl)
+        return _lib

@@ -1,0 +1,56 @@
+"""Device memory through infinirt: allocation, release and copies."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+from .device import Device
+from .library import check, load
+
+
+class MemcpyKind(enum.IntEnum):
+    H2H = 0
+    H2D = 1
+    D2H = 2
+    D2D = 3
+
+
+class DeviceBuffer:
+    """An owning allocation of `nbytes` on `device`, released when garbage collected."""
+
+    __slots__ = ("device", "nbytes", "ptr", "_lib", "__weakref__")
+
+    def __init__(self, device: Device, nbytes: int) -> None:
+        if nbytes < 0:
+            raise ValueError(f"cannot allocate a negative size ({nbytes} bytes)")
+        self.device = device
+        self.nbytes = nbytes
+        self._lib = load()
+        device.activate()
+        p = ctypes.c_void_p()
+        # infinirtMalloc(0) is backend-defined; one byte keeps pointers valid and distinct.
+        check(self._lib.rt.infinirtMalloc(ctypes.byref(p), max(nbytes, 1)), "infinirtMalloc",
+              lambda: f"{nbytes} bytes on {device}")
+        self.ptr: int = p.value or 0
+
+    def __del__(self) -> None:
+        ptr, self.ptr = getattr(self, "ptr", 0), 0
+        if ptr:
+            try:
+                self.device.activate()
+                self._lib.rt.infinirtFree(ctypes.c_void_p(ptr))
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+                pass
+
+    def __repr__(self) -> str:
+        return f"DeviceBuffer({self.device}, {self.nbytes} bytes, 0x{self.ptr:x})"
+
+
+def memcpy(dst: int, src: int, nbytes: int, kind: MemcpyKind, device: Device) -> None:
+    """Synchronous copy; `device` is the device side of H2D/D2H (or both sides of D2D)."""
+    if nbytes == 0:
+        return
+    device.activate()
+    check(load().rt.infinirtMemcpy(ctypes.c_void_p(dst), ctypes.c_void_p(src), nbytes, int(kind)),
+          "infinirtMemcpy", lambda: f"{kind.name} {nbytes} bytes on {device}")

@@ -1,0 +1,143 @@
+"""What every op wrapper shares: cached descriptors and a per-device workspace.
+
+A descriptor depends on the device and on each tensor's dtype, shape and strides (and
+on scalar creation parameters such as epsilon), never on the data pointers, so one is
+created the first time a signature is seen and reused on every later call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from ..device import Device
+from ..library import InfiniError, check, load
+from ..memory import DeviceBuffer
+from ..tensor import Tensor
+
+# Enough for every shape of a long decode (attention shapes change with the cache length)
+# while keeping a runaway caller from holding descriptors without bound.
+MAX_CACHED_DESCRIPTORS = 4096
+
+
+def describe(tensors: Sequence[Tensor | None], names: Sequence[str]) -> str:
+    return ", ".join(f"{n}={t.describe()}" for n, t in zip(names, tensors) if t is not None)
+
+
+def tensor_descriptor(t: Tensor) -> ctypes.c_void_p:
+    lib = load()
+    desc = ctypes.c_void_p()
+    shape = (ctypes.c_size_t * t.ndim)(*t.shape)
+    strides = (ctypes.c_ssize_t * t.ndim)(*t.strides)
+    check(lib.op.infiniopCreateTensorDescriptor(ctypes.byref(desc), t.ndim, shape, strides,
+                                                int(t.dtype)),
+          "infiniopCreateTensorDescriptor", t.describe)
+    return desc
+
+
+class Workspace:
+    """One scratch buffer per device, grown on demand and shared by all ops: calls are
+    issued in order on one stream, so no two ops use it at the same time."""
+
+    _by_device: dict[Device, Workspace] = {}
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.buffer: DeviceBuffer | None = None
+
+    @classmethod
+    def of(cls, device: Device) -> Workspace:
+        ws = cls._by_device.get(device)
+        if ws is None:
+            ws = cls._by_device[device] = cls(device)
+        return ws
+
+    def get(self, nbytes: int) -> tuple[ctypes.c_void_p, int]:
+        if nbytes == 0:
+            return ctypes.c_void_p(None), 0
+        if self.buffer is None or self.buffer.nbytes < nbytes:
+            self.buffer = None  # release before allocating the larger one
+            self.buffer = DeviceBuffer(self.device, nbytes)
+        return ctypes.c_void_p(self.buffer.ptr), self.buffer.nbytes
+
+
+class CachedOp:
+    """An infiniop operator: `infiniopCreate<name>Descriptor`, `infiniopGet<name>WorkspaceSize`,
+    `infiniop<name>`, `infiniopDestroy<name>Descriptor`."""
+
+    def __init__(self, name: str, tensor_names: Sequence[str], has_workspace: bool = True) -> None:
+        self.name = name
+        self.tensor_names = tuple(tensor_names)
+        self.has_workspace = has_workspace
+        self._cache: OrderedDict[tuple, tuple[ctypes.c_void_p, int]] = OrderedDict()
+        self.created = 0  # descriptors created so far (tests and benchmarks watch this)
+
+    def descriptor(self, tensors: Sequence[Tensor], *params) -> tuple[ctypes.c_void_p, int]:
+        device = tensors[0].device
+        for n, t in zip(self.tensor_names, tensors):
+            if t.device != device:
+                raise ValueError(
+                    f"{self.name}: tensor {n} is on {t.device}, expected {device}")
+        # ctypes scalars are unhashable; their values are what the descriptor depends on.
+        key = (device, tuple(t.signature() for t in tensors),
+               tuple(p.value if isinstance(p, ctypes._SimpleCData) else p for p in params))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        hit = self._create(device, tensors, params)
+        self._cache[key] = hit
+        if len(self._cache) > MAX_CACHED_DESCRIPTORS:
+            _, (old, _) = self._cache.popitem(last=False)
+            self._destroy(old)
+        return hit
+
+    def _create(self, device: Device, tensors: Sequence[Tensor],
+                params: tuple) -> tuple[ctypes.c_void_p, int]:
+        lib = load()
+        handle = device.handle
+        device.activate()
+        descs = [tensor_descriptor(t) for t in tensors]
+        try:
+            op_desc = ctypes.c_void_p()
+            status = getattr(lib.op, f"infiniopCreate{self.name}Descriptor")(
+                handle, ctypes.byref(op_desc), *descs, *params)
+            check(status, f"infiniopCreate{self.name}Descriptor",
+                  lambda: describe(tensors, self.tensor_names)
+                  + (f", params={params}" if params else "") + f", device={device}")
+        finally:
+            # The op descriptor keeps its own copy of shapes and strides.
+            for d in descs:
+                lib.op.infiniopDestroyTensorDescriptor(d)
+        size = ctypes.c_size_t(0)
+        if self.has_workspace:
+            check(getattr(lib.op, f"infiniopGet{self.name}WorkspaceSize")(op_desc,
+                                                                          ctypes.byref(size)),
+                  f"infiniopGet{self.name}WorkspaceSize")
+        self.created += 1
+        return op_desc, size.value
+
+    def _destroy(self, desc: ctypes.c_void_p) -> None:
+        getattr(load().op, f"infiniopDestroy{self.name}Descriptor")(desc)
+
+    def __call__(self, tensors: Sequence[Tensor], *compute_args, create_params: tuple = ()) -> None:
+        """Run the op on `tensors` (in the C API's order), then the scalar arguments."""
+        desc, ws_size = self.descriptor(tensors, *create_params)
+        device = tensors[0].device
+        args: list = []
+        if self.has_workspace:
+            ws_ptr, ws_bytes = Workspace.of(device).get(ws_size)
+            args += [ws_ptr, ws_bytes]
+        args += [t.data_ptr for t in tensors]
+        args += list(compute_args)
+        args.append(None)  # stream: the device's default stream
+        status = getattr(load().op, f"infiniop{self.name}")(desc, *args)
+        if status != 0:
+            raise InfiniError(f"infiniop{self.name}", status,
+                              describe(tensors, self.tensor_names) + f", device={device}")
+
+    def clear(self) -> None:
+        while self._cache:
+            _, (desc, _) = self._cache.popitem()
+            self._destroy(desc)

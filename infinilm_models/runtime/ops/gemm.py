@@ -1,0 +1,15 @@
+"""c = alpha * (a @ b) + beta * c, for 2-D or batched 3-D tensors (batch 1 broadcasts)."""
+
+from __future__ import annotations
+
+from ..tensor import Tensor
+from ._base import CachedOp
+
+_op = CachedOp("Gemm", ("c", "a", "b"))
+
+
+def gemm(c: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0, beta: float = 0.0) -> Tensor:
+    """Each matrix needs one unit stride (row- or column-major); a transposed view of a
+    [out, in] weight is column-major, so `x @ W.T` needs no copy."""
+    _op([c, a, b], float(alpha), float(beta))
+    return c

@@ -1,0 +1,28 @@
+"""Pick one token id from logits [vocab]: argmax, or top-k/top-p/temperature sampling.
+
+InfiniCore sorts the logits, accumulates exp((l - max) / temperature), and returns the
+first token whose cumulative mass reaches random_val * min(mass(top-k), topp * total).
+topk <= 1 or topp <= 0 gives argmax. `random_val` in [0, 1) comes from the caller's RNG,
+so sampling is reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from ..tensor import Tensor
+from ._base import CachedOp
+
+_op = CachedOp("RandomSample", ("result", "logits"))
+
+
+def random_sample(result: Tensor, logits: Tensor, random_val: float = 0.0, topp: float = 0.0,
+                  topk: int = 1, temperature: float = 1.0) -> Tensor:
+    """`result` is a 0-d integer tensor receiving the id."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= random_val < 1.0:
+        raise ValueError(f"random_val must be in [0, 1), got {random_val}")
+    _op([result, logits], ctypes.c_float(random_val), ctypes.c_float(topp), int(topk),
+        ctypes.c_float(temperature))
+    return result
