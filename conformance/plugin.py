@@ -7,8 +7,8 @@ crashed, unsupported, known_defect or error) in reports/<run-id>/results.json.
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +27,7 @@ else:  # pragma: no cover
 ALL_DTYPES = ("f32", "f16", "bf16")
 UNSUPPORTED_PREFIX = "unsupported: "
 KNOWN_DEFECTS = Path(__file__).with_name("known_defects.toml")
+_controller_config: pytest.Config | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config._infinilm_run_dir = Path(workerinput["infinilm_run_dir"])
         config._infinilm_worker = workerinput["workerid"]
         return
+    global _controller_config
+    _controller_config = config
     root = config.getoption("--report-dir") or Path(config.rootpath) / "reports"
     run_id = new_run_id(device)
     config._infinilm_report_root = root.resolve()
@@ -79,6 +82,37 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:  # xdist: hand the run directory to each worker
     node.workerinput["infinilm_run_dir"] = str(node.config._infinilm_run_dir)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
+    """xdist: a worker died inside a test (a segfaulting kernel). The worker could not
+    record it, so the controller does; xdist restarts the worker and the run goes on."""
+    run_dir = getattr(_controller_config, "_infinilm_run_dir", None)
+    if run_dir is None:
+        return
+    module = crashitem.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    name = crashitem.split("::")[-1]
+    status, extra = "crashed", {}
+    defect = _known_defect_for(_controller_config, crashitem)
+    if defect is not None:
+        # A known crashing defect: turn the synthesized failure into the xfail it is.
+        status = "known_defect"
+        extra["known_defect"] = {k: defect[k] for k in ("id", "reason", "evidence")}
+        report.outcome = "skipped"
+        report.wasxfail = f"known defect {defect['id']}: {defect['reason']}"
+    append_part(run_dir, "controller", {
+        **extra,
+        "nodeid": crashitem,
+        "check": module.removeprefix("test_"),
+        "test": name.split("[")[0],
+        "params": {"id": name[len(name.split("[")[0]) + 1:-1]} if "[" in name else {},
+        "status": status,
+        "message": str(report.longrepr)[-4000:],
+        "duration_s": 0.0,
+        "comparisons": [],
+        "info": {},
+    })
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -100,18 +134,37 @@ def _load_known_defects(path: Path) -> list[dict]:
     return entries
 
 
+def _known_defect_for(config: pytest.Config, nodeid: str) -> dict | None:
+    """The known_defects.toml entry covering this test on the device under test, if any."""
+    cache = getattr(config, "_infinilm_defects", None)
+    if cache is None:
+        device_type = config.getoption("--infini-device").split(":")[0]
+        cache = [d for d in _load_known_defects(config.getoption("--known-defects"))
+                 if d["device"] in (device_type, "*")]
+        config._infinilm_defects = cache
+    for defect in cache:
+        patterns = defect["nodeid"] if isinstance(defect["nodeid"], list) else [defect["nodeid"]]
+        if any(_nodeid_matches(p, nodeid) for p in patterns):
+            return defect
+    return None
+
+
+def _nodeid_matches(pattern: str, nodeid: str) -> bool:
+    """Shell-style '*' wildcards; brackets are literal (they are in parametrized ids)."""
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, nodeid) is not None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    device_type = config.getoption("--infini-device").split(":")[0]
-    for defect in _load_known_defects(config.getoption("--known-defects")):
-        if defect["device"] not in (device_type, "*"):
+    for item in items:
+        defect = _known_defect_for(config, item.nodeid)
+        if defect is None:
             continue
-        for item in items:
-            if fnmatch.fnmatch(item.nodeid, defect["nodeid"]):
-                # strict: when InfiniCore gets fixed the xpass fails, so the entry is removed.
-                item.add_marker(pytest.mark.xfail(
-                    strict=True, reason=f"known defect {defect['id']}: {defect['reason']}"))
-                item.user_properties.append(("known_defect", {k: defect[k] for k in (
-                    "id", "reason", "evidence")}))
+        # strict: when InfiniCore gets fixed the xpass fails, so the entry is removed.
+        item.add_marker(pytest.mark.xfail(
+            strict=True, reason=f"known defect {defect['id']}: {defect['reason']}"))
+        item.user_properties.append(("known_defect", {k: defect[k] for k in (
+            "id", "reason", "evidence")}))
 
 
 # -- fixtures -----------------------------------------------------------------------------

@@ -28,6 +28,8 @@ CASES = {
     "attn_values_prefill": (KV_HEADS, GROUP * PREFILL, PREFILL, HEAD_DIM, "row", 1.0, 0.0),
     "alpha_beta_residual": (None, 16, 64, 48, "wT", 0.5, 1.0),
     "batch_broadcast_b": (4, 5, 24, 40, "bcast", 1.0, 0.0),
+    # beta = 0 must not read C (BLAS convention): C starts as NaN here.
+    "beta0_ignores_nan_output": (None, 4, 8, 8, "wT", 1.0, 0.0),
 }
 
 
@@ -54,6 +56,8 @@ def _operands(name: str, dtype: str, device):
         b = to_device(b_ref, device, dtype)
     c0 = host(lead + (m, n), dtype, rng) if beta else np.zeros(lead + (m, n))
     expected = alpha * np.matmul(a, b_ref) + beta * c0
+    if name == "beta0_ignores_nan_output":
+        c0 = np.full(lead + (m, n), np.nan)
     return to_device(a, device, dtype), b, to_device(c0, device, dtype), alpha, beta, expected
 
 
@@ -72,7 +76,7 @@ def test_op_gemm_descriptor_reused(infini_device):
 
     a = Tensor.from_numpy(np.ones((3, 4), np.float32), infini_device)
     b = Tensor.from_numpy(np.ones((4, 5), np.float32), infini_device)
-    c = Tensor.empty((3, 5), "f32", infini_device)
+    c = Tensor.zeros((3, 5), "f32", infini_device)
     ops.gemm(c, a, b)
     created = _op.created
     for _ in range(3):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infinilm_models.runtime import Tensor, ops
+from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import host, padded_view, rng_for, to_device, unsupported_guard
 from .shapes import HIDDEN, INTER, PREFILL
@@ -30,7 +30,7 @@ def test_op_rms_norm(case, dtype, infini_device, verify):
     rng = rng_for("rms_norm", case, dtype)
     x = host(shape, dtype, rng, scale=3.0)
     w = 1.0 + 0.2 * host(shape[-1:], wdtype, rng)
-    w = w.astype(np.float32).astype(Tensor.empty((1,), wdtype, "cpu").dtype.numpy).astype(float)
+    w = w.astype(np.float32).astype(DType.parse(wdtype).numpy).astype(np.float64)
     expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
     xt = padded_view(x, infini_device, dtype) if strided else to_device(x, infini_device, dtype)
     yt = padded_view(np.zeros(shape), infini_device, dtype) if strided else \

@@ -25,7 +25,7 @@ DTYPES = ["f32", "f16", "bf16"]
 def _gemm(dtype, device):
     rng = rng_for("selftest-gemm", dtype)
     a, w = host((16, 96), dtype, rng), host((64, 96), dtype, rng, 96 ** -0.5)
-    c = Tensor.empty((16, 64), dtype, device)
+    c = Tensor.zeros((16, 64), dtype, device)
     ops.gemm(c, to_device(a, device, dtype), to_device(w, device, dtype).transpose(0, 1))
     return c.numpy().astype(np.float64), a @ w.T
 
@@ -51,7 +51,7 @@ def test_gemm_missing_k_tail_fails(dtype, infini_device):
     """A kernel that drops the last K tile (a classic tiling bug)."""
     rng = rng_for("selftest-gemm-tail", dtype)
     a, w = host((8, 130), dtype, rng), host((32, 130), dtype, rng, 130 ** -0.5)
-    c = Tensor.empty((8, 32), dtype, infini_device)
+    c = Tensor.zeros((8, 32), dtype, infini_device)
     ops.gemm(c, to_device(a[:, :128], infini_device, dtype),
              to_device(w[:, :128], infini_device, dtype).transpose(0, 1))
     assert not compare(c.numpy(), a @ w.T, POLICY.get("gemm", dtype)).passed

@@ -114,3 +114,25 @@ def test_many(i, verify):
     assert doc["counts"]["passed"] == 6 and len(doc["results"]) == 6
     assert {p.name for p in (pytester.path / "reports" / "latest" / "parts").iterdir()} == \
         {"gw0.jsonl", "gw1.jsonl"}
+
+
+def test_a_segfaulting_test_under_xdist_is_recorded_as_crashed(pytester):
+    """Without isolation a segfault kills the xdist worker; the controller records the
+    check as crashed, restarts the worker and runs the rest."""
+    pytester.makepyfile(test_inner='''
+import os, signal
+
+
+def test_a_segfault():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_b_after(verify):
+    verify.close([1.0], [1.0], "add", "f32")
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1",
+                                           f"--report-dir={pytester.path / 'reports'}")
+    assert result.ret == 1
+    doc = json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
+    status = {r["test"]: r["status"] for r in doc["results"]}
+    assert status == {"test_a_segfault": "crashed", "test_b_after": "passed"}

@@ -38,7 +38,7 @@ from pathlib import Path
 INFINICORE_VERSION = "0.1.0"
 STAMP_NAME = ".infinilm-build.json"
 # Bump when the recipe (flags, patches, repo definitions) changes, to invalidate stamps.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 LIBRARIES = ("libinfinirt.so", "libinfiniop.so", "libinfiniccl.so")
 # Targets of the sdist's xmake.lua that make up the C API (not the pybind11 module).
 C_API_TARGETS = ("infinirt", "infiniop", "infiniccl")
@@ -79,20 +79,20 @@ class Patch:
     backends: tuple[str, ...]
     replacements: tuple[tuple[str, str], ...]
     why: str
+    prepend: str = ""
 
 
-PATCHES = (
-    Patch(
-        path="src/infiniop/ops/random_sample/nvidia/random_sample_kernel.cuh",
-        backends=("nvidia",),
-        replacements=(
-            ("#include <cub/device/device_scan.cuh>",
-             "#include <cub/device/device_scan.cuh>\n#include <cuda/functional>"),
-            ("cub::Max()", "cuda::maximum<>()"),
-            ("cub::Min()", "cuda::minimum<>()"),
-        ),
-        why="CUDA 13's CUB removed cub::Max/cub::Min; CCCL's cuda::maximum/minimum replace them",
-    ),
+# CUDA 13's CUB removed the cub::Max/cub::Min functors; CCCL's cuda::maximum/minimum
+# (in <cuda/functional>, shipped since CUDA 12) replace them one for one.
+_CUB_FUNCTORS = (("cub::Max()", "cuda::maximum<>()"), ("cub::Min()", "cuda::minimum<>()"))
+PATCHES = tuple(
+    Patch(path=path, backends=("nvidia",), replacements=_CUB_FUNCTORS,
+          why="cub::Max/cub::Min -> cuda::maximum/minimum (removed in CUDA 13's CUB)",
+          prepend="#include <cuda/functional>\n")
+    for path in (
+        "src/infiniop/ops/random_sample/nvidia/random_sample_kernel.cuh",
+        "src/infiniop/reduce/cuda/reduce.cuh",
+    )
 )
 
 
@@ -172,10 +172,10 @@ def apply_patches(src: Path, backend: str) -> list[str]:
         raw = target.read_bytes()
         # The file starts with a UTF-8 BOM; keep it byte-for-byte.
         bom = raw.startswith(b"\xef\xbb\xbf")
-        text = raw.decode("utf-8-sig")
+        text = patch.prepend + raw.decode("utf-8-sig")
+        if not any(old in text for old, _ in patch.replacements):
+            raise BuildError(f"patch for {patch.path}: nothing to replace (sdist changed?)")
         for old, new in patch.replacements:
-            if old not in text:
-                raise BuildError(f"patch for {patch.path}: {old!r} not found (sdist changed?)")
             text = text.replace(old, new)
         target.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
         applied.append(f"{patch.path}: {patch.why}")

@@ -77,6 +77,17 @@ class Device:
         check(lib.rt.infinirtSetDevice(self.code, self.index), "infinirtSetDevice", str(self))
         _current = key
 
+    def free(self, ptr: int) -> None:
+        """Release device memory without disturbing the current device: buffers are freed
+        from garbage collection, which may run in the middle of work on another device."""
+        global _current
+        previous = _current
+        self.activate()
+        load().rt.infinirtFree(ctypes.c_void_p(ptr))
+        if previous is not None and previous != _current:
+            load().rt.infinirtSetDevice(*previous)
+            _current = previous
+
     def synchronize(self) -> None:
         self.activate()
         check(load().rt.infinirtDeviceSynchronize(), "infinirtDeviceSynchronize", str(self))

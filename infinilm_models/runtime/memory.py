@@ -38,13 +38,20 @@ class DeviceBuffer:
         ptr, self.ptr = getattr(self, "ptr", 0), 0
         if ptr:
             try:
-                self.device.activate()
-                self._lib.rt.infinirtFree(ctypes.c_void_p(ptr))
+                self.device.free(ptr)
             except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
                 pass
 
     def __repr__(self) -> str:
         return f"DeviceBuffer({self.device}, {self.nbytes} bytes, 0x{self.ptr:x})"
+
+
+def zero_fill(buffer: DeviceBuffer) -> None:
+    """Set every byte to zero (infinirt has no memset: copy from a zeroed host array)."""
+    import numpy as np
+
+    zeros = np.zeros(buffer.nbytes, dtype=np.uint8)
+    memcpy(buffer.ptr, zeros.ctypes.data, buffer.nbytes, MemcpyKind.H2D, buffer.device)
 
 
 def memcpy(dst: int, src: int, nbytes: int, kind: MemcpyKind, device: Device) -> None:

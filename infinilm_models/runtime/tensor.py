@@ -15,7 +15,7 @@ import numpy as np
 
 from .device import Device
 from .dtypes import DType
-from .memory import DeviceBuffer, MemcpyKind, memcpy
+from .memory import DeviceBuffer, MemcpyKind, memcpy, zero_fill
 
 
 def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
@@ -60,6 +60,12 @@ class Tensor:
         dt = DType.parse(dtype)
         n = math.prod(shape)
         return cls(DeviceBuffer(dev, n * dt.itemsize), dt, shape)
+
+    @classmethod
+    def zeros(cls, shape: Sequence[int], dtype: DType | str, device: Device | str) -> Tensor:
+        t = cls.empty(shape, dtype, device)
+        zero_fill(t.buffer)
+        return t
 
     @classmethod
     def from_numpy(cls, array: np.ndarray, device: Device | str,

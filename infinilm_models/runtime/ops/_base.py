@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..device import Device
 from ..library import InfiniError, check, load
-from ..memory import DeviceBuffer
+from ..memory import DeviceBuffer, zero_fill
 from ..tensor import Tensor
 
 # Enough for every shape of a long decode (attention shapes change with the cache length)
@@ -59,6 +59,11 @@ class Workspace:
         if self.buffer is None or self.buffer.nbytes < nbytes:
             self.buffer = None  # release before allocating the larger one
             self.buffer = DeviceBuffer(self.device, nbytes)
+            # InfiniCore 0.1.0's CPU f32 gemm reads C even when beta == 0 (a known defect),
+            # and its fused attention runs such gemms on this workspace: NaN bit patterns in
+            # fresh memory would turn into NaN results at random. Ops only write finite
+            # values here afterwards, so zeroing once per allocation is enough.
+            zero_fill(self.buffer)
         return ctypes.c_void_p(self.buffer.ptr), self.buffer.nbytes
 
 
@@ -125,6 +130,7 @@ class CachedOp:
         """Run the op on `tensors` (in the C API's order), then the scalar arguments."""
         desc, ws_size = self.descriptor(tensors, *create_params)
         device = tensors[0].device
+        device.activate()  # a no-op unless another device was used since
         args: list = []
         if self.has_workspace:
             ws_ptr, ws_bytes = Workspace.of(device).get(ws_size)
