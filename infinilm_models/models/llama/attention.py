@@ -1,0 +1,70 @@
+"""LlamaAttention: q/k/v projections, RoPE, grouped-query attention over the KV cache, o_proj.
+
+Attention is composed from gemm + causal_softmax + gemm (InfiniCore 0.1.0's fused
+attention op crashes on NVIDIA). GQA needs no repeat_kv copy: the `group` query heads
+that share a KV head are stacked along the rows of one matrix, [group * seq, head_dim],
+so a single batched gemm over (batch x kv_heads) multiplies them all by their shared K.
+MHA (group 1) and MQA (one KV head) are the two ends of the same layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ...runtime import Tensor, ops
+from .buffers import Buffers
+from .configuration import LlamaConfig
+from .kv_cache import KVCache
+from .rope import LlamaRotaryEmbedding
+
+
+class LlamaAttention:
+    def __init__(self, config: LlamaConfig, layer_idx: int, weights: dict[str, Tensor]) -> None:
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.group = self.num_heads // self.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scaling = 1.0 / math.sqrt(config.head_dim)
+        # HF Linear weights are [out, in]; y = x @ W.T reads the transposed view directly.
+        self.q_proj = weights["q_proj.weight"]
+        self.k_proj = weights["k_proj.weight"]
+        self.v_proj = weights["v_proj.weight"]
+        self.o_proj = weights["o_proj.weight"]
+        self._q_t, self._k_t, self._v_t, self._o_t = (
+            w.transpose(0, 1) for w in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
+
+    def forward(self, x: Tensor, bufs: Buffers, cache: KVCache, start: int,
+                rope: LlamaRotaryEmbedding, rope_algo: ops.RoPEAlgo) -> Tensor:
+        """x [T, hidden] (normed) -> bufs.attn_out [T, hidden]; appends K/V at `start`."""
+        b, s, d = bufs.batch, bufs.seq, self.head_dim
+        nh, nkv, g = self.num_heads, self.num_kv_heads, self.group
+        ops.gemm(bufs.q, x, self._q_t)
+        ops.gemm(bufs.k, x, self._k_t)
+        ops.gemm(bufs.v, x, self._v_t)
+
+        q3, k3 = bufs.q.view(b * s, nh, d), bufs.k.view(b * s, nkv, d)
+        ops.rope(q3, q3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
+        ops.rope(k3, k3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
+
+        k_slot, v_slot = cache.slot(self.layer_idx, start, s)  # [b, nkv, s, d]
+        ops.rearrange(k_slot, bufs.k.view(b, s, nkv, d).permute(0, 2, 1, 3))
+        ops.rearrange(v_slot, bufs.v.view(b, s, nkv, d).permute(0, 2, 1, 3))
+        # [b, s, nkv, g, d] -> [b, nkv, g, s, d]: each KV head's query rows together.
+        ops.rearrange(bufs.q_heads.view(b, nkv, g, s, d),
+                      bufs.q.view(b, s, nkv, g, d).permute(0, 2, 3, 1, 4))
+
+        total = start + s
+        keys, values = cache.prefix(self.layer_idx, total)  # [b * nkv, total, d]
+        scores = bufs.scores.narrow(2, 0, total)  # [b * nkv, g * s, total], rows of max_len
+        ops.gemm(scores, bufs.q_heads, keys.transpose(1, 2), alpha=self.scaling)
+        # Softmax per (b, kv head, group) over rows of one sequence: the causal mask is
+        # aligned bottom-right, so the s new tokens see the `start` cached ones.
+        probs = scores.as_strided((b * nkv * g, s, total),
+                                  (s * scores.strides[1], scores.strides[1], 1))
+        ops.causal_softmax(probs, probs)
+        ops.gemm(bufs.attn, scores, values)  # [b * nkv, g * s, d]
+        ops.rearrange(bufs.attn_tokens.view(b, s, nkv, g, d),
+                      bufs.attn.view(b, nkv, g, s, d).permute(0, 3, 1, 2, 4))
+        ops.gemm(bufs.attn_out, bufs.attn_tokens, self._o_t)
+        return bufs.attn_out

@@ -1,0 +1,92 @@
+"""Activation buffers of one forward shape, allocated once and reused on every call.
+
+A decode loop calls forward with the same (batch, seq=1) shape at every step, so after
+the first step no op allocates: outputs land in these tensors, and the attention scores
+use a [.., max_len] buffer narrowed to the current cache length.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ...runtime import Device, DType, Tensor
+from .configuration import LlamaConfig
+
+
+@dataclass
+class Buffers:
+    batch: int
+    seq: int
+    hidden: Tensor  # [T, hidden] the residual stream (T = batch * seq)
+    normed: Tensor  # [T, hidden]
+    q: Tensor  # [T, heads * head_dim]
+    k: Tensor  # [T, kv_heads * head_dim]
+    v: Tensor  # [T, kv_heads * head_dim]
+    q_heads: Tensor  # [batch * kv_heads, group * seq, head_dim]
+    scores: Tensor  # [batch * kv_heads, group * seq, max_len]
+    attn: Tensor  # [batch * kv_heads, group * seq, head_dim]
+    attn_tokens: Tensor  # [T, heads * head_dim]
+    attn_out: Tensor  # [T, hidden]
+    gate: Tensor  # [T, intermediate]
+    up: Tensor  # [T, intermediate]
+    act: Tensor  # [T, intermediate]
+    mlp_out: Tensor  # [T, hidden]
+    pos_ids: Tensor  # [T] int32
+    last_normed: Tensor  # [batch, hidden]
+    logits: Tensor  # [batch, vocab]
+    all_logits: Tensor | None = None  # [T, vocab], allocated on first request
+
+
+class BufferPool:
+    """Buffers per (batch, seq), a few shapes kept (prefill shapes vary, decode repeats)."""
+
+    def __init__(self, config: LlamaConfig, device: Device, dtype: DType, max_len: int,
+                 keep: int = 8) -> None:
+        self.config, self.device, self.dtype, self.max_len = config, device, dtype, max_len
+        self.keep = keep
+        self._pool: OrderedDict[tuple[int, int], Buffers] = OrderedDict()
+
+    def get(self, batch: int, seq: int) -> Buffers:
+        key = (batch, seq)
+        bufs = self._pool.get(key)
+        if bufs is None:
+            bufs = self._pool[key] = self._allocate(batch, seq)
+            if len(self._pool) > self.keep:
+                self._pool.popitem(last=False)
+        self._pool.move_to_end(key)
+        return bufs
+
+    def _allocate(self, batch: int, seq: int) -> Buffers:
+        c = self.config
+        t = batch * seq
+        group = c.num_attention_heads // c.num_key_value_heads
+        rows = batch * c.num_key_value_heads
+
+        # Zeroed, not empty: InfiniCore 0.1.0's CPU f32 gemm reads C even when beta == 0,
+        # so garbage NaNs in a fresh output buffer would leak into the result.
+        def z(*shape: int, dtype: DType | None = None) -> Tensor:
+            return Tensor.zeros(shape, dtype or self.dtype, self.device)
+
+        return Buffers(
+            batch=batch, seq=seq,
+            hidden=z(t, c.hidden_size), normed=z(t, c.hidden_size),
+            q=z(t, c.num_attention_heads * c.head_dim),
+            k=z(t, c.num_key_value_heads * c.head_dim),
+            v=z(t, c.num_key_value_heads * c.head_dim),
+            q_heads=z(rows, group * seq, c.head_dim),
+            scores=z(rows, group * seq, self.max_len),
+            attn=z(rows, group * seq, c.head_dim),
+            attn_tokens=z(t, c.num_attention_heads * c.head_dim),
+            attn_out=z(t, c.hidden_size),
+            gate=z(t, c.intermediate_size), up=z(t, c.intermediate_size),
+            act=z(t, c.intermediate_size), mlp_out=z(t, c.hidden_size),
+            pos_ids=z(t, dtype=DType.I32),
+            last_normed=z(batch, c.hidden_size), logits=z(batch, c.vocab_size),
+        )
+
+    def all_logits(self, bufs: Buffers) -> Tensor:
+        if bufs.all_logits is None:
+            bufs.all_logits = Tensor.zeros((bufs.batch * bufs.seq, self.config.vocab_size),
+                                           self.dtype, self.device)
+        return bufs.all_logits

@@ -1,0 +1,454 @@
+"""LLaMA model configuration, read from a Hugging Face ``config.json`` and validated.
+
+Everything this implementation cannot run faithfully is refused here, at load time, with
+a message naming the file, the field and the offending value, instead of surfacing later
+as a shape error or, worse, as silently different numbers.
+
+Rope parameters come in two spellings and both are read:
+
+* older: a ``rope_scaling`` dict (``type`` or ``rope_type`` plus scaling keys) next to
+  a top-level ``rope_theta``;
+* transformers 5: a ``rope_parameters`` dict holding ``rope_type``, ``rope_theta`` and
+  the scaling keys (``rope_theta`` may still be repeated at the top level).
+
+Precedence follows transformers (a non-empty ``rope_scaling`` replaces
+``rope_parameters``; a ``rope_theta`` inside the dict beats the top-level one), except
+that where two spellings are both given and disagree the file is refused: picking one
+silently would run a different model than one of them describes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ConfigError", "LlamaConfig", "SUPPORTED_DTYPES", "SUPPORTED_ROPE_TYPES"]
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+# Scaling keys each rope type needs; anything else in the dict is ignored, as in HF.
+_ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": (
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+    ),
+}
+
+# Canonical dtype names are the torch/HF spellings, so `DType.parse` and HF both read them.
+_DTYPE_ALIASES = {
+    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+
+_REQUIRED_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+)
+
+_DEFAULT_ROPE_THETA = 10000.0
+
+
+class ConfigError(ValueError):
+    """A config.json this implementation cannot (or must not) run."""
+
+
+def _fail(source: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {message}")
+
+
+def _is_int(value: Any) -> bool:
+    # JSON `true` arrives as bool, which Python counts as an int; it is never a size.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(source: str, name: str, value: Any) -> int:
+    if not _is_int(value) or value <= 0:
+        raise _fail(source, f"{name} ({value!r}) must be a positive integer")
+    return int(value)
+
+
+def _positive_float(source: str, name: str, value: Any) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise _fail(source, f"{name} ({value!r}) must be a positive finite number")
+    return float(value)
+
+
+def _bool(source: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(source, f"{name} ({value!r}) must be a boolean (true/false)")
+    return value
+
+
+def _unsupported_flag(source: str, name: str, value: Any, what: str) -> bool:
+    if _bool(source, name, value):
+        raise _fail(source, f"{name} ({value!r}) is not supported by this implementation ({what})")
+    return False
+
+
+def _token_id(source: str, name: str, value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        raise _fail(source, f"{name} ({value!r}) must be a non-negative integer token id")
+    return int(value)
+
+
+def _normalize_rope(
+    source: str, rope: Mapping[str, Any] | None, rope_theta: float, label: str = "rope_scaling"
+) -> Mapping[str, Any] | None:
+    """Validate a rope dict; return a read-only canonical copy, or None for plain RoPE.
+
+    ``label`` is the spelling the dict came from, so messages name the key in the file.
+    """
+    if rope is None:
+        return None
+    if not isinstance(rope, Mapping):
+        raise _fail(source, f"{label} ({rope!r}) must be a dict or null")
+    if not rope:
+        return None
+    # transformers reads `rope_type` first and falls back to the older `type`.
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in _ROPE_REQUIRED_KEYS:
+        raise _fail(
+            source,
+            f"{label}.rope_type ({rope_type!r}) is not supported; supported: "
+            f"{', '.join(repr(t) for t in SUPPORTED_ROPE_TYPES)}",
+        )
+    if "rope_theta" in rope and rope["rope_theta"] is not None:
+        inner = _positive_float(source, f"{label}.rope_theta", rope["rope_theta"])
+        if inner != rope_theta:
+            raise _fail(
+                source, f"rope_theta ({rope_theta!r}) conflicts with {label}.rope_theta ({inner!r})"
+            )
+    partial = rope.get("partial_rotary_factor")
+    if partial is not None and partial != 1.0:
+        raise _fail(
+            source,
+            f"{label}.partial_rotary_factor ({partial!r}) is not supported by this implementation "
+            "(LLaMA rotates the whole head)",
+        )
+    if rope_type == "default":
+        return None
+
+    out: dict[str, Any] = {"rope_type": rope_type}
+    for key in _ROPE_REQUIRED_KEYS[rope_type]:
+        name = f"{label}.{key}"
+        if key not in rope or rope[key] is None:
+            raise _fail(source, f"{name} is missing; rope_type {rope_type!r} requires "
+                                f"{', '.join(_ROPE_REQUIRED_KEYS[rope_type])}")
+        if key == "original_max_position_embeddings":
+            out[key] = _positive_int(source, name, rope[key])
+        else:
+            out[key] = _positive_float(source, name, rope[key])
+    if rope_type == "llama3" and out["high_freq_factor"] <= out["low_freq_factor"]:
+        # Equal factors divide by zero in the smoothing term; smaller inverts the bands.
+        raise _fail(
+            source,
+            f"{label}.high_freq_factor ({out['high_freq_factor']!r}) must be greater "
+            f"than {label}.low_freq_factor ({out['low_freq_factor']!r})",
+        )
+    return MappingProxyType(out)
+
+
+def _same_rope(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    return (dict(a) if a else None) == (dict(b) if b else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    """The architecture of one LLaMA checkpoint, HF field names, validated on construction.
+
+    ``rope_scaling`` is held in canonical form: None for plain RoPE, else a read-only
+    mapping with ``rope_type`` and exactly the keys that type needs (``rope_theta``
+    lives in its own field).
+    """
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    vocab_size: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = _DEFAULT_ROPE_THETA
+    rope_scaling: Mapping[str, Any] | None = field(default=None, hash=False)
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    model_type: str = "llama"
+    # Only for messages: two configs with the same contents are equal wherever they came from.
+    source: str = field(default="<dict>", compare=False)
+
+    def __post_init__(self) -> None:
+        src = self.source
+
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.model_type != "llama":
+            raise _fail(src, f"model_type ({self.model_type!r}) is not supported; "
+                             "expected 'llama'")
+        for name in _REQUIRED_KEYS + ("max_position_embeddings",):
+            put(name, _positive_int(src, name, getattr(self, name)))
+
+        heads = self.num_attention_heads
+        if self.num_key_value_heads is None:
+            put("num_key_value_heads", heads)
+        kv = _positive_int(src, "num_key_value_heads", self.num_key_value_heads)
+        put("num_key_value_heads", kv)
+        if heads % kv:
+            raise _fail(src, f"num_attention_heads ({heads}) must be divisible by "
+                             f"num_key_value_heads ({kv})")
+
+        if self.head_dim is None:
+            if self.hidden_size % heads:
+                # The derived head_dim would silently drop part of the hidden state.
+                raise _fail(src, f"hidden_size ({self.hidden_size}) must be divisible by "
+                                 f"num_attention_heads ({heads}) when head_dim is not given")
+            put("head_dim", self.hidden_size // heads)
+        head_dim = _positive_int(src, "head_dim", self.head_dim)
+        if head_dim % 2:
+            raise _fail(src, f"head_dim ({head_dim}) must be even: RoPE rotates pairs of "
+                             "channels")
+        put("head_dim", head_dim)
+
+        put("rms_norm_eps", _positive_float(src, "rms_norm_eps", self.rms_norm_eps))
+        put("rope_theta", _positive_float(src, "rope_theta", self.rope_theta))
+        put("rope_scaling", _normalize_rope(src, self.rope_scaling, self.rope_theta))
+
+        if self.hidden_act != "silu":
+            raise _fail(src, f"hidden_act ({self.hidden_act!r}) is not supported; only "
+                             "'silu' is accepted (the SwiGLU MLP of LLaMA)")
+        put("tie_word_embeddings",
+            _bool(src, "tie_word_embeddings", self.tie_word_embeddings))
+        _unsupported_flag(src, "attention_bias", self.attention_bias,
+                          "q/k/v/o projections have no bias")
+        _unsupported_flag(src, "mlp_bias", self.mlp_bias, "MLP projections have no bias")
+
+        if self.dtype is not None:
+            key = self.dtype.strip().lower() if isinstance(self.dtype, str) else None
+            if key not in _DTYPE_ALIASES:
+                raise _fail(src, f"dtype ({self.dtype!r}) is not supported; expected one of "
+                                 f"{', '.join(SUPPORTED_DTYPES)} (or fp32/f32, fp16/f16/half, "
+                                 "bf16)")
+            put("dtype", _DTYPE_ALIASES[key])
+
+        if self.bos_token_id is not None:
+            put("bos_token_id", _token_id(src, "bos_token_id", self.bos_token_id))
+        eos = self.eos_token_id
+        if isinstance(eos, (list, tuple)):
+            ids = tuple(_token_id(src, "eos_token_id", e) for e in eos)
+            put("eos_token_id", ids or None)
+        elif eos is not None:
+            put("eos_token_id", _token_id(src, "eos_token_id", eos))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> LlamaConfig:
+        """Build from the parsed contents of a config.json; unknown keys are ignored."""
+        if not isinstance(d, Mapping):
+            raise _fail(source, f"config must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in _REQUIRED_KEYS if k not in d]
+        if missing:
+            raise _fail(source, f"required field(s) missing: {', '.join(missing)}")
+
+        rope_theta, rope_dict = cls._read_rope(d, source)
+        dtype = d.get("dtype")
+        if dtype is None:
+            dtype = d.get("torch_dtype")
+
+        def opt(key: str, default: Any) -> Any:
+            return d[key] if key in d else default
+
+        return cls(
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            vocab_size=d["vocab_size"],
+            # null means "derive it", as in HF.
+            num_key_value_heads=d.get("num_key_value_heads"),
+            head_dim=d.get("head_dim"),
+            rms_norm_eps=opt("rms_norm_eps", 1e-6),
+            rope_theta=rope_theta,
+            rope_scaling=rope_dict,
+            max_position_embeddings=opt("max_position_embeddings", 2048),
+            tie_word_embeddings=opt("tie_word_embeddings", False),
+            hidden_act=opt("hidden_act", "silu"),
+            attention_bias=opt("attention_bias", False),
+            mlp_bias=opt("mlp_bias", False),
+            dtype=dtype,
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            model_type=opt("model_type", "llama"),
+            source=source,
+        )
+
+    @staticmethod
+    def _read_rope(d: Mapping[str, Any], source: str) -> tuple[Any, dict[str, Any] | None]:
+        """Merge both rope spellings into (rope_theta, scaling dict without rope_theta)."""
+        top = d.get("rope_theta")
+        spellings: dict[str, Mapping[str, Any]] = {}
+        for name in ("rope_scaling", "rope_parameters"):
+            value = d.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise _fail(source, f"{name} ({value!r}) must be a dict or null")
+            if any(isinstance(v, Mapping) for v in value.values()):
+                # Per-layer-type nesting (Gemma-style) has no meaning for LLaMA.
+                raise _fail(source, f"{name} ({dict(value)!r}) is nested per layer type; "
+                                    "LLaMA has a single rope configuration")
+            inner = value.get("rope_theta")
+            if inner is not None and top is not None and inner != top:
+                raise _fail(source, f"rope_theta ({top!r}) conflicts with {name}.rope_theta "
+                                    f"({inner!r})")
+            if value:
+                spellings[name] = value
+
+        def theta_of(rope: Mapping[str, Any] | None) -> Any:
+            if rope and rope.get("rope_theta") is not None:
+                return rope["rope_theta"]
+            return top if top is not None else _DEFAULT_ROPE_THETA
+
+        # Validate under the spelling the file used, so messages name the key as written.
+        canonical = {
+            name: _normalize_rope(
+                source, rope, _positive_float(source, "rope_theta", theta_of(rope)), name
+            )
+            for name, rope in spellings.items()
+        }
+        if len(spellings) == 2 and (
+            not _same_rope(canonical["rope_scaling"], canonical["rope_parameters"])
+            or theta_of(spellings["rope_scaling"]) != theta_of(spellings["rope_parameters"])
+        ):
+            raise _fail(source, f"rope_scaling ({dict(spellings['rope_scaling'])!r}) conflicts "
+                                f"with rope_parameters ({dict(spellings['rope_parameters'])!r})")
+        # transformers: a non-empty rope_scaling replaces rope_parameters.
+        chosen = spellings.get("rope_scaling") or spellings.get("rope_parameters")
+        if chosen is None:
+            return theta_of(None), None
+        return theta_of(chosen), {k: v for k, v in chosen.items() if k != "rope_theta"}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> LlamaConfig:
+        """Read ``config.json`` from a checkpoint directory, or the file itself."""
+        p = Path(path)
+        file = p / "config.json" if p.is_dir() else p
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read config file: {exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{file}: invalid JSON: {exc}") from exc
+        return cls.from_dict(data, source=str(file))
+
+    # ---------------------------------------------------------------------- derived
+
+    @property
+    def rope_type(self) -> str:
+        return self.rope_scaling["rope_type"] if self.rope_scaling else "default"
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        eos = self.eos_token_id
+        if eos is None:
+            return ()
+        return eos if isinstance(eos, tuple) else (eos,)
+
+    @property
+    def rope_attention_scaling(self) -> float:
+        """Factor on cos/sin; 1.0 for every supported rope type (yarn/longrope differ)."""
+        return 1.0
+
+    def rope_inv_freq(self) -> np.ndarray:
+        """Inverse RoPE frequencies, float64 [head_dim // 2], as transformers computes them.
+
+        Mirrors the default init and ``ROPE_INIT_FUNCTIONS['linear'|'llama3']`` operation for
+        operation, only in float64 (transformers works in float32).
+        """
+        dim = self.head_dim
+        inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64)
+                                              .astype(np.float64) / dim))
+        rope = self.rope_scaling
+        if rope is None:
+            return inv_freq
+        factor = rope["factor"]
+        if rope["rope_type"] == "linear":
+            return inv_freq / factor
+
+        # llama3: keep short wavelengths, divide long ones by `factor`, blend in between.
+        low = rope["low_freq_factor"]
+        high = rope["high_freq_factor"]
+        old_context_len = rope["original_max_position_embeddings"]
+        low_freq_wavelen = old_context_len / low
+        high_freq_wavelen = old_context_len / high
+        wavelen = 2 * math.pi / inv_freq
+        inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_context_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
+        is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+        return np.where(is_medium, smoothed, inv_freq_llama)
+
+    def expected_weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF parameter name -> shape; lm_head.weight is listed even when tied."""
+        h, inter, d = self.hidden_size, self.intermediate_size, self.head_dim
+        q_out = self.num_attention_heads * d
+        kv_out = self.num_key_value_heads * d
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        for i in range(self.num_hidden_layers):
+            p = f"model.layers.{i}."
+            shapes[p + "input_layernorm.weight"] = (h,)
+            shapes[p + "self_attn.q_proj.weight"] = (q_out, h)
+            shapes[p + "self_attn.k_proj.weight"] = (kv_out, h)
+            shapes[p + "self_attn.v_proj.weight"] = (kv_out, h)
+            shapes[p + "self_attn.o_proj.weight"] = (h, q_out)
+            shapes[p + "post_attention_layernorm.weight"] = (h,)
+            shapes[p + "mlp.gate_proj.weight"] = (inter, h)
+            shapes[p + "mlp.up_proj.weight"] = (inter, h)
+            shapes[p + "mlp.down_proj.weight"] = (h, inter)
+        shapes["model.norm.weight"] = (h,)
+        shapes["lm_head.weight"] = (self.vocab_size, h)
+        return shapes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (old rope spelling), readable back by :meth:`from_dict`."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out

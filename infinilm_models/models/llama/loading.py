@@ -1,0 +1,438 @@
+"""Strict loading of Hugging Face LLaMA safetensors checkpoints into host numpy arrays.
+
+The loader is deliberately unforgiving: a checkpoint that does not match the model
+exactly (missing, unexpected or mis-shaped tensors) is refused with one error that lists
+every problem, because a silently half-loaded model produces plausible-looking garbage.
+
+Layout rules follow transformers: ``model.safetensors`` wins over
+``model.safetensors.index.json`` when both exist; a sharded checkpoint is read through
+the index's ``weight_map``.
+
+Tied embeddings (``tie_word_embeddings=True``):
+
+* ``lm_head.weight`` absent: the result's ``lm_head.weight`` is the *same array object* as
+  ``model.embed_tokens.weight``, so the two share memory (writing to one changes both).
+* ``lm_head.weight`` present and equal to the embedding (after conversion): tied as above.
+* present and different: transformers >= 5 then refuses to tie and uses the stored
+  ``lm_head.weight``; we do the same (separate array) and emit a ``UserWarning``. The
+  model must therefore always take its head from ``state["lm_head.weight"]``, never
+  from the embedding because the config says "tied".
+
+Index entries must stay inside the model directory: absolute paths, ``..`` and symlinks
+resolving elsewhere are refused, except symlinks into a Hugging Face hub cache blob store
+(``.../models--org--name/blobs/``), which is how every hub snapshot is laid out.
+
+Reading never needs torch: tensors come from ``safetensors.safe_open(...,
+framework="numpy")``, which validates each header up front and returns BF16 as
+``ml_dtypes.bfloat16`` (checked with safetensors 0.8); a safetensors too old to hand BF16
+to numpy falls back to a raw read of the bytes the library has already validated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from tqdm import tqdm
+
+__all__ = [
+    "EMBED_WEIGHT",
+    "INDEX_FILE",
+    "LM_HEAD_WEIGHT",
+    "SINGLE_FILE",
+    "CheckpointError",
+    "load_state_dict",
+    "weights_files",
+]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+EMBED_WEIGHT = "model.embed_tokens.weight"
+LM_HEAD_WEIGHT = "lm_head.weight"
+
+# Weight formats we recognise only to give a better "not supported" message.
+_UNSUPPORTED_FORMATS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.gguf")
+
+_TARGET_DTYPES: dict[str, np.dtype] = {
+    "f32": np.dtype(np.float32),
+    "f16": np.dtype(np.float16),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+}
+# Storage dtypes a LLaMA weight may legitimately have; integer/fp8 tensors are a
+# quantized or foreign checkpoint that this loader cannot interpret correctly.
+_STORED_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names the file (and tensor)."""
+
+
+@dataclass(frozen=True)
+class _TensorInfo:
+    file: Path
+    dtype: str  # safetensors dtype string, e.g. "BF16"
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    files: list[Path]
+    # tensor name -> file it must come from; None for the single-file layout.
+    weight_map: dict[str, Path] | None
+    # What the user should look at when something is wrong: the index or the single file.
+    source: Path
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def weights_files(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """The safetensors files a checkpoint directory's weights live in, sorted by name.
+
+    Raises CheckpointError for a missing directory, no weights, a broken index, index
+    entries outside the directory, or listed shards that do not exist.
+    """
+    return _layout(Path(model_dir)).files
+
+
+def _layout(model_dir: Path) -> _Layout:
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: not a directory (expected a checkpoint directory)")
+    single = model_dir / SINGLE_FILE
+    index = model_dir / INDEX_FILE
+    # Same precedence as transformers, so both load the same bytes.
+    if single.is_file():
+        return _Layout(files=[single], weight_map=None, source=single)
+    if index.is_file():
+        return _layout_from_index(model_dir, index)
+    others = [name for name in _UNSUPPORTED_FORMATS if (model_dir / name).exists()]
+    hint = f"; found {', '.join(others)}, which is not supported (convert to safetensors)"
+    raise CheckpointError(
+        f"{model_dir}: no weights found; looked for {SINGLE_FILE} and {INDEX_FILE}"
+        + (hint if others else "")
+    )
+
+
+def _layout_from_index(model_dir: Path, index: Path) -> _Layout:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: invalid JSON ({exc})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{index}: cannot read ({exc})") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f"{index}: no 'weight_map' object of tensor name -> file name")
+    if not weight_map:
+        raise CheckpointError(f"{index}: 'weight_map' is empty")
+
+    tensors_of: dict[str, list[str]] = {}
+    for name, entry in weight_map.items():
+        tensors_of.setdefault(entry, []).append(name)
+
+    problems: list[str] = []
+    resolved: dict[str, Path] = {}
+    for entry, names in tensors_of.items():
+        what = f"weight_map entry {entry!r} (for {_describe_names(names)})"
+        reason = _outside_reason(model_dir, entry)
+        if reason is not None:
+            problems.append(f"{what} {reason}")
+            continue
+        path = model_dir / entry
+        if not path.is_file():
+            problems.append(f"{what}: shard file {path} does not exist")
+            continue
+        resolved[entry] = path
+    if problems:
+        raise CheckpointError(f"{index}: unusable shard entries:\n  " + "\n  ".join(problems))
+    return _Layout(
+        # Name order (model-00001-of-N first), not the index's alphabetical tensor order.
+        files=sorted(resolved.values()),
+        weight_map={name: resolved[entry] for name, entry in weight_map.items()},
+        source=index,
+    )
+
+
+def _outside_reason(model_dir: Path, entry: str) -> str | None:
+    """Why an index entry may not be read, or None if it stays inside the checkpoint."""
+    # An index is downloaded data: it must not be able to make us read arbitrary files.
+    if not entry:
+        return "is empty"
+    if PurePosixPath(entry).is_absolute() or PureWindowsPath(entry).is_absolute():
+        return "is an absolute path, outside the model directory"
+    if PureWindowsPath(entry).drive or ".." in PurePosixPath(entry.replace("\\", "/")).parts:
+        return "points outside the model directory ('..')"
+    target = (model_dir / entry).resolve()
+    root = model_dir.resolve()
+    if target.is_relative_to(root) or _in_hf_blob_store(target):
+        return None
+    return f"resolves (through a symlink) to {target}, outside the model directory {root}"
+
+
+def _in_hf_blob_store(target: Path) -> bool:
+    # A Hugging Face hub cache snapshot (.../models--org--name/snapshots/<rev>/) holds
+    # only symlinks into .../models--org--name/blobs/, as did local_dir downloads of
+    # older huggingface_hub; refusing those would refuse every cached model.
+    blobs = target.parent
+    return blobs.name == "blobs" and blobs.parent.name.startswith("models--")
+
+
+def _describe_names(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"tensor {names[0]!r}"
+    return f"tensor {names[0]!r} and {len(names) - 1} more"
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _safe_open() -> Any:
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:  # pragma: no cover - environment problem, not a test case
+        raise ImportError(
+            "loading checkpoints needs the 'safetensors' package (pip install safetensors)"
+        ) from exc
+    return safe_open
+
+
+def _open_all(files: Iterable[Path], stack: ExitStack) -> dict[Path, Any]:
+    safe_open = _safe_open()
+    handles: dict[Path, Any] = {}
+    failures: list[str] = []
+    for path in files:
+        try:
+            # safe_open validates the whole header up front (length, JSON, dtypes,
+            # offsets within the file), so a truncated or corrupt file fails here,
+            # before any tensor is touched, instead of segfaulting on a bad mmap read.
+            handles[path] = stack.enter_context(safe_open(str(path), framework="numpy"))
+        except Exception as exc:  # SafetensorError, OSError, ...: all mean "bad file"
+            failures.append(f"{path}: not a valid safetensors file ({exc})")
+    if failures:
+        raise CheckpointError("\n".join(failures))
+    return handles
+
+
+def _inventory(layout: _Layout, handles: Mapping[Path, Any]) -> dict[str, _TensorInfo]:
+    """Tensor name -> where it is and what it looks like, from the headers only."""
+    present: dict[str, _TensorInfo] = {}
+    problems: list[str] = []
+    for path, handle in handles.items():
+        try:
+            for name in handle.keys():
+                if layout.weight_map is not None:
+                    listed = layout.weight_map.get(name)
+                    if listed is None:
+                        problems.append(f"{path}: holds tensor {name!r}, which the index omits")
+                        continue
+                    if listed != path:
+                        # The copy the index does not point at is never read.
+                        continue
+                view = handle.get_slice(name)
+                present[name] = _TensorInfo(path, str(view.get_dtype()), tuple(view.get_shape()))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read the tensor list ({exc})") from exc
+    if layout.weight_map is not None:
+        for name, path in layout.weight_map.items():
+            if name not in present:
+                problems.append(f"{path}: does not hold tensor {name!r}, though the index says so")
+    if problems:
+        raise CheckpointError(
+            f"{layout.source}: index and shards disagree:\n  " + "\n  ".join(problems)
+        )
+    return present
+
+
+def _read_tensor(handle: Any, path: Path, name: str, info: _TensorInfo) -> np.ndarray:
+    try:
+        return _library_get_tensor(handle, name)
+    except Exception as exc:
+        if info.dtype == "BF16":
+            # Older safetensors cannot hand BF16 to numpy; the bytes themselves are fine.
+            return _read_raw(path, name, info)
+        raise CheckpointError(f"{path}: cannot read tensor {name!r} ({exc})") from exc
+
+
+def _library_get_tensor(handle: Any, name: str) -> np.ndarray:
+    return handle.get_tensor(name)
+
+
+def _read_raw(path: Path, name: str, info: _TensorInfo) -> np.ndarray:
+    """Read one tensor's bytes straight from the file (header already validated)."""
+    dtype = _STORED_DTYPES[info.dtype]
+    try:
+        with path.open("rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+            start, end = header[name]["data_offsets"]
+            out = np.empty(info.shape, dtype=dtype)
+            if end - start != out.nbytes:
+                raise ValueError(f"data spans {end - start} bytes, shape needs {out.nbytes}")
+            fh.seek(8 + header_len + start)
+            if fh.readinto(memoryview(out.view(np.uint8).reshape(-1))) != out.nbytes:
+                raise ValueError("file ends inside the tensor data")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot read tensor {name!r} ({exc})") from exc
+    return out
+
+
+def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str) -> np.ndarray:
+    if arr.dtype == target:
+        return np.ascontiguousarray(arr)
+    # Through float32: exact for f16/bf16 sources, and the single rounding step to
+    # the target is then numpy's/ml_dtypes' round-to-nearest-even.
+    wide = arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # reported below as an error naming the tensor
+        out = np.ascontiguousarray(wide.astype(target))
+    if target == np.float16 and not np.isfinite(out).all():
+        overflow = np.isfinite(wide) & ~np.isfinite(out)
+        if overflow.any():
+            worst = float(np.abs(wide[overflow]).max())
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has values up to {worst:g}, beyond float16's "
+                f"{_F16_MAX:g}; load it as bf16 or f32"
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------ check
+
+
+def _check(
+    layout: _Layout,
+    present: Mapping[str, _TensorInfo],
+    expected: Mapping[str, tuple[int, ...]],
+    tie_word_embeddings: bool,
+) -> None:
+    """Raise one CheckpointError listing every mismatch between checkpoint and model."""
+    missing: list[str] = []
+    unexpected: list[str] = []
+    misshaped: list[str] = []
+    bad_dtype: list[str] = []
+    for name, shape in expected.items():
+        info = present.get(name)
+        if info is None:
+            if not (tie_word_embeddings and name == LM_HEAD_WEIGHT):
+                missing.append(f"{name} {tuple(shape)}")
+            continue
+        if info.shape != tuple(shape):
+            misshaped.append(
+                f"{name} in {info.file.name}: got {info.shape}, expected {tuple(shape)}"
+            )
+        if info.dtype not in _STORED_DTYPES:
+            bad_dtype.append(f"{name} in {info.file.name}: stored as {info.dtype}")
+    for name, info in present.items():
+        if name in expected:
+            continue
+        if tie_word_embeddings and name == LM_HEAD_WEIGHT:
+            # Tied and the caller lists no lm_head: it must still look like the embedding.
+            want = tuple(expected.get(EMBED_WEIGHT, info.shape))
+            if info.shape != want:
+                misshaped.append(f"{name} in {info.file.name}: got {info.shape}, expected {want}")
+            continue
+        unexpected.append(f"{name} {info.shape} in {info.file.name}")
+
+    sections = [
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", misshaped),
+        ("unsupported storage dtype (want F32/F16/BF16/F64)", bad_dtype),
+    ]
+    found = [(title, items) for title, items in sections if items]
+    if not found:
+        return
+    summary = ", ".join(f"{len(items)} {title.split(' (')[0]}" for title, items in found)
+    lines = [f"{layout.source}: checkpoint does not match the model ({summary}):"]
+    for title, items in found:
+        lines.append(f"  {title}:")
+        lines.extend(f"    {item}" for item in items)
+    raise CheckpointError("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------- load
+
+
+def load_state_dict(
+    model_dir: str | os.PathLike[str],
+    expected: Mapping[str, tuple[int, ...]],
+    dtype: str,
+    *,
+    tie_word_embeddings: bool,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Load every expected tensor of an HF LLaMA checkpoint as a C-contiguous numpy array.
+
+    ``expected`` maps HF tensor names to shapes (``LlamaConfig.expected_weight_shapes()``);
+    the checkpoint must hold exactly those, except that ``lm_head.weight`` may be absent
+    when ``tie_word_embeddings`` is true. ``dtype`` is "f32", "f16" or "bf16" (numpy
+    float32/float16/``ml_dtypes.bfloat16``); conversion goes through float32.
+
+    The result is keyed in ``expected`` order. With tied embeddings it always holds
+    ``lm_head.weight``, normally as the very same array object as the embedding (shared
+    memory); see the module docstring for a stored, differing ``lm_head.weight``.
+
+    Raises CheckpointError (a ValueError) naming the file and tensor for any layout,
+    format or content problem; all mismatches against ``expected`` come in one error.
+    """
+    if dtype not in _TARGET_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_TARGET_DTYPES)}, got {dtype!r}")
+    target = _TARGET_DTYPES[dtype]
+    layout = _layout(Path(model_dir))
+
+    with ExitStack() as stack:
+        handles = _open_all(layout.files, stack)
+        present = _inventory(layout, handles)
+        _check(layout, present, expected, tie_word_embeddings)
+
+        to_read = [name for name in expected if name in present]
+        tied_lm_head_stored = (
+            tie_word_embeddings and LM_HEAD_WEIGHT in present and LM_HEAD_WEIGHT not in expected
+        )
+        if tied_lm_head_stored:
+            to_read.append(LM_HEAD_WEIGHT)
+        # Grouped by file so each shard's pages are touched in one sweep, and
+        # tensor by tensor so the peak extra memory is one tensor, not one shard.
+        order = {path: i for i, path in enumerate(layout.files)}
+        to_read.sort(key=lambda n: order[present[n].file])
+
+        loaded: dict[str, np.ndarray] = {}
+        for name in tqdm(to_read, desc="loading weights", unit="tensor", disable=not progress):
+            info = present[name]
+            raw = _read_tensor(handles[info.file], info.file, name, info)
+            loaded[name] = _convert(raw, target, info.file, name)
+            del raw
+
+    if tie_word_embeddings and EMBED_WEIGHT in loaded:
+        head = loaded.get(LM_HEAD_WEIGHT)
+        embed = loaded[EMBED_WEIGHT]
+        if head is None or np.array_equal(head, embed):
+            loaded[LM_HEAD_WEIGHT] = embed
+        else:
+            warnings.warn(
+                f"{present[LM_HEAD_WEIGHT].file}: tie_word_embeddings is true but the stored "
+                f"{LM_HEAD_WEIGHT} differs from {EMBED_WEIGHT}; using the stored "
+                f"{LM_HEAD_WEIGHT} untied, as transformers does",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    names = list(expected)
+    if LM_HEAD_WEIGHT in loaded and LM_HEAD_WEIGHT not in expected:
+        names.append(LM_HEAD_WEIGHT)
+    return {name: loaded[name] for name in names if name in loaded}

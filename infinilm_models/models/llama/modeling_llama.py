@@ -1,0 +1,192 @@
+"""LlamaModel and LlamaForCausalLM on InfiniCore.
+
+    model = LlamaForCausalLM.from_pretrained("path/to/hf-llama", device="cpu", dtype="bf16")
+    logits = model.forward(input_ids)              # [batch, 1, vocab], last token
+    logits = model.forward(ids, all_logits=True)   # [batch, seq, vocab]
+
+Weights keep their HF names (`model.layers.3.self_attn.q_proj.weight`) from file to
+module attribute, so a reader can map one to the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ...runtime import Device, DType, Tensor, ops
+from ...runtime.memory import MemcpyKind, memcpy
+from .buffers import BufferPool, Buffers
+from .configuration import LlamaConfig
+from .decoder_layer import Capture, LlamaDecoderLayer
+from .kv_cache import KVCache
+from .loading import load_state_dict
+from .rope import LlamaRotaryEmbedding
+
+DEFAULT_MAX_CACHE_LEN = 2048
+
+
+class LlamaModel:
+    """embed_tokens -> N x LlamaDecoderLayer -> (the final norm lives in the head class,
+    which applies it only to the positions whose logits are wanted)."""
+
+    def __init__(self, config: LlamaConfig, weights: dict[str, Tensor]) -> None:
+        self.config = config
+        self.embed_tokens = weights["model.embed_tokens.weight"]
+        self.layers = []
+        for i in range(config.num_hidden_layers):
+            prefix = f"model.layers.{i}."
+            self.layers.append(LlamaDecoderLayer(
+                config, i, {k.removeprefix(prefix): v for k, v in weights.items()
+                            if k.startswith(prefix)}))
+        self.norm = weights["model.norm.weight"]
+
+    def embed(self, input_ids: np.ndarray, out: Tensor) -> None:
+        """Row gather by device-to-device copies: works on every backend (InfiniCore has
+        no embedding op), one copy per token."""
+        vocab, hidden = self.embed_tokens.shape
+        flat = input_ids.reshape(-1)
+        bad = (flat < 0) | (flat >= vocab)
+        if bad.any():
+            raise ValueError(f"token id {int(flat[bad][0])} out of range [0, {vocab}) "
+                             f"at flat position {int(np.argmax(bad))}")
+        row = hidden * self.embed_tokens.dtype.itemsize
+        base, dst = self.embed_tokens.data_ptr, out.data_ptr
+        for i, tok in enumerate(flat.tolist()):
+            memcpy(dst + i * row, base + tok * row, row, MemcpyKind.D2D, out.device)
+
+
+class LlamaForCausalLM:
+    def __init__(self, config: LlamaConfig, weights: dict[str, Tensor], device: Device,
+                 dtype: DType, max_cache_len: int | None = None) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.model = LlamaModel(config, weights)
+        self.lm_head = weights["lm_head.weight"]
+        self._lm_head_t = self.lm_head.transpose(0, 1)
+        self.rotary_emb = LlamaRotaryEmbedding(config, device, dtype)
+        # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
+        self.rope_algo = ops.RoPEAlgo.GPT_NEOX
+        self.max_cache_len = min(max_cache_len or DEFAULT_MAX_CACHE_LEN,
+                                 config.max_position_embeddings)
+        self.buffers = BufferPool(config, device, dtype, self.max_cache_len)
+        self._scratch_caches: dict[int, KVCache] = {}
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, model_path: str | Path, device: str | Device = "cpu",
+                        dtype: str | DType | None = None, *, max_cache_len: int | None = None,
+                        progress: bool = True) -> LlamaForCausalLM:
+        path = Path(model_path)
+        config = LlamaConfig.from_pretrained(path)
+        dt = DType.parse(dtype or config.dtype or "f32")
+        if dt not in (DType.F32, DType.F16, DType.BF16):
+            raise ValueError(f"dtype {dt.short} not supported; use f32, f16 or bf16")
+        dev = Device.parse(device)
+        host = load_state_dict(path, config.expected_weight_shapes(), dt.short,
+                               tie_word_embeddings=config.tie_word_embeddings,
+                               progress=progress)
+        weights: dict[str, Tensor] = {}
+        for name, array in host.items():
+            if name == "lm_head.weight" and array is host.get("model.embed_tokens.weight"):
+                continue  # tied: share the embedding's device tensor below
+            weights[name] = Tensor.from_numpy(array, dev, dt)
+        weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
+        return cls(config, weights, dev, dt, max_cache_len)
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        return KVCache(self.config, batch_size, max_len or self.max_cache_len, self.device,
+                       self.dtype)
+
+    # -- forward --------------------------------------------------------------------------
+
+    def forward(self, input_ids: Sequence[Sequence[int]] | np.ndarray,
+                position_ids: np.ndarray | None = None, *, cache: KVCache | None = None,
+                all_logits: bool = False, capture: dict[str, np.ndarray] | None = None
+                ) -> Tensor:
+        """Logits of the last token [batch, 1, vocab] (or of every token, [batch, seq, vocab]).
+
+        With `cache`, the tokens are appended after the cached ones; without, the call is
+        a full recompute. `position_ids` default to cache position + 0..seq-1. The returned
+        tensor is a reused buffer: read it before the next call. `capture`, if given, is
+        filled with host copies of named intermediates (embed_tokens, layers.{i}.self_attn,
+        layers.{i}.mlp, layers.{i}, norm); copying does not change the numerics.
+        """
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, seq] with seq >= 1, got {ids.shape}")
+        batch, seq = ids.shape
+        if cache is None:
+            cache = self._scratch_cache(batch, seq)
+        start = cache.reserve(batch, seq)
+        if position_ids is None:
+            pos = np.broadcast_to(np.arange(start, start + seq), (batch, seq))
+        else:
+            pos = np.asarray(position_ids, dtype=np.int64)
+            if pos.shape != ids.shape:
+                raise ValueError(f"position_ids shape {pos.shape} != input_ids shape {ids.shape}")
+        if pos.min() < 0 or pos.max() >= self.rotary_emb.max_positions:
+            raise ValueError(f"position ids must be in [0, {self.rotary_emb.max_positions}), "
+                             f"got [{pos.min()}, {pos.max()}]")
+
+        bufs = self.buffers.get(batch, seq)
+        bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
+        record = self._recorder(capture, batch, seq)
+        self.model.embed(ids, bufs.hidden)
+        if record:
+            record("embed_tokens", bufs.hidden)
+        for layer in self.model.layers:
+            layer.forward(bufs, cache, start, self.rotary_emb, self.rope_algo, record)
+        cache.length = start + seq
+        return self._head(bufs, all_logits, record)
+
+    __call__ = forward
+
+    def _head(self, bufs: Buffers, all_logits: bool, record: Capture | None) -> Tensor:
+        eps = self.config.rms_norm_eps
+        batch, seq = bufs.batch, bufs.seq
+        if all_logits:
+            ops.rms_norm(bufs.normed, bufs.hidden, self.model.norm, eps)
+            if record:
+                record("norm", bufs.normed)
+            out = self.buffers.all_logits(bufs)
+            ops.gemm(out, bufs.normed, self._lm_head_t)
+            return out.view(batch, seq, self.config.vocab_size)
+        # Only the last position of each sequence needs the final norm and the lm_head.
+        last = bufs.hidden.view(batch, seq, self.config.hidden_size).narrow(1, seq - 1, 1)
+        normed = bufs.last_normed.view(batch, 1, self.config.hidden_size)
+        ops.rms_norm(normed, last, self.model.norm, eps)
+        if record:
+            record("norm", normed)
+        ops.gemm(bufs.logits, bufs.last_normed, self._lm_head_t)
+        return bufs.logits.view(batch, 1, self.config.vocab_size)
+
+    def _scratch_cache(self, batch: int, seq: int) -> KVCache:
+        """An uncached forward still needs K/V of its own tokens: a reusable private cache."""
+        if seq > self.max_cache_len:
+            raise ValueError(f"sequence of {seq} tokens exceeds max_cache_len "
+                             f"{self.max_cache_len}")
+        cache = self._scratch_caches.get(batch)
+        if cache is None or cache.max_len < seq:
+            cache = self._scratch_caches[batch] = KVCache(
+                self.config, batch, min(max(seq, 16), self.max_cache_len), self.device,
+                self.dtype)
+        cache.reset()
+        return cache
+
+    @staticmethod
+    def _recorder(capture: dict[str, np.ndarray] | None, batch: int, seq: int
+                  ) -> Capture | None:
+        if capture is None:
+            return None
+
+        def record(name: str, t: Tensor) -> None:
+            a = t.numpy()
+            rows = a.shape[0] if a.ndim == 2 else math.prod(a.shape[:-1])
+            capture[name] = a.reshape(batch, rows // batch, a.shape[-1])
+
+        return record
