@@ -124,6 +124,20 @@ def compare_exact(actual, expected, what: str = "output") -> Comparison:
                              f"{idx}: got {a[idx]}, expected {e[idx]}", m, exact)
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """Model-level bound earned from the reference's own error: a metric of ours against
+    the golden may be at most k x (the same metric of transformers in the tested dtype
+    against the golden) + floor."""
+
+    k: float
+    floor: float
+    source: str = ""
+
+    def threshold(self, reference_error: float) -> float:
+        return self.k * reference_error + self.floor
+
+
 class TolerancePolicy:
     """(check, dtype) -> Tolerance from the default data file, overlaid by a user file."""
 
@@ -152,6 +166,14 @@ class TolerancePolicy:
         return Tolerance(float(entry["atol"]), float(entry["rtol"]),
                          float(entry["nmse"]) if "nmse" in entry else None,
                          f"{check}.{dtype}")
+
+
+def get_calibrated(policy: TolerancePolicy, check: str, dtype: str) -> Calibrated:
+    entry = policy.table.get(check, {}).get(dtype)
+    if entry is None or set(entry) != {"k", "floor"}:
+        raise KeyError(f"tolerance [{check}.{dtype}] needs exactly k and floor in "
+                       f"{', '.join(policy.sources)}; got {entry}")
+    return Calibrated(float(entry["k"]), float(entry["floor"]), f"{check}.{dtype}")
 
 
 def _read_toml(path: Path) -> dict:

@@ -37,6 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "(default: $INFINILM_DEVICE or cpu)")
     g.addoption("--dtype", default=os.environ.get("INFINILM_DTYPES", ",".join(ALL_DTYPES)),
                 help="comma-separated dtypes to check: f32,f16,bf16 (default: all three)")
+    g.addoption("--model", default=None,
+                help="comma-separated checkpoints for the model-level checks: fixture names "
+                     "(tiny-mha, tiny-gqa, ..., smollm2) or local HF LLaMA directories "
+                     "(default: $INFINILM_MODELS or every tiny fixture plus smollm2)")
     g.addoption("--tolerances", type=Path, default=None,
                 help="TOML file overriding entries of conformance/tolerances.toml")
     g.addoption("--report-dir", type=Path, default=None,
@@ -116,9 +120,18 @@ def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "dtype" in metafunc.fixturenames and not any(
-            "dtype" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+    if "model_name" in metafunc.fixturenames and not _explicit(metafunc, "model_name"):
+        from .model.harness import model_names
+
+        metafunc.parametrize("model_name", model_names(metafunc.config.getoption("--model")))
+    if "dtype" in metafunc.fixturenames and not _explicit(metafunc, "dtype"):
         metafunc.parametrize("dtype", _dtypes(metafunc.config))
+
+
+def _explicit(metafunc: pytest.Metafunc, name: str) -> bool:
+    """The test parametrizes `name` itself, overriding the command-line default."""
+    return any(name in [a.strip() for a in str(m.args[0]).split(",")]
+               for m in metafunc.definition.iter_markers("parametrize"))
 
 
 def _load_known_defects(path: Path) -> list[dict]:

@@ -45,3 +45,24 @@ def test_op_elementwise(op, case, dtype, infini_device, verify):
     with unsupported_guard(verify):
         fn(ct, at, bt)
     verify.close(ct.numpy(), ref(a, b), op, dtype)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_op_elementwise_rounding(op, dtype, infini_device, verify):
+    """Results are rounded to nearest (IEEE default), not truncated: with a, b already in
+    the dtype, a+b and a*b are exact in float64, so the right answer is that value rounded
+    to nearest-even in the dtype. Truncation is invisible to loose tolerances but biases
+    every result towards zero and compounds across a model's layers."""
+    from infinilm_models.runtime import DType
+
+    fn, ref = OPS[op]
+    rng = rng_for("rounding", op, dtype)
+    a, b = host((64, 64), dtype, rng), host((64, 64), dtype, rng)
+    npd = DType.parse(dtype).numpy
+    expected = ref(a, b).astype(np.float32).astype(npd).astype(np.float64)
+    if dtype == "f32":
+        expected = ref(a, b).astype(np.float32).astype(np.float64)
+    out = Tensor.empty(a.shape, dtype, infini_device)
+    with unsupported_guard(verify):
+        fn(out, to_device(a, infini_device, dtype), to_device(b, infini_device, dtype))
+    verify.exact(out.numpy().astype(np.float64), expected, "rounded result")

@@ -51,8 +51,7 @@ class LlamaAttention:
         ops.rearrange(k_slot, bufs.k.view(b, s, nkv, d).permute(0, 2, 1, 3))
         ops.rearrange(v_slot, bufs.v.view(b, s, nkv, d).permute(0, 2, 1, 3))
         # [b, s, nkv, g, d] -> [b, nkv, g, s, d]: each KV head's query rows together.
-        ops.rearrange(bufs.q_heads.view(b, nkv, g, s, d),
-                      bufs.q.view(b, s, nkv, g, d).permute(0, 2, 3, 1, 4))
+        ops.rearrange(bufs.q_heads.view(b, nkv, g, s, d), self._query_heads(bufs))
 
         total = start + s
         keys, values = cache.prefix(self.layer_idx, total)  # [b * nkv, total, d]
@@ -68,3 +67,9 @@ class LlamaAttention:
                       bufs.attn.view(b, nkv, g, s, d).permute(0, 3, 1, 2, 4))
         ops.gemm(bufs.attn_out, bufs.attn_tokens, self._o_t)
         return bufs.attn_out
+
+    def _query_heads(self, bufs: Buffers) -> Tensor:
+        """q [b, s, heads, d] viewed as [b, kv_heads, group, s, d]: query head h belongs to
+        KV head h // group, as HF's repeat_kv lays them out."""
+        b, s, d = bufs.batch, bufs.seq, self.head_dim
+        return bufs.q.view(b, s, self.num_kv_heads, self.group, d).permute(0, 2, 3, 1, 4)

@@ -36,12 +36,18 @@ class LlamaDecoderLayer:
         attn_out = self.self_attn.forward(bufs.normed, bufs, cache, start, rope, rope_algo)
         if capture:
             capture(f"{name}.self_attn", attn_out)
-        ops.add(bufs.hidden, bufs.hidden, attn_out)
+        self._residual(bufs.hidden, attn_out)
+        if capture:
+            capture(f"{name}.residual_attn", bufs.hidden)
 
         ops.rms_norm(bufs.normed, bufs.hidden, self.post_attention_layernorm, self.eps)
         mlp_out = self.mlp.forward(bufs.normed, bufs)
         if capture:
             capture(f"{name}.mlp", mlp_out)
-        ops.add(bufs.hidden, bufs.hidden, mlp_out)
+        self._residual(bufs.hidden, mlp_out)
         if capture:
             capture(name, bufs.hidden)
+
+    @staticmethod
+    def _residual(hidden: Tensor, block_out: Tensor) -> None:
+        ops.add(hidden, hidden, block_out)

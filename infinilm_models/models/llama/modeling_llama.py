@@ -113,8 +113,10 @@ class LlamaForCausalLM:
         With `cache`, the tokens are appended after the cached ones; without, the call is
         a full recompute. `position_ids` default to cache position + 0..seq-1. The returned
         tensor is a reused buffer: read it before the next call. `capture`, if given, is
-        filled with host copies of named intermediates (embed_tokens, layers.{i}.self_attn,
-        layers.{i}.mlp, layers.{i}, norm); copying does not change the numerics.
+        filled with host copies of named intermediates, in execution order: embed_tokens, then per
+        layer layers.{i}.self_attn, layers.{i}.residual_attn (hidden state after the attention
+        residual), layers.{i}.mlp, layers.{i} (after the MLP residual), and finally norm;
+        copying does not change the numerics.
         """
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:

@@ -1,0 +1,112 @@
+"""Deliberately broken models must fail the right check, and the first-divergence report
+must name the right layer and sub-module. Each breaks one thing the way a real
+implementation bug would, through the model's own structure (no change to the harness)."""
+
+from __future__ import annotations
+
+from conformance.metrics import TolerancePolicy, compare, get_calibrated
+from conformance.model.checks import compare_activations
+from conformance.model.conftest import prompt_ids
+from conformance.model.harness import hf_capture, hf_model, our_capture, resolve_model
+from conformance.model.test_model_cache import PREFIX, STEPS
+from infinilm_models import AutoLlamaModel
+from infinilm_models.models.llama.kv_cache import KVCache
+from infinilm_models.runtime import ops
+
+POLICY = TolerancePolicy.load()
+MODEL = "tiny-gqa"  # 3 layers, 8 query heads on 2 KV heads: every bug below is visible
+
+
+def fresh_model():
+    return AutoLlamaModel.from_pretrained(resolve_model(MODEL), "cpu", "f32", progress=False)
+
+
+def localize(model, ids, *, ours_cache=None, hf_cache=None):
+    golden_m = hf_model(str(resolve_model(MODEL)), "f32", "cpu")
+    golden, _ = hf_capture(golden_m, ids, cache=hf_cache)
+    ours = our_capture(model, ids, cache=ours_cache)
+    cal = get_calibrated(POLICY, "model_activations", "f32")
+    rows, first, _ = compare_activations(ours, golden, golden, cal,
+                                         model.config.num_hidden_layers)
+    return rows, first
+
+
+def ids():
+    return prompt_ids(resolve_model(MODEL), 2, 11)
+
+
+def test_correct_model_passes():
+    _, first = localize(fresh_model(), ids())
+    assert first is None, first.describe()
+
+
+def test_wrong_rope_algorithm_is_localized_to_layer0_attention():
+    model = fresh_model()
+    model.rope_algo = ops.RoPEAlgo.GPT_J
+    _, first = localize(model, ids())
+    assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
+    assert "rope" in first.describe()
+
+
+def test_wrong_gqa_head_mapping_is_localized_to_layer0_attention():
+    model = fresh_model()
+    for layer in model.model.layers:
+        attn = layer.self_attn
+
+        def wrong(bufs, attn=attn):  # query head h read against KV head h % kv_heads
+            b, s, d = bufs.batch, bufs.seq, attn.head_dim
+            return bufs.q.view(b, s, attn.group, attn.num_kv_heads, d).permute(0, 3, 2, 1, 4)
+
+        attn._query_heads = wrong
+    _, first = localize(model, ids())
+    assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
+
+
+def test_missing_residual_in_layer1_is_localized():
+    model = fresh_model()
+    model.model.layers[1]._residual_calls = 0
+    original = model.model.layers[1]._residual
+
+    def skip_attention_residual(hidden, block_out, layer=model.model.layers[1]):
+        layer._residual_calls += 1
+        if layer._residual_calls % 2 == 1:  # the first of the two adds: attention's
+            return
+        original(hidden, block_out)
+
+    model.model.layers[1]._residual = skip_attention_residual
+    _, first = localize(model, ids())
+    assert first is not None and (first.layer, first.submodule) == (1, "attention residual"), \
+        first
+
+
+class OffByOneCache(KVCache):
+    """Writes each decode step's K/V one position too early (over the last cached token)."""
+
+    def slot(self, layer, start, seq):
+        return super().slot(layer, start - 1 if start > 0 else start, seq)
+
+
+def test_kv_cache_off_by_one_fails_cache_check_and_is_localized():
+    import torch  # noqa: F401 - the reference side
+    from transformers import DynamicCache
+
+    model = fresh_model()
+    toks = prompt_ids(resolve_model(MODEL), 2, PREFIX + STEPS)
+    # The prefill is right (nothing cached yet), so full-sequence checks cannot see it ...
+    _, first = localize(model, toks[:, :PREFIX])
+    assert first is None
+    # ... the cached-vs-recompute check does:
+    cache = OffByOneCache(model.config, 2, PREFIX + STEPS, model.device, model.dtype)
+    model.forward(toks[:, :PREFIX], cache=cache)
+    step = model.forward(toks[:, PREFIX:PREFIX + 1], cache=cache).numpy()[:, 0]
+    full = model.forward(toks[:, :PREFIX + 1]).numpy()[:, 0]
+    result = compare(step, full, POLICY.get("cache_vs_recompute", "f32"))
+    assert not result.passed
+    # and localizing the decode step against transformers' cached step names layer 0 attention.
+    cache = OffByOneCache(model.config, 2, PREFIX + STEPS, model.device, model.dtype)
+    model.forward(toks[:, :PREFIX], cache=cache)
+    golden_m = hf_model(str(resolve_model(MODEL)), "f32", "cpu")
+    hf_cache = DynamicCache()
+    hf_capture(golden_m, toks[:, :PREFIX], cache=hf_cache)
+    _, first = localize(model, toks[:, PREFIX:PREFIX + 1], ours_cache=cache, hf_cache=hf_cache)
+    assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
