@@ -61,6 +61,13 @@ def _dtypes(config: pytest.Config) -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        # torch before InfiniCore: on NVIDIA, libinfiniop pulls the system CUDA toolkit's
+        # libcublas/libcudart; loaded first, their sonames shadow torch's own CUDA wheels and
+        # importing torch afterwards aborts the process. The other order works.
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     config.addinivalue_line("markers", "known_defect: an upstream InfiniCore defect (strict xfail)")
     _dtypes(config)
     if config.option.collectonly or getattr(config.option, "help", False):

@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Before InfiniCore is loaded (at the first test): transformers imports pyarrow, scikit-learn
+# and CUDA libraries lazily, and late imports of native libraries next to InfiniCore's CUDA
+# toolkit have aborted processes on NVIDIA.
+import transformers.generation  # noqa: F401
+
 from .harness import hf_model, our_model, resolve_model, torch_device
 
 

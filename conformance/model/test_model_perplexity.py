@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conformance.metrics import get_calibrated
 
@@ -21,14 +20,17 @@ def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
     return float(np.exp(nll.mean()))
 
 
-@pytest.mark.parametrize("model_name", ["smollm2"])
 def test_model_perplexity(model_name, dtype, infini_device, verify, tolerances):
+    """For a trained model (SmolLM2) a meaningful number; for the random tiny ones still a
+    check of the whole log-softmax path over every position."""
     from tokenizers import Tokenizer
 
     path = resolve_model(model_name)
     ids = np.array(Tokenizer.from_file(str(path / "tokenizer.json")).encode(
         TEXT.read_text()).ids, dtype=np.int64)
-    if infini_device.type == "cpu" and dtype != "f32":
+    if model_name != "smollm2":
+        ids = ids[:128]  # the tiny checkpoints hold 256 positions
+    elif infini_device.type == "cpu" and dtype != "f32":
         ids = ids[:64]  # half-precision gemm runs ~1 GFLOP/s on 2 CPU cores
     golden = perplexity(hf_capture(hf_model(str(path), "f32", "cpu"), ids[None])[0]["logits"],
                         ids)

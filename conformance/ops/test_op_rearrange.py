@@ -37,6 +37,11 @@ def _case(name: str, dtype: str, device):
                             (PREFILL * HEAD_DIM, 0, HEAD_DIM, 1))
         expected = np.repeat(k[:, None], GROUP, axis=1)
         return Tensor.empty(src.shape, dtype, device), src, expected, None
+    if name == "heads_5d_small_head_dim":  # the model's GQA query regrouping, head_dim 8
+        q = host((2, 13, 2 * 4 * 8), dtype, rng)
+        src = to_device(q, device, dtype).view(2, 13, 2, 4, 8).permute(0, 2, 3, 1, 4)
+        expected = q.reshape(2, 13, 2, 4, 8).transpose(0, 2, 3, 1, 4)
+        return Tensor.empty(src.shape, dtype, device), src, expected, None
     if name == "odd_transpose_2d":
         x = host((13, 37), dtype, rng)
         return Tensor.empty((37, 13), dtype, device), to_device(x, device, dtype).transpose(0, 1), \
@@ -45,7 +50,7 @@ def _case(name: str, dtype: str, device):
 
 
 CASES = ["tokens_to_heads", "append_to_cache", "narrow_to_contiguous", "repeat_kv_stride0",
-         "odd_transpose_2d"]
+         "heads_5d_small_head_dim", "odd_transpose_2d"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -164,9 +164,8 @@ def load() -> Library:
     """Load InfiniCore once per process.
 
     InfiniCore 0.1.0 installs libinfiniop.so without RUNPATH and libinfinirt.so without
-    SONAME, so the dynamic loader cannot find the dependency on its own unless the user
-    set LD_LIBRARY_PATH. Loading libinfinirt (and libinfiniccl) by absolute path with
-    RTLD_GLOBAL first makes the NEEDED entry resolve to the already-loaded object.
+    SONAME; our build adds RUNPATH=$ORIGIN so the NEEDED entry resolves next to it.
+    Loading libinfinirt first also fails early, with a clear message, on a broken prefix.
     """
     global _lib
     with _lock:
@@ -174,7 +173,10 @@ def load() -> Library:
             return _lib
         root = find_root()
         libdir = root / "lib"
-        mode = ctypes.RTLD_GLOBAL
+        # Local, not global: InfiniCore's symbols (and those of the CUDA toolkit it links)
+        # must not interpose on libraries that other extensions load later; seen on NVIDIA:
+        # importing pyarrow (via transformers) after a global load aborted the process.
+        mode = ctypes.RTLD_LOCAL
         try:
             rt = ctypes.CDLL(str(libdir / "libinfinirt.so"), mode=mode)
             ccl_path = libdir / "libinfiniccl.so"

@@ -48,10 +48,10 @@ class LlamaAttention:
         ops.rope(k3, k3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
 
         k_slot, v_slot = cache.slot(self.layer_idx, start, s)  # [b, nkv, s, d]
-        ops.rearrange(k_slot, bufs.k.view(b, s, nkv, d).permute(0, 2, 1, 3))
-        ops.rearrange(v_slot, bufs.v.view(b, s, nkv, d).permute(0, 2, 1, 3))
+        ops.copy(k_slot, bufs.k.view(b, s, nkv, d).permute(0, 2, 1, 3))
+        ops.copy(v_slot, bufs.v.view(b, s, nkv, d).permute(0, 2, 1, 3))
         # [b, s, nkv, g, d] -> [b, nkv, g, s, d]: each KV head's query rows together.
-        ops.rearrange(bufs.q_heads.view(b, nkv, g, s, d), self._query_heads(bufs))
+        ops.copy(bufs.q_heads.view(b, nkv, g, s, d), self._query_heads(bufs))
 
         total = start + s
         keys, values = cache.prefix(self.layer_idx, total)  # [b * nkv, total, d]
@@ -63,7 +63,7 @@ class LlamaAttention:
                                   (s * scores.strides[1], scores.strides[1], 1))
         ops.causal_softmax(probs, probs)
         ops.gemm(bufs.attn, scores, values)  # [b * nkv, g * s, d]
-        ops.rearrange(bufs.attn_tokens.view(b, s, nkv, g, d),
+        ops.copy(bufs.attn_tokens.view(b, s, nkv, g, d),
                       bufs.attn.view(b, nkv, g, s, d).permute(0, 3, 1, 2, 4))
         ops.gemm(bufs.attn_out, bufs.attn_tokens, self._o_t)
         return bufs.attn_out

@@ -5,12 +5,12 @@ from .causal_softmax import causal_softmax
 from .elementwise import add, mul
 from .gemm import gemm
 from .random_sample import random_sample
-from .rearrange import contiguous, rearrange
+from .rearrange import contiguous, copy, rearrange
 from .rms_norm import rms_norm
 from .rope import RoPEAlgo, rope
 from .swiglu import swiglu
 
 __all__ = [
-    "RoPEAlgo", "add", "attention", "causal_softmax", "contiguous", "gemm", "mul",
+    "RoPEAlgo", "add", "attention", "causal_softmax", "contiguous", "copy", "gemm", "mul",
     "random_sample", "rearrange", "rms_norm", "rope", "swiglu",
 ]
