@@ -42,6 +42,10 @@ def _case(name: str, dtype: str, device):
         src = to_device(q, device, dtype).view(2, 13, 2, 4, 8).permute(0, 2, 3, 1, 4)
         expected = q.reshape(2, 13, 2, 4, 8).transpose(0, 2, 3, 1, 4)
         return Tensor.empty(src.shape, dtype, device), src, expected, None
+    if name == "heads_5d_back_to_tokens":  # attention output regrouped back to tokens
+        a = host((2, 2, 4, 13, 8), dtype, rng)  # [b, kv_heads, group, seq, head_dim]
+        src = to_device(a, device, dtype).permute(0, 3, 1, 2, 4)
+        return Tensor.empty(src.shape, dtype, device), src, a.transpose(0, 3, 1, 2, 4), None
     if name == "odd_transpose_2d":
         x = host((13, 37), dtype, rng)
         return Tensor.empty((37, 13), dtype, device), to_device(x, device, dtype).transpose(0, 1), \
@@ -50,7 +54,7 @@ def _case(name: str, dtype: str, device):
 
 
 CASES = ["tokens_to_heads", "append_to_cache", "narrow_to_contiguous", "repeat_kv_stride0",
-         "heads_5d_small_head_dim", "odd_transpose_2d"]
+         "heads_5d_small_head_dim", "heads_5d_back_to_tokens", "odd_transpose_2d"]
 
 
 @pytest.mark.parametrize("case", CASES)
