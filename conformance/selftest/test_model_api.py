@@ -1,0 +1,120 @@
+"""The model's own contracts, on a tiny fixture: KV cache bookkeeping, no allocation in the
+decode loop, capture leaves numerics alone, sampling reproducible, CLI, input errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conformance.model.conftest import prompt_ids
+from conformance.model.harness import resolve_model
+from infinilm_models import AutoLlamaModel, GenerationConfig, generate
+from infinilm_models.models.llama import CacheOverflowError, ConfigError
+from infinilm_models.runtime import memory
+
+MODEL = "tiny-gqa"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoLlamaModel.from_pretrained(resolve_model(MODEL), "cpu", "f32", progress=False)
+
+
+def test_cache_overflow_is_a_clear_error(model):
+    cache = model.new_cache(1, 8)
+    model.forward([[5, 6, 7, 8, 9, 10]], cache=cache)
+    with pytest.raises(CacheOverflowError, match=r"6 cached \+ 3 new tokens > max_len 8"):
+        model.forward([[1, 2, 3]], cache=cache)
+    assert cache.length == 6  # a refused step leaves the cache as it was
+
+
+def test_truncate_then_replay_gives_the_same_logits(model):
+    ids = prompt_ids(resolve_model(MODEL), 1, 9)
+    cache = model.new_cache(1, 16)
+    model.forward(ids[:, :8], cache=cache)
+    first = model.forward(ids[:, 8:9], cache=cache).numpy().copy()
+    cache.truncate(8)
+    again = model.forward(ids[:, 8:9], cache=cache).numpy()
+    np.testing.assert_array_equal(first, again)
+    cache.reset()
+    assert cache.length == 0
+
+
+def test_decode_loop_allocates_nothing(model, monkeypatch):
+    ids = prompt_ids(resolve_model(MODEL), 2, 6)
+    cache = model.new_cache(2, 32)
+    model.forward(ids, cache=cache)
+    model.forward(ids[:, :1], cache=cache)  # first decode step allocates its buffers
+    made = []
+    original = memory.DeviceBuffer.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(args)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(memory.DeviceBuffer, "__init__", counting)
+    for i in range(5):
+        model.forward(ids[:, i:i + 1], cache=cache)
+    assert made == []
+
+
+def test_capture_does_not_change_numerics(model):
+    ids = prompt_ids(resolve_model(MODEL), 2, 7)
+    plain = model.forward(ids, all_logits=True).numpy().copy()
+    got: dict = {}
+    captured = model.forward(ids, all_logits=True, capture=got).numpy()
+    np.testing.assert_array_equal(plain, captured)
+    assert list(got)[:3] == ["embed_tokens", "layers.0.self_attn", "layers.0.residual_attn"]
+    assert got["layers.2"].shape == (2, 7, model.config.hidden_size)
+
+
+def test_sampling_is_reproducible_and_topk1_is_greedy(model):
+    prompt = [prompt_ids(resolve_model(MODEL), 1, 5)[0].tolist()]
+    cfg = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_k=20, top_p=0.9)
+    a = generate(model, prompt, GenerationConfig(seed=1, **cfg)).tokens
+    b = generate(model, prompt, GenerationConfig(seed=1, **cfg)).tokens
+    np.testing.assert_array_equal(a, b)
+    greedy = generate(model, prompt, max_new_tokens=10).tokens
+    top1 = generate(model, prompt, GenerationConfig(seed=3, max_new_tokens=10, do_sample=True,
+                                                    top_k=1)).tokens
+    np.testing.assert_array_equal(greedy, top1)
+
+
+def test_eos_stops_generation(model):
+    prompt = [prompt_ids(resolve_model(MODEL), 1, 5)[0].tolist()]
+    free = generate(model, prompt, max_new_tokens=8).tokens[0]
+    stop = int(free[2])
+    out = generate(model, prompt, max_new_tokens=8, eos_token_ids=(stop,)).tokens[0]
+    assert out.tolist() == free[: list(free).index(stop) + 1].tolist()
+
+
+def test_bad_inputs_name_the_problem(model):
+    with pytest.raises(ValueError, match=r"token id 99999 out of range \[0, 320\)"):
+        model.forward([[1, 99999]])
+    with pytest.raises(ValueError, match=r"input_ids must be \[batch, seq\]"):
+        model.forward([1, 2, 3])
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        GenerationConfig(temperature=0)
+
+
+def test_unknown_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ConfigError, match=r"model_type 'gpt2' is not supported; known: \['llama'\]"):
+        AutoLlamaModel.from_pretrained(tmp_path)
+
+
+def test_cli_generates_the_same_tokens_as_the_api(model):
+    path = resolve_model(MODEL)
+    out = subprocess.run([sys.executable, "-m", "infinilm_models", "generate", "--model", str(path),
+                          "--prompt", "the water", "--max-new-tokens", "6", "--ignore-eos", "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    ids = tok.encode("the water").ids
+    want = generate(model, [ids], max_new_tokens=6).tokens[0].tolist()
+    assert out.stdout.rstrip("\n") == "the water" + tok.decode(want, skip_special_tokens=True)
