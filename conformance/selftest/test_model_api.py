@@ -102,15 +102,16 @@ def test_bad_inputs_name_the_problem(model):
 
 def test_unknown_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(ConfigError, match=r"model_type 'gpt2' is not supported; known: \['llama'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"model_type 'gpt2' is not supported; known: \['llama'\]"):
         AutoLlamaModel.from_pretrained(tmp_path)
 
 
 def test_cli_generates_the_same_tokens_as_the_api(model):
     path = resolve_model(MODEL)
-    out = subprocess.run([sys.executable, "-m", "infinilm_models", "generate", "--model", str(path),
-                          "--prompt", "the water", "--max-new-tokens", "6", "--ignore-eos", "-q"],
-                         capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "infinilm_models", "generate", "--model", str(path),
+           "--prompt", "the water", "--max-new-tokens", "6", "--ignore-eos", "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     from tokenizers import Tokenizer
 
