@@ -100,10 +100,21 @@ def _log(msg: str) -> None:
     print(f"[infinicore-build] {msg}", flush=True)
 
 
-def _recipe_digest(backend: str) -> str:
+_CUDA_ARCH = re.compile(r"native|(sm|compute)_\d+a?")
+
+
+def check_cuda_arch(arch: str) -> str:
+    if not _CUDA_ARCH.fullmatch(arch):
+        raise BuildError(f"--cuda-arch {arch!r}: expected 'native' or a code such as sm_90")
+    return arch
+
+
+def _recipe_digest(backend: str, cuda_arch: str = "native") -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([RECIPE_VERSION, BACKEND_FLAGS[backend], COMMON_FLAGS,
-                         C_API_TARGETS]).encode())
+    parts = [RECIPE_VERSION, BACKEND_FLAGS[backend], COMMON_FLAGS, C_API_TARGETS]
+    if backend == "nvidia" and cuda_arch != "native":
+        parts.append(cuda_arch)
+    h.update(json.dumps(parts).encode())
     for p in sorted((_HERE / "xmake_repo").rglob("*.lua")):
         h.update(p.read_bytes())
     for patch in PATCHES:
@@ -163,6 +174,22 @@ def fetch_sdist(dest: Path) -> Path:
     return found[0]
 
 
+def set_cuda_arch(src: Path, arch: str) -> str:
+    """Compile device code for `arch` instead of xmake's "native" detection.
+
+    "native" asks the GPU at configure time; where that probe fails (a build box without
+    the card, some sandboxes) nvcc falls back to PTX alone, and every fresh process then
+    spends about a minute JIT-compiling kernels before its first op.
+    """
+    target = src / "xmake" / "nvidia.lua"
+    text = target.read_text()
+    old = 'add_cugencodes("native")'
+    if old not in text:
+        raise BuildError(f"{target}: no {old} to replace (sdist changed?)")
+    target.write_text(text.replace(old, f'add_cugencodes("{arch}")'))
+    return f"xmake/nvidia.lua: CUDA code for {arch} instead of native detection"
+
+
 def apply_patches(src: Path, backend: str) -> list[str]:
     applied = []
     for patch in PATCHES:
@@ -216,23 +243,25 @@ def read_stamp(prefix: Path) -> dict | None:
         return None
 
 
-def is_up_to_date(prefix: Path, backend: str) -> bool:
+def is_up_to_date(prefix: Path, backend: str, cuda_arch: str = "native") -> bool:
     stamp = read_stamp(prefix)
     return bool(
         stamp
         and stamp.get("backend") == backend
-        and stamp.get("recipe") == _recipe_digest(backend)
+        and stamp.get("recipe") == _recipe_digest(backend, cuda_arch)
         and all((prefix / "lib" / lib).is_file() for lib in LIBRARIES)
     )
 
 
 def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | None = None,
-          force: bool = False, keep_build_dir: bool = False) -> Path:
+          force: bool = False, keep_build_dir: bool = False,
+          cuda_arch: str = "native") -> Path:
     """Build and install InfiniCore for `backend` into `prefix`; return the prefix."""
     if backend not in BACKEND_FLAGS:
         raise BuildError(f"unknown backend {backend!r}; choose from {sorted(BACKEND_FLAGS)}")
+    check_cuda_arch(cuda_arch)
     prefix = prefix.resolve()
-    if not force and is_up_to_date(prefix, backend):
+    if not force and is_up_to_date(prefix, backend, cuda_arch):
         _log(f"up to date: {prefix} (backend {backend}); use --force to rebuild")
         return prefix
     xmake = check_tools(backend)
@@ -257,6 +286,8 @@ def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | 
         _log("[2/5] patching sources")
         for line in apply_patches(src, backend):
             _log(f"  patched {line}")
+        if backend == "nvidia" and cuda_arch != "native":
+            _log(f"  patched {set_cuda_arch(src, cuda_arch)}")
 
         env = dict(os.environ)
         env.update(
@@ -293,7 +324,8 @@ def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | 
         stamp = {
             "infinicore_version": INFINICORE_VERSION,
             "backend": backend,
-            "recipe": _recipe_digest(backend),
+            "recipe": _recipe_digest(backend, cuda_arch),
+            "cuda_arch": cuda_arch if backend == "nvidia" else None,
             "sdist_sha256": _sha256(sdist),
             "flags": BACKEND_FLAGS[backend] + COMMON_FLAGS,
             "patches": [p.path for p in PATCHES if backend in p.backends],
@@ -342,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the temporary source/build tree for debugging")
     parser.add_argument("--print-prefix", action="store_true",
                         help="print only the prefix on stdout at the end (for scripts)")
+    parser.add_argument("--cuda-arch", default=os.environ.get("INFINILM_CUDA_ARCH", "native"),
+                        help="GPU code to compile for the nvidia backend, e.g. sm_90 for H100/H200 "
+                        "(default: $INFINILM_CUDA_ARCH or 'native', xmake's probe of the local "
+                        "GPU; where that probe fails, only PTX is built and each process JITs "
+                        "its kernels for about a minute)")
     parser.add_argument("--unless-infini-root", action="store_true",
                         help="do nothing when INFINI_ROOT names an existing InfiniCore install "
                         "(a vendor's own build); used by tox and CI")
@@ -356,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.prefix or default_prefix(args.backend)
     try:
         out = build(args.backend, prefix, sdist=args.sdist, jobs=args.jobs, force=args.force,
-                    keep_build_dir=args.keep_build_dir)
+                    keep_build_dir=args.keep_build_dir, cuda_arch=args.cuda_arch)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
