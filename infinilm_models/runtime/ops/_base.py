@@ -71,7 +71,10 @@ class CachedOp:
     """An infiniop operator: `infiniopCreate<name>Descriptor`, `infiniopGet<name>WorkspaceSize`,
     `infiniop<name>`, `infiniopDestroy<name>Descriptor`."""
 
+    instances: list[CachedOp] = []  # every op wrapper, for descriptors_created()
+
     def __init__(self, name: str, tensor_names: Sequence[str], has_workspace: bool = True) -> None:
+        CachedOp.instances.append(self)
         self.name = name
         self.tensor_names = tuple(tensor_names)
         self.has_workspace = has_workspace
@@ -147,3 +150,9 @@ class CachedOp:
         while self._cache:
             _, (desc, _) = self._cache.popitem()
             self._destroy(desc)
+
+
+def descriptors_created() -> int:
+    """Op descriptors created so far by all wrappers: a decode loop that creates none
+    after its first step does no descriptor work per token."""
+    return sum(op.created for op in CachedOp.instances)
