@@ -129,7 +129,7 @@ def run_benchmark(benchmark, fn: Callable[[], object], sync: Callable[[], None],
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=scale.warmup_rounds, iterations=1,
                        **kwargs)
     st = benchmark.stats.stats
-    MEANS[group][impl] = st.mean
+    MEANS[group][impl] = st.median
     info = {"mean_s": st.mean, "median_s": st.median, "min_s": st.min, "stddev_s": st.stddev,
             "rounds": rounds, "warmup_rounds": scale.warmup_rounds}
     benchmark.extra_info.update(rounds=rounds, warmup_rounds=scale.warmup_rounds)
@@ -137,7 +137,7 @@ def run_benchmark(benchmark, fn: Callable[[], object], sync: Callable[[], None],
 
 
 def ratio_to(group: str, impl: str, reference: str) -> float | None:
-    """mean(impl) / mean(reference) in this group, if both ran in this process."""
+    """median(impl) / median(reference) in this group, if both ran in this process."""
     m = MEANS.get(group, {})
     if impl in m and reference in m and m[reference] > 0:
         return m[impl] / m[reference]
@@ -145,19 +145,20 @@ def ratio_to(group: str, impl: str, reference: str) -> float | None:
 
 
 def _ratios(benchmarks: list[dict]) -> list[dict]:
-    """Per group: time of ours (infinicore/ours) over the reference (torch/hf)."""
+    """Per group: time of ours (infinicore/ours) over the reference (torch/hf), on medians:
+    a shared CPU gives the odd descheduled round that would dominate a mean."""
     by_group: dict[str, dict[str, float]] = defaultdict(dict)
     for b in benchmarks:
         impl = (b.get("extra_info") or {}).get("impl")
         stats = b.get("stats") or {}
-        if impl and "mean" in stats:
-            by_group[b["group"]][impl] = stats["mean"]
+        if impl and "median" in stats:
+            by_group[b["group"]][impl] = stats["median"]
     rows = []
     for group, m in sorted(by_group.items()):
         for ours, ref in (("infinicore", "torch"), ("ours", "hf")):
             if ours in m and ref in m:
                 rows.append({"group": group, "ours": ours, "reference": ref,
-                             "ours_mean_s": m[ours], "reference_mean_s": m[ref],
+                             "ours_median_s": m[ours], "reference_median_s": m[ref],
                              "time_ratio": m[ours] / m[ref],
                              "speedup_vs_reference": m[ref] / m[ours]})
     return rows
@@ -183,9 +184,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if not rows:
         return
     tr = terminalreporter
-    tr.section("infinilm perf: ours / reference (time ratio; < 1 = ours faster)")
+    tr.section("infinilm perf: ours / reference (median time ratio; < 1 = ours faster)")
     width = max(len(r["group"]) for r in rows)
     tr.write_line(f"{'configuration':<{width}}  {'ours ms':>10}  {'ref ms':>10}  {'ratio':>7}")
     for r in rows:
-        tr.write_line(f"{r['group']:<{width}}  {r['ours_mean_s'] * 1e3:>10.3f}  "
-                      f"{r['reference_mean_s'] * 1e3:>10.3f}  {r['time_ratio']:>7.3f}")
+        tr.write_line(f"{r['group']:<{width}}  {r['ours_median_s'] * 1e3:>10.3f}  "
+                      f"{r['reference_median_s'] * 1e3:>10.3f}  {r['time_ratio']:>7.3f}")
