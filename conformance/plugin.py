@@ -50,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "(default: conformance/known_defects.toml)")
     g.addoption("--fail-on-unsupported", action="store_true",
                 help="count an op/dtype the backend does not support as a failure")
+    g.addoption("--bench-scale", default=os.environ.get("INFINILM_BENCH_SCALE", "auto"),
+                choices=("auto", "smoke", "cpu", "full"),
+                help="sizes of the conformance/perf benchmarks: smoke (tiny, for runs with "
+                     "timing disabled), cpu (reduced, fits a 2-core CPU), full (the issue's "
+                     "SmolLM2-135M shapes, for GPUs); auto picks smoke when timing is "
+                     "disabled, else cpu or full by device")
 
 
 def _dtypes(config: pytest.Config) -> list[str]:

@@ -16,6 +16,26 @@ class MemcpyKind(enum.IntEnum):
     D2D = 3
 
 
+# Bytes held by live DeviceBuffers per device, and the high-water mark since the last reset:
+# infinirt has no allocator statistics, and benchmarks report peak device memory.
+_live: dict[Device, int] = {}
+_peak: dict[Device, int] = {}
+
+
+def allocated_bytes(device: Device) -> int:
+    """Bytes currently held by DeviceBuffers on `device` (weights, caches, workspaces)."""
+    return _live.get(device, 0)
+
+
+def max_allocated_bytes(device: Device) -> int:
+    """High-water mark of allocated_bytes since the process start or reset_peak."""
+    return _peak.get(device, 0)
+
+
+def reset_peak(device: Device) -> None:
+    _peak[device] = _live.get(device, 0)
+
+
 class DeviceBuffer:
     """An owning allocation of `nbytes` on `device`, released when garbage collected."""
 
@@ -33,11 +53,15 @@ class DeviceBuffer:
         check(self._lib.rt.infinirtMalloc(ctypes.byref(p), max(nbytes, 1)), "infinirtMalloc",
               lambda: f"{nbytes} bytes on {device}")
         self.ptr: int = p.value or 0
+        live = _live[device] = _live.get(device, 0) + nbytes
+        if live > _peak.get(device, 0):
+            _peak[device] = live
 
     def __del__(self) -> None:
         ptr, self.ptr = getattr(self, "ptr", 0), 0
         if ptr:
             try:
+                _live[self.device] = _live.get(self.device, 0) - self.nbytes
                 self.device.free(ptr)
             except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
                 pass

@@ -8,6 +8,7 @@ created the first time a signature is seen and reused on every later call.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -19,6 +20,9 @@ from ..tensor import Tensor
 # Enough for every shape of a long decode (attention shapes change with the cache length)
 # while keeping a runaway caller from holding descriptors without bound.
 MAX_CACHED_DESCRIPTORS = 4096
+# INFINILM_DESCRIPTOR_CACHE=0 creates and destroys a descriptor on every call: what the
+# cache saves, measurable with the benchmarks (and the regression bench-compare must catch).
+CACHE_DESCRIPTORS = os.environ.get("INFINILM_DESCRIPTOR_CACHE", "1") != "0"
 
 
 def describe(tensors: Sequence[Tensor | None], names: Sequence[str]) -> str:
@@ -71,7 +75,10 @@ class CachedOp:
     """An infiniop operator: `infiniopCreate<name>Descriptor`, `infiniopGet<name>WorkspaceSize`,
     `infiniop<name>`, `infiniopDestroy<name>Descriptor`."""
 
+    instances: list[CachedOp] = []  # every op wrapper, for descriptors_created()
+
     def __init__(self, name: str, tensor_names: Sequence[str], has_workspace: bool = True) -> None:
+        CachedOp.instances.append(self)
         self.name = name
         self.tensor_names = tuple(tensor_names)
         self.has_workspace = has_workspace
@@ -128,7 +135,18 @@ class CachedOp:
 
     def __call__(self, tensors: Sequence[Tensor], *compute_args, create_params: tuple = ()) -> None:
         """Run the op on `tensors` (in the C API's order), then the scalar arguments."""
-        desc, ws_size = self.descriptor(tensors, *create_params)
+        if CACHE_DESCRIPTORS:
+            desc, ws_size = self.descriptor(tensors, *create_params)
+        else:
+            desc, ws_size = self._create(tensors[0].device, tensors, create_params)
+        try:
+            self._compute(desc, ws_size, tensors, compute_args)
+        finally:
+            if not CACHE_DESCRIPTORS:
+                self._destroy(desc)
+
+    def _compute(self, desc: ctypes.c_void_p, ws_size: int, tensors: Sequence[Tensor],
+                 compute_args: tuple) -> None:
         device = tensors[0].device
         device.activate()  # a no-op unless another device was used since
         args: list = []
@@ -147,3 +165,9 @@ class CachedOp:
         while self._cache:
             _, (desc, _) = self._cache.popitem()
             self._destroy(desc)
+
+
+def descriptors_created() -> int:
+    """Op descriptors created so far by all wrappers: a decode loop that creates none
+    after its first step does no descriptor work per token."""
+    return sum(op.created for op in CachedOp.instances)
