@@ -53,7 +53,9 @@ def generate(model, input_ids: Sequence[Sequence[int]] | np.ndarray,
                          f"exceeds the model's max_cache_len ({model.max_cache_len})")
     cache = model.new_cache(batch, prompt_len + cfg.max_new_tokens)
     rng = np.random.default_rng(cfg.seed)
-    result = Tensor.zeros((), "i32", model.device)
+    # One id slot per row, read back with a single copy per step (one host sync).
+    results = Tensor.zeros((batch,), "i32", model.device)
+    slots = [results.select(0, b) for b in range(batch)]
     vocab = model.config.vocab_size
     # topk <= 1 makes InfiniCore's random_sample an argmax; 0 means "no top-k limit".
     topk = 1 if not cfg.do_sample else (cfg.top_k or vocab)
@@ -70,8 +72,8 @@ def generate(model, input_ids: Sequence[Sequence[int]] | np.ndarray,
         for b in range(batch):
             row = logits.select(0, b).select(0, 0)  # [vocab]
             r = float(rng.random()) if cfg.do_sample else 0.0
-            ops.random_sample(result, row, r, topp, topk, cfg.temperature)
-            out[b, step] = eos[0] if done[b] else int(result.numpy())
+            ops.random_sample(slots[b], row, r, topp, topk, cfg.temperature)
+        out[:, step] = np.where(done, eos[0], results.numpy())
         done |= np.isin(out[:, step], eos)
         if done.all() or step + 1 == cfg.max_new_tokens:
             out = out[:, : step + 1]

@@ -13,7 +13,12 @@ from .checks import logits_metrics
 from .conftest import prompt_ids
 from .harness import hf_capture
 
-SHAPES = {"len1": (1, 1), "short_bs2": (2, 9), "long": (1, 130)}
+# len1 is four one-token prompts, not one: the calibrated bound compares our error with
+# the reference's, and over a single token both are single draws (on the H100, one
+# token's f16 reference error was 3.5x lower than at the other positions of the same
+# run, and ours failed a 4x bound against it with no sub-module standing out; see
+# README "Tolerance policy").
+SHAPES = {"len1": (4, 1), "short_bs2": (2, 9), "long": (1, 130)}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

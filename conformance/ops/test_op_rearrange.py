@@ -26,6 +26,16 @@ def _case(name: str, dtype: str, device):
         expected = cache.copy()
         expected[:, 20:25] = k
         return cache_t.narrow(1, 20, 5), to_device(k, device, dtype), expected, cache_t
+    if name == "batched_tokens_to_cache":  # prefill of 8 sequences: k [8, 32, kv, d] into
+        # cache[:, :, 0:32] of an [8, kv, 64, d] cache (the model's K/V append at batch 8)
+        b, s, max_len = 8, 32, 64
+        cache = host((b, KV_HEADS, max_len, HEAD_DIM), dtype, rng)
+        k = host((b * s, KV_HEADS * HEAD_DIM), dtype, rng)
+        cache_t = to_device(cache, device, dtype)
+        expected = cache.copy()
+        expected[:, :, :s] = k.reshape(b, s, KV_HEADS, HEAD_DIM).transpose(0, 2, 1, 3)
+        src = to_device(k, device, dtype).view(b, s, KV_HEADS, HEAD_DIM).permute(0, 2, 1, 3)
+        return cache_t.narrow(2, 0, s), src, expected, cache_t
     if name == "narrow_to_contiguous":
         x = host((PREFILL, 100), dtype, rng)
         src = to_device(x, device, dtype).narrow(1, 10, 64)
@@ -53,8 +63,9 @@ def _case(name: str, dtype: str, device):
     raise KeyError(name)
 
 
-CASES = ["tokens_to_heads", "append_to_cache", "narrow_to_contiguous", "repeat_kv_stride0",
-         "heads_5d_small_head_dim", "heads_5d_back_to_tokens", "odd_transpose_2d"]
+CASES = ["tokens_to_heads", "append_to_cache", "batched_tokens_to_cache", "narrow_to_contiguous",
+         "repeat_kv_stride0", "heads_5d_small_head_dim", "heads_5d_back_to_tokens",
+         "odd_transpose_2d"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -50,7 +50,7 @@ SCALES = {
     # The shapes: prefill 128/1024, decode against a 1024 cache, model prefill
     # 128/512, 128 new tokens.
     "full": Scale("full", (128, 1024), 1024, (1, 8), 30, (128, 512), 32, 128, (1, 8),
-                  1.0, 10, 200, 3),
+                  0.5, 5, 200, 2),
 }
 
 

@@ -97,11 +97,13 @@ def _golden(path, ids: np.ndarray, tdev: str) -> np.ndarray:
     return _hf_logits(hf_model(str(path), "f32", tdev), ids, tdev)
 
 
-def _pick_tokens(logits: Tensor, results: list[Tensor], out: np.ndarray) -> None:
-    """What generate() does per step: argmax on the device, ids to the host."""
-    for b, r in enumerate(results):
-        ops.random_sample(r, logits.select(0, b).select(0, 0), 0.0, 0.0, 1, 1.0)
-        out[b] = int(r.numpy())
+def _pick_tokens(logits: Tensor, results: Tensor, out: np.ndarray) -> None:
+    """What generate() does per step: argmax per row on the device, all ids to the host
+    in one copy."""
+    for b in range(out.shape[0]):
+        ops.random_sample(results.select(0, b), logits.select(0, b).select(0, 0),
+                          0.0, 0.0, 1, 1.0)
+    out[:] = results.numpy()
 
 
 def _peak_info(impl: str, device, tdev: str) -> dict:
@@ -180,7 +182,7 @@ def test_perf_prefill(benchmark, kind, seq, impl, dtype, infini_device, bench_sc
     if impl == "ours":
         model = ours_model(path, dtype, infini_device)
         sync = infini_sync(infini_device)
-        results = [Tensor.zeros((), "i32", infini_device)]
+        results = Tensor.zeros((1,), "i32", infini_device)
         picked = np.zeros(1, np.int64)
         holder = {}
 
@@ -240,7 +242,7 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
     if impl == "ours":
         model = ours_model(path, dtype, infini_device)
         cache = model.new_cache(batch, prompt_len + steps)
-        results = [Tensor.zeros((), "i32", infini_device) for _ in range(batch)]
+        results = Tensor.zeros((batch,), "i32", infini_device)
         picked = np.zeros(batch, np.int64)
 
         def setup():

@@ -28,7 +28,7 @@ class DType(enum.IntEnum):
 
     @property
     def itemsize(self) -> int:
-        return self.numpy.itemsize
+        return _ITEMSIZE[self]
 
     @property
     def short(self) -> str:
@@ -79,3 +79,6 @@ _ALIASES = {
     "i8": DType.I8, "int8": DType.I8, "u8": DType.U8, "uint8": DType.U8,
     "i16": DType.I16, "int16": DType.I16, "bool": DType.BOOL,
 }
+
+# Read on every view and op call: a dict lookup, not a numpy dtype attribute.
+_ITEMSIZE = {dt: np.dtype(n).itemsize for dt, n in _TO_NUMPY.items()}

@@ -33,24 +33,28 @@ class Tensor:
     def __init__(self, buffer: DeviceBuffer, dtype: DType, shape: Sequence[int],
                  strides: Sequence[int] | None = None, offset: int = 0) -> None:
         self.buffer = buffer
-        self.dtype = DType.parse(dtype)
-        self.shape = tuple(int(s) for s in shape)
-        self.strides = tuple(int(s) for s in strides) if strides is not None else \
-            contiguous_strides(self.shape)
-        self.offset = int(offset)  # in elements
-        if len(self.strides) != len(self.shape):
-            raise ValueError(f"shape {self.shape} and strides {self.strides} differ in rank")
-        if any(s < 0 for s in self.shape):
-            raise ValueError(f"negative size in shape {self.shape}")
-        if any(st < 0 for st in self.strides):
-            raise ValueError(f"negative strides are not supported: {self.strides}")
-        lo, hi = self._extent()
-        if self.numel and (self.offset + lo < 0 or (self.offset + hi) * self.dtype.itemsize
-                           > buffer.nbytes):
-            raise ValueError(
-                f"view shape={self.shape} strides={self.strides} offset={self.offset} "
-                f"({self.dtype.short}) does not fit its {buffer.nbytes}-byte buffer"
-            )
+        # Views are made on every op call of a forward: keep this path lean (no generator
+        # expressions, one pass over the dims), but never skip the bounds check.
+        self.dtype = dtype if type(dtype) is DType else DType.parse(dtype)
+        self.shape = shape = tuple(map(int, shape))
+        self.strides = strides = (tuple(map(int, strides)) if strides is not None
+                                  else contiguous_strides(shape))
+        self.offset = offset = int(offset)  # in elements
+        if len(strides) != len(shape):
+            raise ValueError(f"shape {shape} and strides {strides} differ in rank")
+        if shape and min(shape) < 0:
+            raise ValueError(f"negative size in shape {shape}")
+        if strides and min(strides) < 0:
+            raise ValueError(f"negative strides are not supported: {strides}")
+        if 0 not in shape:
+            hi = 1
+            for size, st in zip(shape, strides):
+                hi += (size - 1) * st
+            if offset < 0 or (offset + hi) * self.dtype.itemsize > buffer.nbytes:
+                raise ValueError(
+                    f"view shape={shape} strides={strides} offset={offset} "
+                    f"({self.dtype.short}) does not fit its {buffer.nbytes}-byte buffer"
+                )
 
     # -- construction -------------------------------------------------------------
 

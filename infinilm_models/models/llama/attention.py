@@ -37,36 +37,61 @@ class LlamaAttention:
     def forward(self, x: Tensor, bufs: Buffers, cache: KVCache, start: int,
                 rope: LlamaRotaryEmbedding, rope_algo: ops.RoPEAlgo) -> Tensor:
         """x [T, hidden] (normed) -> bufs.attn_out [T, hidden]; appends K/V at `start`."""
-        b, s, d = bufs.batch, bufs.seq, self.head_dim
-        nh, nkv, g = self.num_heads, self.num_kv_heads, self.group
+        views = bufs.views.get("attention")
+        if views is None:
+            views = bufs.views["attention"] = self._views(bufs)
+        q3, k3, k_src, v_src, q_heads, q_dst, q_src, attn_tokens, attn_dst, attn_src = views
+        b, s = bufs.batch, bufs.seq
         ops.gemm(bufs.q, x, self._q_t)
         ops.gemm(bufs.k, x, self._k_t)
         ops.gemm(bufs.v, x, self._v_t)
 
-        q3, k3 = bufs.q.view(b * s, nh, d), bufs.k.view(b * s, nkv, d)
         ops.rope(q3, q3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
         ops.rope(k3, k3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
 
         k_slot, v_slot = cache.slot(self.layer_idx, start, s)  # [b, nkv, s, d]
-        ops.copy(k_slot, bufs.k.view(b, s, nkv, d).permute(0, 2, 1, 3))
-        ops.copy(v_slot, bufs.v.view(b, s, nkv, d).permute(0, 2, 1, 3))
-        # [b, s, nkv, g, d] -> [b, nkv, g, s, d]: each KV head's query rows together.
-        ops.copy(bufs.q_heads.view(b, nkv, g, s, d), self._query_heads(bufs))
+        ops.copy(k_slot, k_src)
+        ops.copy(v_slot, v_src)
+        if q_src is not None:
+            # [b, s, nkv, g, d] -> [b, nkv, g, s, d]: each KV head's query rows together.
+            ops.copy(q_dst, q_src)
 
         total = start + s
         keys, values = cache.prefix(self.layer_idx, total)  # [b * nkv, total, d]
         scores = bufs.scores.narrow(2, 0, total)  # [b * nkv, g * s, total], rows of max_len
-        ops.gemm(scores, bufs.q_heads, keys.transpose(1, 2), alpha=self.scaling)
+        ops.gemm(scores, q_heads, keys.transpose(1, 2), alpha=self.scaling)
         # Softmax per (b, kv head, group) over rows of one sequence: the causal mask is
         # aligned bottom-right, so the s new tokens see the `start` cached ones.
-        probs = scores.as_strided((b * nkv * g, s, total),
+        probs = scores.as_strided((b * self.num_kv_heads * self.group, s, total),
                                   (s * scores.strides[1], scores.strides[1], 1))
         ops.causal_softmax(probs, probs)
         ops.gemm(bufs.attn, scores, values)  # [b * nkv, g * s, d]
-        ops.copy(bufs.attn_tokens.view(b, s, nkv, g, d),
-                      bufs.attn.view(b, nkv, g, s, d).permute(0, 3, 1, 2, 4))
-        ops.gemm(bufs.attn_out, bufs.attn_tokens, self._o_t)
+        if attn_src is not None:
+            ops.copy(attn_dst, attn_src)
+        ops.gemm(bufs.attn_out, attn_tokens, self._o_t)
         return bufs.attn_out
+
+    def _views(self, bufs: Buffers) -> tuple:
+        """The views of one buffer shape, made once: a decode step reuses them all.
+
+        The query regrouping and its inverse are copies only where the layouts differ: for
+        a single new token ([b, 1, nkv, g, d] vs [b, nkv, g, 1, d]) they coincide, so
+        decode feeds q and the attention output to the gemms as they are (None = no copy).
+        """
+        b, s, d = bufs.batch, bufs.seq, self.head_dim
+        nh, nkv, g = self.num_heads, self.num_kv_heads, self.group
+        q3, k3 = bufs.q.view(b * s, nh, d), bufs.k.view(b * s, nkv, d)
+        k_src = bufs.k.view(b, s, nkv, d).permute(0, 2, 1, 3)
+        v_src = bufs.v.view(b, s, nkv, d).permute(0, 2, 1, 3)
+        q_src = self._query_heads(bufs)
+        q_heads, q_dst = bufs.q_heads, bufs.q_heads.view(b, nkv, g, s, d)
+        if q_src.is_contiguous():
+            q_heads, q_src = q_src.view(b * nkv, g * s, d), None
+        attn_src = bufs.attn.view(b, nkv, g, s, d).permute(0, 3, 1, 2, 4)
+        attn_tokens, attn_dst = bufs.attn_tokens, bufs.attn_tokens.view(b, s, nkv, g, d)
+        if attn_src.is_contiguous():
+            attn_tokens, attn_src = attn_src.view(b * s, nh * d), None
+        return q3, k3, k_src, v_src, q_heads, q_dst, q_src, attn_tokens, attn_dst, attn_src
 
     def _query_heads(self, bufs: Buffers) -> Tensor:
         """q [b, s, heads, d] viewed as [b, kv_heads, group, s, d]: query head h belongs to

@@ -8,7 +8,7 @@ use a [.., max_len] buffer narrowed to the current cache length.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...runtime import Device, DType, Tensor
 from .configuration import LlamaConfig
@@ -36,6 +36,9 @@ class Buffers:
     last_normed: Tensor  # [batch, hidden]
     logits: Tensor  # [batch, vocab]
     all_logits: Tensor | None = None  # [T, vocab], allocated on first request
+    # Views of these buffers that modules build once and reuse on every call (a decode
+    # step would otherwise rebuild dozens of identical views per layer).
+    views: dict = field(default_factory=dict)
 
 
 class BufferPool:

@@ -84,16 +84,22 @@ class CachedOp:
         self.has_workspace = has_workspace
         self._cache: OrderedDict[tuple, tuple[ctypes.c_void_p, int]] = OrderedDict()
         self.created = 0  # descriptors created so far (tests and benchmarks watch this)
+        self._fn = None  # the compute entry point, looked up once
+        self._workspace: Workspace | None = None  # of the device last used
 
     def descriptor(self, tensors: Sequence[Tensor], *params) -> tuple[ctypes.c_void_p, int]:
-        device = tensors[0].device
+        # Runs on every op call of a forward (hundreds per decode step): identity checks
+        # and one tuple per tensor, no Python-level hashing of Device objects per tensor.
+        device = tensors[0].buffer.device
         for n, t in zip(self.tensor_names, tensors):
-            if t.device != device:
+            d = t.buffer.device
+            if d is not device and d != device:
                 raise ValueError(
                     f"{self.name}: tensor {n} is on {t.device}, expected {device}")
         # ctypes scalars are unhashable; their values are what the descriptor depends on.
-        key = (device, tuple(t.signature() for t in tensors),
-               tuple(p.value if isinstance(p, ctypes._SimpleCData) else p for p in params))
+        pkey = tuple(p.value if isinstance(p, ctypes._SimpleCData) else p
+                     for p in params) if params else ()
+        key = (device, tuple([(t.dtype, t.shape, t.strides) for t in tensors]), pkey)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -147,16 +153,20 @@ class CachedOp:
 
     def _compute(self, desc: ctypes.c_void_p, ws_size: int, tensors: Sequence[Tensor],
                  compute_args: tuple) -> None:
-        device = tensors[0].device
+        device = tensors[0].buffer.device
         device.activate()  # a no-op unless another device was used since
-        args: list = []
+        fn = self._fn
+        if fn is None:
+            fn = self._fn = getattr(load().op, f"infiniop{self.name}")
+        ptrs = [t.buffer.ptr + t.offset * t.dtype.itemsize for t in tensors]
         if self.has_workspace:
-            ws_ptr, ws_bytes = Workspace.of(device).get(ws_size)
-            args += [ws_ptr, ws_bytes]
-        args += [t.data_ptr for t in tensors]
-        args += list(compute_args)
-        args.append(None)  # stream: the device's default stream
-        status = getattr(load().op, f"infiniop{self.name}")(desc, *args)
+            ws = self._workspace
+            if ws is None or ws.device is not device:
+                ws = self._workspace = Workspace.of(device)
+            status = fn(desc, *ws.get(ws_size), *ptrs, *compute_args, None)
+        else:
+            # The trailing None is the stream: the device's default stream.
+            status = fn(desc, *ptrs, *compute_args, None)
         if status != 0:
             raise InfiniError(f"infiniop{self.name}", status,
                               describe(tensors, self.tensor_names) + f", device={device}")
