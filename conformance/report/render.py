@@ -107,7 +107,8 @@ def measurement_rows(r: dict) -> list[dict]:
                      "ref_nmse": None, "bound": _tol(c.get("tolerance")),
                      "passed": c["passed"]})
     for key, v in r["info"].items():
-        if not isinstance(v, dict):
+        # Shown elsewhere: the divergence callout and the per-tensor table's bounds.
+        if not isinstance(v, dict) or key in ("first_divergence", "tolerance", "gate"):
             continue
         if isinstance(v.get("metrics"), dict):
             rows.append({"label": key, "metrics": v["metrics"], "extra": v.get("logits") or {},
