@@ -228,7 +228,10 @@ def test_compare_reports_newly_failing_with_exit_1(op_runs, tmp_path, capsys):
     assert main(["compare", str(op_runs["f32"]), str(op_runs["f32_strict"])]) == 0
 
 
-def test_compare_perf_from_pytest_benchmark(op_runs, pytester, tmp_path, capsys):
+def test_compare_perf_from_pytest_benchmark(op_runs, pytester, tmp_path, capsys, monkeypatch):
+    # pytest-benchmark disables itself when it sees xdist, also via the worker variable
+    # this (outer) run may have set.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(test_bench='''
 def test_sum(benchmark):
     benchmark(sum, range(2000))
@@ -236,7 +239,8 @@ def test_sum(benchmark):
     files = []
     for i in range(2):
         f = tmp_path / f"bench{i}.json"
-        r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--benchmark-json={f}",
+        r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist",
+                                          f"--benchmark-json={f}",
                                           f"--report-dir={pytester.path / 'reports'}")
         assert r.ret == 0
         files.append(f)
