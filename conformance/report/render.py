@@ -207,13 +207,16 @@ def build_view(doc: dict, plots: bool = True) -> dict:
             (_dtype(r) if k == "dtype" else str(r["params"].get(k, r.get(k)))) == v
             for k, v in match.items())]
 
-    model_matrix = [{"model": m, "anchors": {d: _slug("cmp", m, d) for d in dtypes},
+    # Each matrix gets only the dtype columns its own checks have (no empty "—" column).
+    model_dtypes = _ordered_dtypes(doc, model_recs)
+    op_dtypes = _ordered_dtypes(doc, op_recs)
+    model_matrix = [{"model": m, "anchors": {d: _slug("cmp", m, d) for d in model_dtypes},
                      "cells": {c: {d: cell(statuses(model_recs, model_name=m, check=c,
-                                                    dtype=d)) for d in dtypes}
+                                                    dtype=d)) for d in model_dtypes}
                                for c in model_checks}} for m in models]
     op_matrix = [{"check": c, "cells": {d: cell(statuses(op_recs, check=c, dtype=d))
-                                        for d in dtypes},
-                  "anchors": {d: _slug("op", d, c.removeprefix("op_")) for d in dtypes}}
+                                        for d in op_dtypes},
+                  "anchors": {d: _slug("op", d, c.removeprefix("op_")) for d in op_dtypes}}
                  for c in op_checks]
     other_matrix = [{"check": c, "cell": cell(statuses(other_recs, check=c))}
                     for c in sorted({r["check"] for r in other_recs})]
@@ -238,6 +241,7 @@ def build_view(doc: dict, plots: bool = True) -> dict:
     return {
         "doc": doc, "verdict": doc["verdict"], "counts": doc["counts"],
         "statuses": STATUSES, "severity": SEVERITY, "dtypes": dtypes,
+        "model_dtypes": model_dtypes, "op_dtypes": op_dtypes,
         "models": models, "model_checks": model_checks, "model_matrix": model_matrix,
         "op_matrix": op_matrix, "other_matrix": other_matrix, "sections": sections,
         "attention": [{"status": r["status"], "nodeid": r["nodeid"],
