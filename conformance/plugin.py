@@ -66,6 +66,9 @@ def _dtypes(config: pytest.Config) -> list[str]:
     return values
 
 
+# tryfirst: the JUnit path default must be set before pytest's junitxml plugin reads it in
+# its own pytest_configure.
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     try:
         # torch before InfiniCore: on NVIDIA, libinfiniop pulls the system CUDA toolkit's
@@ -94,6 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config._infinilm_run_dir.mkdir(parents=True, exist_ok=True)
     config._infinilm_worker = "main"
     config._infinilm_started = time.time()
+    if not getattr(config.option, "xmlpath", None):
+        # CI systems read JUnit XML; every run gets one next to its results.json.
+        config.option.xmlpath = str(config._infinilm_run_dir / "junit.xml")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -323,13 +329,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             not hasattr(config, "_infinilm_run_id"):
         return
     tol = TolerancePolicy.load(config.getoption("--tolerances"))
+    run_dir: Path = config._infinilm_run_dir
+    junit = Path(os.path.abspath(config.option.xmlpath)) if getattr(
+        config.option, "xmlpath", None) else None
+    if junit is not None and junit.parent == run_dir:
+        junit = Path(junit.name)
     path = write_results(
-        config._infinilm_run_dir, config._infinilm_run_id,
+        run_dir, config._infinilm_run_id,
         config.getoption("--infini-device"), config._infinilm_started, int(exitstatus),
         {"dtypes": _dtypes(config), "tolerance_sources": tol.sources,
-         "tolerances": tol.table})
-    point_latest(config._infinilm_report_root, config._infinilm_run_dir)
+         "tolerances": tol.table, "junit_xml": str(junit) if junit else None})
     config._infinilm_results_path = path
+    _render_report(session, run_dir)
+    point_latest(config._infinilm_report_root, run_dir)
+
+
+def _render_report(session: pytest.Session, run_dir: Path) -> None:
+    """index.html from the results.json just written, whatever the tests' outcome.
+
+    A rendering failure must not hide the results (results.json and junit.xml are already
+    written) but must not pass unnoticed either: a CI job publishing the report would
+    publish nothing. So the traceback is printed and an otherwise green session exits
+    with INTERNAL_ERROR (3); a red one keeps its own non-zero status."""
+    config = session.config
+    started = time.perf_counter()
+    try:
+        from .report.render import render_run
+
+        config._infinilm_report_path = render_run(run_dir)
+        config._infinilm_report_seconds = time.perf_counter() - started
+    except Exception as e:  # noqa: BLE001 - reported loudly below, never swallowed
+        import traceback
+
+        config._infinilm_report_error = f"{type(e).__name__}: {e}"
+        sys.stderr.write("infinilm conformance: rendering the HTML report failed:\n"
+                         + traceback.format_exc())
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -357,3 +393,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         if r["status"] in ("unsupported", "known_defect"):
             tr.write_line(f"{r['status']}: {r['nodeid']}: {r['message'][:200]}")
     tr.write_line(f"results: {path}")
+    if getattr(config, "_infinilm_report_path", None) is not None:
+        tr.write_line(f"report:  {config._infinilm_report_path} "
+                      f"(rendered in {config._infinilm_report_seconds:.2f} s)")
+    if getattr(config, "_infinilm_report_error", None):
+        tr.write_line(f"REPORT NOT RENDERED: {config._infinilm_report_error}", red=True,
+                      bold=True)

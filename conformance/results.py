@@ -7,9 +7,11 @@ the parts into `results.json`, written to a temporary file and renamed into plac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        # mkstemp creates 0600; reports are published (CI artifacts, web servers), so give
+        # the file the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -72,22 +79,40 @@ def read_parts(run_dir: Path) -> list[dict]:
 
 
 def environment(device: str) -> dict:
+    """Where and how the run happened; recorded in results.json and shown by the report.
+
+    Every field is best effort: a missing fact is recorded as null (or an *_error field),
+    because the environment block must never sink a run."""
     env: dict = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
         "infini_device": device,
-        "command_line": " ".join(sys.argv),
+        "device_name": _device_name(device),
+        "command_line": shlex.join(sys.argv),
+        "infini_root_env": os.environ.get("INFINI_ROOT"),
+        "infinicore_version": None,
+        "backend": None,
+        "library_sha256": {},
     }
     try:
-        from infinilm_models.runtime.build import read_stamp
+        from infinilm_models.runtime.build import LIBRARIES, read_stamp
         from infinilm_models.runtime.library import find_root
 
         root = find_root()
         env["infini_root"] = str(root)
-        env["infinicore_build"] = read_stamp(root)
+        stamp = read_stamp(root)
+        env["infinicore_build"] = stamp
+        if stamp:
+            env["infinicore_version"] = stamp.get("infinicore_version")
+            env["backend"] = stamp.get("backend")
+        # Hashes identify the exact binaries, also for a vendor's own build without a stamp.
+        env["library_sha256"] = {lib: _sha256(root / "lib" / lib) for lib in LIBRARIES
+                                 if (root / "lib" / lib).is_file()}
     except Exception as e:  # noqa: BLE001 - the environment block must never sink a run
         env["infini_root_error"] = str(e)
+    if env["backend"] is None:
+        env["backend"] = device.split(":")[0]
     for mod in ("numpy", "torch", "transformers"):
         m = sys.modules.get(mod)
         if m is not None:
@@ -99,6 +124,36 @@ def environment(device: str) -> dict:
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
     return env
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _device_name(device: str) -> str | None:
+    """A human name for the device under test (CPU model, GPU product name)."""
+    kind, _, index = device.partition(":")
+    try:
+        if kind == "cpu":
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+            return platform.processor() or None
+        if kind == "nvidia":
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                return torch.cuda.get_device_name(int(index or 0))
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", index or "0"],
+                capture_output=True, text=True, timeout=10).stdout.strip()
+            return out or None
+    except Exception:  # noqa: BLE001 - a name is nice to have, never required
+        return None
+    return None
 
 
 def summarize(records: list[dict]) -> dict[str, int]:

@@ -8,7 +8,7 @@ from conformance.metrics import get_calibrated
 
 from .checks import compare_activations
 from .conftest import prompt_ids
-from .harness import hf_capture, our_capture
+from .harness import OPS_OF, hf_capture, our_capture
 
 
 def test_model_activations(model_name, model_path, dtype, runtimes, verify, tolerances):
@@ -22,7 +22,10 @@ def test_model_activations(model_name, model_path, dtype, runtimes, verify, tole
     gate = get_calibrated(tolerances, "model_activations_gate", dtype)
     rows, first, breach = compare_activations(ours, ref, golden, cal,
                                               ours_m.config.num_hidden_layers, gate)
+    # The ops and the sentence go into the record so the report needs no model knowledge.
+    where = {**first.__dict__, "ops": OPS_OF[first.submodule],
+             "description": first.describe()} if first else None
     verify.info.update(batch=batch, seq=seq, per_tensor=rows, tolerance=cal.__dict__,
-                       gate=gate.__dict__, first_divergence=first.__dict__ if first else None)
+                       gate=gate.__dict__, first_divergence=where)
     assert breach is None, (f"{breach.describe()} (failure threshold); "
                             f"{first.describe()} (localization threshold)")

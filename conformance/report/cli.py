@@ -1,0 +1,147 @@
+"""infinilm-conformance: report | compare | merge | screenshot.
+
+Exit status: 0 success; 1 `compare` found something newly failing (or, with
+--fail-on-growth, an error grown past the factor); 2 bad input (missing or corrupt
+results.json, unknown schema version, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from conformance.results import atomic_write_text
+
+from .schema import ResultsError, load_results, results_path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="infinilm-conformance",
+        description="Reports of the InfiniCore LLaMA conformance suite, from the "
+                    "results.json of each run (schema: conformance/report/SCHEMA.md).",
+        epilog="exit status: 0 ok; 1 compare: something newly fails; 2 bad input")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("report", help="render RUN/index.html from RUN/results.json",
+                       description="Render the self-contained HTML report of a run (pytest "
+                                   "already does this at the end of every run).")
+    r.add_argument("run", help="run directory (e.g. reports/latest) or its results.json")
+    r.add_argument("-o", "--output", type=Path, help="HTML file (default: RUN/index.html)")
+    r.add_argument("--no-plots", action="store_true", help="skip the per-layer plots")
+
+    c = sub.add_parser("compare", help="a run against a baseline run",
+                       description="Newly failing and newly passing checks, error metrics "
+                                   "grown by more than --factor, and performance changes "
+                                   "when benchmarks are present. Exit 1 when something "
+                                   "newly fails.")
+    c.add_argument("run", help="run directory or results.json")
+    c.add_argument("baseline", help="baseline run directory or results.json")
+    c.add_argument("--factor", type=float, default=2.0,
+                   help="report error metrics (nmse, max_abs, mean_abs, kl, rel_delta) "
+                        "that grew by more than this factor (default 2)")
+    c.add_argument("--ignore-param", action="append", default=[], metavar="NAME",
+                   help="match checks ignoring this parameter, e.g. --ignore-param dtype to "
+                        "compare an f32 run with a bf16 run (repeatable)")
+    c.add_argument("--benchmark", metavar="FILE", help="pytest-benchmark JSON of the run "
+                   "(default: results.json 'perf', else RUN/benchmark.json)")
+    c.add_argument("--baseline-benchmark", metavar="FILE",
+                   help="pytest-benchmark JSON of the baseline (same defaults)")
+    c.add_argument("--perf-tolerance", type=float, default=0.10,
+                   help="relative band within which a mean time counts as unchanged (0.10)")
+    c.add_argument("--fail-on-growth", action="store_true",
+                   help="also exit 1 when an error grew past --factor")
+    c.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON")
+    c.add_argument("--html", type=Path, metavar="FILE", help="also write it as an HTML page")
+    c.add_argument("--limit", type=int, default=40, help="lines per section printed (40)")
+
+    m = sub.add_parser("merge", help="several runs into one scoreboard page",
+                       description="Backend x check matrix of several runs (cpu, nvidia, a "
+                                   "vendor device...), linking each run's own report.")
+    m.add_argument("runs", nargs="+", help="run directories or results.json files")
+    m.add_argument("-o", "--output", type=Path, required=True,
+                   help="directory for index.html and scoreboard.json")
+
+    s = sub.add_parser("screenshot", help="screenshot a report in headless Chromium",
+                       description="Render RUN/index.html in headless Chromium and save "
+                                   "the top of the page as RUN/index.png.")
+    s.add_argument("run", help="run directory, results.json or an HTML file")
+    s.add_argument("-o", "--output", type=Path, help="PNG file (default: next to the HTML)")
+    s.add_argument("--window-size", default="1400,1800", help="WIDTH,HEIGHT (1400,1800)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ResultsError, ValueError, OSError) as e:
+        print(f"infinilm-conformance {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _report(args) -> int:
+    from .render import render_run
+
+    started = time.perf_counter()
+    out = render_run(args.run, args.output, plots=not args.no_plots)
+    print(f"{out} (rendered in {time.perf_counter() - started:.2f} s)")
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import compare_runs, format_text, perf_of
+
+    run_src, base_src = results_path(args.run), results_path(args.baseline)
+    run, base = load_results(run_src), load_results(base_src)
+    run_perf = perf_of(run, run_src.parent, args.benchmark)
+    base_perf = perf_of(base, base_src.parent, args.baseline_benchmark)
+    result = compare_runs(run, base, args.factor, tuple(args.ignore_param), run_perf,
+                          base_perf, args.perf_tolerance)
+    print(format_text(result, args.limit))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1) + "\n")
+    if args.html:
+        from .render import make_env
+
+        atomic_write_text(args.html, make_env().get_template("compare.html.j2").render(c=result))
+    code = result.exit_code
+    if args.fail_on_growth and result.grown:
+        code = 1
+    return code
+
+
+def _merge(args) -> int:
+    from .merge import merge_runs
+
+    print(merge_runs(args.runs, args.output))
+    return 0
+
+
+def _screenshot(args) -> int:
+    from .browser import BrowserError, screenshot
+
+    src = Path(args.run)
+    html = src if src.suffix == ".html" else results_path(src).parent / "index.html"
+    if not html.is_file():
+        raise ResultsError(f"{html}: no report here (run `infinilm-conformance report` first)")
+    try:
+        w, h = (int(x) for x in args.window_size.split(","))
+    except ValueError:
+        raise ValueError(f"--window-size {args.window_size!r}: expected WIDTH,HEIGHT") from None
+    try:
+        print(screenshot(html, args.output or html.with_suffix(".png"), w, h))
+    except BrowserError as e:
+        print(f"infinilm-conformance screenshot: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+_COMMANDS = {"report": _report, "compare": _compare, "merge": _merge,
+             "screenshot": _screenshot}
+
+if __name__ == "__main__":
+    sys.exit(main())
