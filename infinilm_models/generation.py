@@ -66,6 +66,7 @@ def generate(model, input_ids: Sequence[Sequence[int]] | np.ndarray,
     eos = np.array(cfg.eos_token_ids or [-1], dtype=np.int64)
     step_logits: list[np.ndarray] = []
     logits = model.forward(ids, cache=cache)  # [batch, 1, vocab]
+    model.prepare_decode(cache, cfg.max_new_tokens - 1)
     for step in range(cfg.max_new_tokens):
         if return_logits:
             step_logits.append(logits.numpy().reshape(batch, vocab))

@@ -248,6 +248,7 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
         def setup():
             cache.reset()
             model.forward(prompt, cache=cache)
+            model.prepare_decode(cache, steps)  # as generate() does: no descriptor in the loop
             infini_sync(infini_device)()
             issue.clear()
             step.clear()

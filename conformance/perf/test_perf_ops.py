@@ -128,7 +128,7 @@ def build(op: str, phase: str, batch: int, dtype: str, device, tdev: str, verify
         w, w_i, w_t = m.pair((VOCAB, H))
         o_i, o_t = m.out((t_, H))
         ids_t = torch.from_numpy(ids).to(tdev)
-        owner = SimpleNamespace(embed_tokens=w_i)
+        owner = SimpleNamespace(embed_tokens=w_i, _host_table=None)
         from infinilm_models.models.llama.modeling_llama import LlamaModel
 
         ref = w[ids]

@@ -14,6 +14,7 @@ from conformance.model.harness import resolve_model
 from infinilm_models import AutoLlamaModel, GenerationConfig, generate
 from infinilm_models.models.llama import CacheOverflowError, ConfigError
 from infinilm_models.runtime import memory
+from infinilm_models.runtime.ops import _base
 
 MODEL = "tiny-gqa"
 
@@ -59,6 +60,33 @@ def test_decode_loop_allocates_nothing(model, monkeypatch):
     for i in range(5):
         model.forward(ids[:, i:i + 1], cache=cache)
     assert made == []
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_generate_creates_no_descriptors_while_decoding(model, monkeypatch, prepared):
+    """generate() prepares the attention's growing shapes before its loop; without that,
+    each step creates three descriptors (the control case shows the count can move)."""
+    for op in _base.CachedOp.instances:
+        op.clear()  # no shape left over from other tests
+    if not prepared:
+        monkeypatch.setattr(type(model), "prepare_decode", lambda self, cache, n: None)
+    seen = []
+    original = type(model).forward
+
+    def counting(self, *args, **kwargs):
+        seen.append(_base.descriptors_created())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", counting)
+    generate(model, prompt_ids(resolve_model(MODEL), 3, 7), max_new_tokens=12)
+    assert len(seen) == 12  # the prefill and 11 decode steps
+    # seen[2] is taken after the first decode step, which creates the single-token shapes
+    # of the non-attention ops once.
+    created_in_loop = seen[-1] - seen[2]
+    if prepared:
+        assert created_in_loop == 0
+    else:
+        assert created_in_loop == 3 * 9  # gemm, softmax, gemm per new cache length
 
 
 def test_capture_does_not_change_numerics(model):

@@ -37,11 +37,9 @@ class LlamaAttention:
     def forward(self, x: Tensor, bufs: Buffers, cache: KVCache, start: int,
                 rope: LlamaRotaryEmbedding, rope_algo: ops.RoPEAlgo) -> Tensor:
         """x [T, hidden] (normed) -> bufs.attn_out [T, hidden]; appends K/V at `start`."""
-        views = bufs.views.get("attention")
-        if views is None:
-            views = bufs.views["attention"] = self._views(bufs)
-        q3, k3, k_src, v_src, q_heads, q_dst, q_src, attn_tokens, attn_dst, attn_src = views
-        b, s = bufs.batch, bufs.seq
+        q3, k3, k_src, v_src, q_heads, q_dst, q_src, attn_tokens, attn_dst, attn_src = \
+            self._cached_views(bufs)
+        s = bufs.seq
         ops.gemm(bufs.q, x, self._q_t)
         ops.gemm(bufs.k, x, self._k_t)
         ops.gemm(bufs.v, x, self._v_t)
@@ -56,20 +54,45 @@ class LlamaAttention:
             # [b, s, nkv, g, d] -> [b, nkv, g, s, d]: each KV head's query rows together.
             ops.copy(q_dst, q_src)
 
-        total = start + s
-        keys, values = cache.prefix(self.layer_idx, total)  # [b * nkv, total, d]
-        scores = bufs.scores.narrow(2, 0, total)  # [b * nkv, g * s, total], rows of max_len
+        keys, values, scores, probs = self._attention_views(bufs, cache, start + s)
         ops.gemm(scores, q_heads, keys.transpose(1, 2), alpha=self.scaling)
-        # Softmax per (b, kv head, group) over rows of one sequence: the causal mask is
-        # aligned bottom-right, so the s new tokens see the `start` cached ones.
-        probs = scores.as_strided((b * self.num_kv_heads * self.group, s, total),
-                                  (s * scores.strides[1], scores.strides[1], 1))
         ops.causal_softmax(probs, probs)
         ops.gemm(bufs.attn, scores, values)  # [b * nkv, g * s, d]
         if attn_src is not None:
             ops.copy(attn_dst, attn_src)
         ops.gemm(bufs.attn_out, attn_tokens, self._o_t)
         return bufs.attn_out
+
+    def _attention_views(self, bufs: Buffers, cache: KVCache, total: int) -> tuple:
+        """K, V of the first `total` positions, the scores narrowed to them, and the
+        scores seen as [b * heads, s, total] for the softmax."""
+        b, s = bufs.batch, bufs.seq
+        keys, values = cache.prefix(self.layer_idx, total)  # [b * nkv, total, d]
+        scores = bufs.scores.narrow(2, 0, total)  # [b * nkv, g * s, total], rows of max_len
+        # Softmax per (b, kv head, group) over rows of one sequence: the causal mask is
+        # aligned bottom-right, so the s new tokens see the `start` cached ones.
+        probs = scores.as_strided((b * self.num_kv_heads * self.group, s, total),
+                                  (s * scores.strides[1], scores.strides[1], 1))
+        return keys, values, scores, probs
+
+    def prepare(self, bufs: Buffers, cache: KVCache, totals: range) -> None:
+        """Create the descriptors of the attention at each cache length in `totals`.
+
+        The scores/softmax/values shapes grow by one position per decode step, so without
+        this every step of a first-time decode would create three descriptors.
+        """
+        q_heads = self._cached_views(bufs)[4]
+        for total in totals:
+            keys, values, scores, probs = self._attention_views(bufs, cache, total)
+            ops.prepare_gemm(scores, q_heads, keys.transpose(1, 2))
+            ops.prepare_causal_softmax(probs, probs)
+            ops.prepare_gemm(bufs.attn, scores, values)
+
+    def _cached_views(self, bufs: Buffers) -> tuple:
+        views = bufs.views.get("attention")
+        if views is None:
+            views = bufs.views["attention"] = self._views(bufs)
+        return views
 
     def _views(self, bufs: Buffers) -> tuple:
         """The views of one buffer shape, made once: a decode step reuses them all.

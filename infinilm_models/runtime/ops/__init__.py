@@ -1,9 +1,9 @@
 """One small wrapper per InfiniCore op the LLaMA model uses."""
 
 from .attention import attention
-from .causal_softmax import causal_softmax
+from .causal_softmax import causal_softmax, prepare_causal_softmax
 from .elementwise import add, mul
-from .gemm import gemm
+from .gemm import gemm, prepare_gemm
 from .random_sample import random_sample
 from .rearrange import contiguous, copy, rearrange
 from .rms_norm import rms_norm
@@ -12,5 +12,6 @@ from .swiglu import swiglu
 
 __all__ = [
     "RoPEAlgo", "add", "attention", "causal_softmax", "contiguous", "copy", "gemm", "mul",
-    "random_sample", "rearrange", "rms_norm", "rope", "swiglu",
+    "prepare_causal_softmax", "prepare_gemm", "random_sample", "rearrange", "rms_norm",
+    "rope", "swiglu",
 ]

@@ -15,3 +15,8 @@ _op = CachedOp("CausalSoftmax", ("y", "x"))
 def causal_softmax(y: Tensor, x: Tensor) -> Tensor:
     _op([y, x])
     return y
+
+
+def prepare_causal_softmax(y: Tensor, x: Tensor) -> None:
+    """Create (and cache) the descriptor for these layouts now, computing nothing."""
+    _op.descriptor([y, x])

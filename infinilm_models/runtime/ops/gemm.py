@@ -13,3 +13,9 @@ def gemm(c: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0, beta: float = 0.0)
     [out, in] weight is column-major, so `x @ W.T` needs no copy."""
     _op([c, a, b], float(alpha), float(beta))
     return c
+
+
+def prepare_gemm(c: Tensor, a: Tensor, b: Tensor) -> None:
+    """Create (and cache) the descriptor for these layouts now, computing nothing: a decode
+    loop whose attention shapes grow by one position per step prepares them up front."""
+    _op.descriptor([c, a, b])
