@@ -7,7 +7,6 @@ the parts into `results.json`, written to a temporary file and renamed into plac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -96,7 +95,7 @@ def environment(device: str) -> dict:
         "library_sha256": {},
     }
     try:
-        from infinilm_models.runtime.build import LIBRARIES, read_stamp
+        from infinilm_models.runtime.build import LIBRARIES, read_stamp, sha256_file
         from infinilm_models.runtime.library import find_root
 
         root = find_root()
@@ -107,7 +106,7 @@ def environment(device: str) -> dict:
             env["infinicore_version"] = stamp.get("infinicore_version")
             env["backend"] = stamp.get("backend")
         # Hashes identify the exact binaries, also for a vendor's own build without a stamp.
-        env["library_sha256"] = {lib: _sha256(root / "lib" / lib) for lib in LIBRARIES
+        env["library_sha256"] = {lib: sha256_file(root / "lib" / lib) for lib in LIBRARIES
                                  if (root / "lib" / lib).is_file()}
     except Exception as e:  # noqa: BLE001 - the environment block must never sink a run
         env["infini_root_error"] = str(e)
@@ -124,14 +123,6 @@ def environment(device: str) -> dict:
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
     return env
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _device_name(device: str) -> str | None:

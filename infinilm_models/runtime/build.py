@@ -123,7 +123,7 @@ def _recipe_digest(backend: str, cuda_arch: str = "native") -> str:
     return h.hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -326,7 +326,7 @@ def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | 
             "backend": backend,
             "recipe": _recipe_digest(backend, cuda_arch),
             "cuda_arch": cuda_arch if backend == "nvidia" else None,
-            "sdist_sha256": _sha256(sdist),
+            "sdist_sha256": sha256_file(sdist),
             "flags": BACKEND_FLAGS[backend] + COMMON_FLAGS,
             "patches": [p.path for p in PATCHES if backend in p.backends],
             "build_seconds": round(time.monotonic() - started, 1),
