@@ -57,9 +57,11 @@ class Workspace:
             ws = cls._by_device[device] = cls(device)
         return ws
 
-    def get(self, nbytes: int) -> tuple[ctypes.c_void_p, int]:
+    def get(self, nbytes: int) -> tuple[int | None, int]:
+        """(pointer, size) for a compute call; plain ints, which the c_void_p argtypes
+        convert, so the hot path builds no ctypes object per op call."""
         if nbytes == 0:
-            return ctypes.c_void_p(None), 0
+            return None, 0
         if self.buffer is None or self.buffer.nbytes < nbytes:
             self.buffer = None  # release before allocating the larger one
             self.buffer = DeviceBuffer(self.device, nbytes)
@@ -68,7 +70,7 @@ class Workspace:
             # fresh memory would turn into NaN results at random. Ops only write finite
             # values here afterwards, so zeroing once per allocation is enough.
             zero_fill(self.buffer)
-        return ctypes.c_void_p(self.buffer.ptr), self.buffer.nbytes
+        return self.buffer.ptr, self.buffer.nbytes
 
 
 class CachedOp:
