@@ -35,7 +35,7 @@ def prompt_ids(model_path: Path, batch: int, seq: int) -> np.ndarray:
     token statistics for a trained model, and deterministic."""
     from tokenizers import Tokenizer
 
-    text = (Path(__file__).resolve().parents[2] / "fixtures" / "texts" / "perplexity.txt")
+    text = (Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "texts" / "perplexity.txt")
     ids = Tokenizer.from_file(str(model_path / "tokenizer.json")).encode(
         text.read_text()).ids
     if len(ids) < batch * seq:

@@ -27,11 +27,11 @@ TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 def resolve_model(name: str) -> Path:
     """A fixture name (tiny-<variant>, smollm2) or a path to a local HF LLaMA directory."""
     if name.startswith("tiny-"):
-        from fixtures.tiny import ensure
+        from infinilm_fixtures.tiny import ensure
 
         return ensure(name.removeprefix("tiny-"))
     if name == "smollm2":
-        from fixtures.smollm2 import ensure
+        from infinilm_fixtures.smollm2 import ensure
 
         return ensure()
     path = Path(name).expanduser()

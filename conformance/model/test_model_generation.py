@@ -14,7 +14,7 @@ from infinilm_models import generate
 
 from .conftest import prompt_ids
 
-PROMPTS = Path(__file__).resolve().parents[2] / "fixtures" / "prompts.json"
+PROMPTS = Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "prompts.json"
 
 
 def golden_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:

@@ -1,4 +1,4 @@
-"""Perplexity of SmolLM2 on the fixed text in fixtures/texts, against transformers'."""
+"""Perplexity of SmolLM2 on the fixed text in infinilm_fixtures/texts, against transformers'."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conformance.metrics import get_calibrated
 
 from .harness import hf_capture, hf_model, our_model, resolve_model, torch_device
 
-TEXT = Path(__file__).resolve().parents[2] / "fixtures" / "texts" / "perplexity.txt"
+TEXT = Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "texts" / "perplexity.txt"
 
 
 def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:

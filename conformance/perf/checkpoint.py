@@ -2,7 +2,7 @@
 
 Speed does not depend on weight values, and random weights need neither the network nor
 the converted real checkpoint; the accuracy gate compares with transformers on the very
-same weights. Built with fixtures/tiny.py's generator (VariantSpec + make_weights), so
+same weights. Built with infinilm_fixtures/tiny.py's generator (VariantSpec + make_weights), so
 the values are a pure function of (seed, tensor name).
 """
 
@@ -12,7 +12,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from fixtures.tiny import VariantSpec, _write_weights, make_weights
+from infinilm_fixtures.tiny import VariantSpec, _write_weights, make_weights
 
 # SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M config.json).
 SMOLLM2_135M = VariantSpec(

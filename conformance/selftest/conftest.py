@@ -61,7 +61,7 @@ def op_runs(tmp_path_factory) -> dict[str, Path]:
 def report_run(tmp_path_factory) -> Path:
     """A small mixed run rendered by the plugin: op checks (rms_norm failing for real) and
     the activation check of a tiny model living under a directory named like markup."""
-    from fixtures.tiny import ensure
+    from infinilm_fixtures.tiny import ensure
 
     base = tmp_path_factory.mktemp("report-run")
     model = base.joinpath(*HOSTILE_DIR)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fixtures.tiny import VARIANTS, ensure
+from infinilm_fixtures.tiny import VARIANTS, ensure
 from infinilm_models.models.llama.configuration import ConfigError, LlamaConfig
 
 # Everything is local; never let a typo turn into a Hub download.

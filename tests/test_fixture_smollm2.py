@@ -1,4 +1,4 @@
-"""Self-test for fixtures.smollm2: GGUF -> float32 Hugging Face checkpoint conversion."""
+"""Self-test for infinilm_fixtures.smollm2: GGUF -> float32 Hugging Face checkpoint conversion."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fixtures import smollm2
+from infinilm_fixtures import smollm2
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec(smollm2.PACKAGE) is None,
