@@ -1,8 +1,11 @@
-"""Recorded results: one JSON line per check while the run goes, one results.json at the end.
+"""Where records live while a run goes, and the environment block of results.json.
 
-Each pytest process (the controller, or every xdist worker) appends to its own
-`parts/<worker>.jsonl`, so no state is shared between processes; the controller merges
-the parts into `results.json`, written to a temporary file and renamed into place.
+Each pytest process (the controller, every xdist worker, and their supervised children)
+appends finished checks to `parts/<worker>.jsonl`, and every process that collects writes
+the checks it plans to run to `plan/<worker>.jsonl`; no state is shared between
+processes. At the end the controller merges both into one `RunRecord` (record.py): a
+planned check without a result becomes `not_run`. results.json is written to a temporary
+file and renamed into place.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SCHEMA_VERSION = 1
-STATUSES = ("passed", "failed", "crashed", "unsupported", "known_defect", "error")
+from .record import CheckRecord, RecordError, RunRecord, summarize, verdict_of
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -52,29 +54,39 @@ def point_latest(report_root: Path, run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
-def append_part(run_dir: Path, worker: str, record: dict) -> None:
-    parts = run_dir / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    with open(parts / f"{worker}.jsonl", "a") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
+def append_part(run_dir: Path, worker: str, record: CheckRecord, kind: str = "parts") -> None:
+    d = run_dir / kind
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"{worker}.jsonl", "a") as f:
+        f.write(json.dumps(record.to_dict(), default=_jsonable) + "\n")
+
+
+def write_plan(run_dir: Path, worker: str, records: list[CheckRecord]) -> None:
+    lines = "".join(json.dumps(r.to_dict(), default=_jsonable) + "\n" for r in records)
+    atomic_write_text(run_dir / "plan" / f"{worker}.jsonl", lines)
 
 
 def _jsonable(o):
-    if isinstance(o, float):
-        return repr(o)
     if hasattr(o, "tolist"):
         return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
     return str(o)
 
 
-def read_parts(run_dir: Path) -> list[dict]:
-    records = []
-    for part in sorted((run_dir / "parts").glob("*.jsonl")):
-        for line in part.read_text().splitlines():
+def read_records(run_dir: Path, kind: str = "parts") -> dict[str, CheckRecord]:
+    """nodeid -> record; a later line for the same check wins (a crash record written by
+    a supervisor after its child's partial one)."""
+    out: dict[str, CheckRecord] = {}
+    for part in sorted((run_dir / kind).glob("*.jsonl")):
+        for n, line in enumerate(part.read_text().splitlines(), 1):
             if line.strip():
-                records.append(json.loads(line))
-    records.sort(key=lambda r: r.get("nodeid", ""))
-    return records
+                try:
+                    r = CheckRecord.from_dict(json.loads(line), f"{part}:{n}")
+                except (ValueError, RecordError):
+                    continue  # a line cut short by a dying process
+                out[r.nodeid] = r
+    return out
 
 
 def environment(device: str) -> dict:
@@ -147,31 +159,28 @@ def _device_name(device: str) -> str | None:
     return None
 
 
-def summarize(records: list[dict]) -> dict[str, int]:
-    counts = {s: 0 for s in STATUSES}
-    for r in records:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return counts
+def assemble(run_dir: Path, run_id: str, device: str, started: float, exit_status: int,
+             not_run_reason: str, extra: dict) -> RunRecord:
+    """The run's records, every planned check included: one without a result is
+    `not_run` with `not_run_reason`."""
+    records = read_records(run_dir)
+    plan = read_records(run_dir, "plan")
+    for nodeid, planned in plan.items():
+        if nodeid not in records:
+            planned.status = "not_run"
+            planned.not_run_reason = not_run_reason
+            planned.message = f"not run: {not_run_reason}"
+            records[nodeid] = planned
+    results = sorted(records.values(), key=lambda r: r.nodeid)
+    return RunRecord(
+        run_id=run_id, verdict=verdict_of(results), counts=summarize(results),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        duration_s=round(time.time() - started, 2), pytest_exit_status=exit_status,
+        environment=environment(device), results=results, planned=len(plan) or len(results),
+        **extra)
 
 
-def write_results(run_dir: Path, run_id: str, device: str, started: float,
-                  exit_status: int, extra: dict) -> Path:
-    records = read_parts(run_dir)
-    counts = summarize(records)
-    verdict = "pass" if counts["failed"] + counts["crashed"] + counts["error"] == 0 and records \
-        else "fail"
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "verdict": verdict,
-        "counts": counts,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": round(time.time() - started, 2),
-        "pytest_exit_status": exit_status,
-        "environment": environment(device),
-        **extra,
-        "results": records,
-    }
+def write_results(run_dir: Path, run: RunRecord) -> Path:
     out = run_dir / "results.json"
-    atomic_write_text(out, json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    atomic_write_text(out, run.to_json())
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.metrics import Calibrated, error_metrics
+from conformance.judge import Calibrated, error_metrics
 
 from .harness import Divergence, execution_order
 

@@ -4,7 +4,7 @@ names the first layer and sub-module that diverges and the ops it runs."""
 
 from __future__ import annotations
 
-from conformance.metrics import get_calibrated
+from conformance.judge import get_calibrated
 
 from .checks import compare_activations
 from .conftest import prompt_ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.metrics import error_metrics, get_calibrated
+from conformance.judge import error_metrics, get_calibrated
 
 from .conftest import prompt_ids
 

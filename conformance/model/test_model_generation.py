@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.metrics import get_calibrated
+from conformance.judge import get_calibrated
 from infinilm_models import generate
 
 from .conftest import prompt_ids

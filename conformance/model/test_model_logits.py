@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.metrics import error_metrics, get_calibrated
+from conformance.judge import error_metrics, get_calibrated
 
 from .checks import logits_metrics
 from .conftest import prompt_ids

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.metrics import get_calibrated
+from conformance.judge import get_calibrated
 
 from .harness import hf_capture, hf_model, our_model, resolve_model, torch_device
 

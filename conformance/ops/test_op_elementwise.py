@@ -10,6 +10,7 @@ from infinilm_models.runtime import Tensor, ops
 
 from .common import host, padded_view, rng_for, to_device, unsupported_guard
 from .shapes import HIDDEN, PREFILL
+from .sweep import describe
 
 # name: (shape, layout): "plain", "inplace" (c is a), "broadcast" (b is a stride-0 row),
 # "strided" (a is a padded view)
@@ -28,8 +29,20 @@ OPS = {"add": (ops.add, np.add), "mul": (ops.mul, np.multiply)}
 @pytest.mark.parametrize("case", list(CASES))
 def test_op_elementwise(op, case, dtype, infini_device, verify):
     shape, layout = CASES[case]
+    run_case(op, tuple(shape), layout, dtype, infini_device, verify,
+             rng_for("elementwise", op, case, dtype))
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_op_elementwise_sweep(op, sweep_case, dtype, infini_device, verify):
+    p = sweep_case.params
+    verify.info.update(describe(sweep_case))
+    run_case(op, tuple(p["shape"]), p["layout"], dtype, infini_device, verify,
+             rng_for("elementwise-sweep", op, sweep_case.seed, sweep_case.name, dtype))
+
+
+def run_case(op, shape, layout, dtype, infini_device, verify, rng):
     fn, ref = OPS[op]
-    rng = rng_for("elementwise", op, case, dtype)
     a = host(shape, dtype, rng)
     if layout == "broadcast":
         row = host(shape[-1:], dtype, rng)
@@ -49,20 +62,14 @@ def test_op_elementwise(op, case, dtype, infini_device, verify):
 
 @pytest.mark.parametrize("op", list(OPS))
 def test_op_elementwise_rounding(op, dtype, infini_device, verify):
-    """Results are rounded to nearest (IEEE default), not truncated: with a, b already in
-    the dtype, a+b and a*b are exact in float64, so the right answer is that value rounded
-    to nearest-even in the dtype. Truncation is invisible to loose tolerances but biases
-    every result towards zero and compounds across a model's layers."""
-    from infinilm_models.runtime import DType
-
+    """The property "correctly rounded" (IEEE 754 round to nearest even), not accuracy:
+    with a, b already in the dtype, a+b and a*b are exact in float64, so the right answer
+    is that value rounded once. Truncation or directed rounding is invisible to loose
+    tolerances but biases every result and compounds across a model's layers."""
     fn, ref = OPS[op]
     rng = rng_for("rounding", op, dtype)
     a, b = host((64, 64), dtype, rng), host((64, 64), dtype, rng)
-    npd = DType.parse(dtype).numpy
-    expected = ref(a, b).astype(np.float32).astype(npd).astype(np.float64)
-    if dtype == "f32":
-        expected = ref(a, b).astype(np.float32).astype(np.float64)
     out = Tensor.empty(a.shape, dtype, infini_device)
     with unsupported_guard(verify):
         fn(out, to_device(a, infini_device, dtype), to_device(b, infini_device, dtype))
-    verify.exact(out.numpy().astype(np.float64), expected, "rounded result")
+    verify.rounded(out.numpy().astype(np.float64), ref(a, b), dtype)

@@ -12,6 +12,7 @@ from infinilm_models.runtime import Tensor, ops
 
 from .common import rng_for, to_device, unsupported_guard
 from .shapes import VOCAB
+from .sweep import describe
 
 # name: (vocab, random_val, topp, topk, temperature); topk 1 (or topp 0) means argmax
 CASES = {
@@ -62,10 +63,14 @@ def test_op_random_sample(case, dtype, infini_device, verify):
     with unsupported_guard(verify):
         ops.random_sample(result, to_device(logits, infini_device, dtype), random_val, topp, topk,
                           temp)
-    verify.exact(int(result.numpy()), expected, "token id")
+    if topk <= 1 or topp <= 0:
+        verify.argmax(int(result.numpy()), logits)
+    else:
+        verify.exact(int(result.numpy()), expected, "token id",
+                     standard="integer output of the documented sampling algorithm")
 
 
-def test_op_random_sample_distribution(infini_device):
+def test_op_random_sample_distribution(infini_device, verify):
     """Sweeping random_val over [0, 1) visits exactly the top-k tokens, each with the
     probability mass the algorithm gives it (a shifted cumulative, not a coin flip)."""
     logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 3.0], dtype=np.float64)
@@ -75,6 +80,59 @@ def test_op_random_sample_distribution(infini_device):
     for r in np.linspace(0, 0.999, 200):
         ops.random_sample(result, lt, float(r), 1.0, 3, 1.0)
         tok = int(result.numpy())
-        assert tok == reference(logits, float(r), 1.0, 3, 1.0)
+        verify.exact(tok, reference(logits, float(r), 1.0, 3, 1.0), f"random_val {r:.3f}")
         seen[tok] = seen.get(tok, 0) + 1
-    assert set(seen) == {5, 0, 1}, seen
+    verify.info["tokens_seen"] = {str(k): v for k, v in seen.items()}
+    verify.exact(sorted(seen), [0, 1, 5], "tokens visited (the top 3)")
+
+
+def sweep_logits(vocab: int, where: str, rng: np.random.Generator) -> np.ndarray:
+    """Distinct values on a 1/8 grid (exact in every dtype) whose maximum sits at `where`;
+    tie_*: two equal maxima, the first or the last index among them."""
+    x = rng.permutation(np.arange(vocab) - vocab / 2).astype(np.float64) / 8.0
+    top = x.max() + 1.0
+    pos = {"first": 0, "last": vocab - 1, "middle": vocab // 2, "tie_first": 0,
+           "tie_last": vocab - 1}[where]
+    x[pos] = top
+    if where.startswith("tie") and vocab > 1:
+        other = vocab // 2 if where == "tie_first" else 0
+        x[other] = top
+    return x
+
+
+def test_op_random_sample_sweep(sweep_case, dtype, infini_device, verify):
+    """argmax with the maximum at the first, last and a middle index and at ties; sampling
+    whose pick (by the documented algorithm) is the first, the last or a middle index."""
+    p = sweep_case.params
+    verify.info.update(describe(sweep_case))
+    rng = rng_for("random_sample-sweep", sweep_case.seed, sweep_case.name, dtype)
+    vocab, where = p["vocab"], p["where"]
+    result = Tensor.empty((), "i32", infini_device)
+    if p["mode"] == "argmax":
+        logits = sweep_logits(vocab, where, rng)
+        with unsupported_guard(verify):
+            ops.random_sample(result, to_device(logits, infini_device, dtype), 0.0, 0.0, 1, 1.0)
+        verify.argmax(int(result.numpy()), logits)
+        return
+    # Sampling over the whole vocabulary (topk = vocab, topp = 1): pick the random value
+    # that lands in the middle of the target token's slice of the cumulative mass. Logits
+    # on a 1/128 grid in [0, 2) (exact in every dtype) give every token a slice far wider
+    # than float32 rounding, the tail included (with a wide range the tail's mass would
+    # vanish in float and no implementation could return it).
+    logits = rng.permutation(np.arange(vocab)).astype(np.float64) * (2.0 / 128) % 2.0
+    order = np.argsort(-logits, kind="stable")
+    rank = {"first": 0, "last": vocab - 1, "middle": vocab // 2}[where]
+    target = {"first": int(order[0]), "last": vocab - 1, "middle": int(order[rank])}[where]
+    if where == "last":  # the smallest logit at the last index
+        logits[[order[-1], vocab - 1]] = logits[[vocab - 1, order[-1]]]
+        order = np.argsort(-logits, kind="stable")
+    cum = np.cumsum(np.exp(logits[order] - logits[order[0]]))
+    lo = cum[rank - 1] if rank else 0.0
+    random_val = min(float((lo + cum[rank]) / 2 / cum[-1]), 1.0 - 2.0 ** -24)
+    expected = reference(logits, random_val, 1.0, vocab, 1.0)
+    verify.info.update(random_val=random_val, target=target)
+    with unsupported_guard(verify):
+        ops.random_sample(result, to_device(logits, infini_device, dtype), random_val, 1.0,
+                          vocab, 1.0)
+    verify.exact(int(result.numpy()), expected, "token id",
+                 standard="integer output of the documented sampling algorithm")

@@ -10,6 +10,7 @@ from infinilm_models.runtime import Tensor, ops
 
 from .common import host, rng_for, to_device, unsupported_guard
 from .shapes import CACHE_LEN, GROUP, HEAD_DIM, HEADS, KV_HEADS, PREFILL
+from .sweep import describe
 
 
 def _case(name: str, dtype: str, device):
@@ -56,6 +57,14 @@ def _case(name: str, dtype: str, device):
         a = host((2, 2, 4, 13, 8), dtype, rng)  # [b, kv_heads, group, seq, head_dim]
         src = to_device(a, device, dtype).permute(0, 3, 1, 2, 4)
         return Tensor.empty(src.shape, dtype, device), src, a.transpose(0, 3, 1, 2, 4), None
+    if name == "decode_append":  # one new token of 2 sequences into cache[:, :, 20]
+        cache = host((2, KV_HEADS, CACHE_LEN, HEAD_DIM), dtype, rng)
+        k = host((2, KV_HEADS * HEAD_DIM), dtype, rng)
+        cache_t = to_device(cache, device, dtype)
+        expected = cache.copy()
+        expected[:, :, 20] = k.reshape(2, KV_HEADS, HEAD_DIM)
+        src = to_device(k, device, dtype).view(2, 1, KV_HEADS, HEAD_DIM).permute(0, 2, 1, 3)
+        return cache_t.narrow(2, 20, 1), src, expected, cache_t
     if name == "odd_transpose_2d":
         x = host((13, 37), dtype, rng)
         return Tensor.empty((37, 13), dtype, device), to_device(x, device, dtype).transpose(0, 1), \
@@ -63,7 +72,8 @@ def _case(name: str, dtype: str, device):
     raise KeyError(name)
 
 
-CASES = ["tokens_to_heads", "append_to_cache", "batched_tokens_to_cache", "narrow_to_contiguous",
+CASES = ["tokens_to_heads", "append_to_cache", "decode_append", "batched_tokens_to_cache",
+         "narrow_to_contiguous",
          "repeat_kv_stride0", "heads_5d_small_head_dim", "heads_5d_back_to_tokens",
          "odd_transpose_2d"]
 
@@ -76,4 +86,20 @@ def test_op_rearrange(case, dtype, infini_device, verify):
         ops.rearrange(dst, src)
     # A copy must be exact; for a cache append the whole cache is compared, so writes
     # outside the slot are caught too.
-    verify.exact((whole if whole is not None else dst).numpy().astype(np.float64), expected)
+    verify.exact((whole if whole is not None else dst).numpy().astype(np.float64), expected,
+                 standard="copy")
+
+
+def test_op_rearrange_sweep(sweep_case, dtype, infini_device, verify):
+    """A permuted (and optionally narrowed) source copied into a contiguous destination."""
+    p = sweep_case.params
+    verify.info.update(describe(sweep_case))
+    shape, perm, pad = p["shape"], p["perm"], p["pad"]
+    x = host(shape[:-1] + [shape[-1] + pad], dtype,
+             rng_for("rearrange-sweep", sweep_case.seed, sweep_case.name, dtype))
+    src = to_device(x, infini_device, dtype).narrow(-1, 0, shape[-1]).permute(*perm)
+    dst = Tensor.empty(src.shape, dtype, infini_device)
+    with unsupported_guard(verify):
+        ops.rearrange(dst, src)
+    verify.exact(dst.numpy().astype(np.float64), x[..., : shape[-1]].transpose(perm),
+                 standard="copy")

@@ -10,6 +10,7 @@ from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import host, padded_view, rng_for, to_device, unsupported_guard
 from .shapes import HIDDEN, INTER, PREFILL
+from .sweep import describe
 
 # name: (x shape, strided rows?, weight dtype: "same" or "f32", eps)
 CASES = {
@@ -38,4 +39,20 @@ def test_op_rms_norm(case, dtype, infini_device, verify):
     verify.info.update(x=xt.describe(), y=yt.describe(), w_dtype=wdtype, eps=eps)
     with unsupported_guard(verify):
         ops.rms_norm(yt, xt, to_device(w, infini_device, wdtype), eps)
+    verify.close(yt.numpy(), expected, "rms_norm", dtype)
+
+
+def test_op_rms_norm_sweep(sweep_case, dtype, infini_device, verify):
+    p = sweep_case.params
+    verify.info.update(describe(sweep_case))
+    shape, eps = tuple(p["shape"]), p["eps"]
+    rng = rng_for("rms_norm-sweep", sweep_case.seed, sweep_case.name, dtype)
+    x = host(shape, dtype, rng, scale=p["scale"])
+    w = (1.0 + 0.2 * host(shape[-1:], dtype, rng)).astype(np.float32).astype(
+        DType.parse(dtype).numpy).astype(np.float64)
+    expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    yt = Tensor.empty(shape, dtype, infini_device)
+    with unsupported_guard(verify):
+        ops.rms_norm(yt, to_device(x, infini_device, dtype), to_device(w, infini_device, dtype),
+                     eps)
     verify.close(yt.numpy(), expected, "rms_norm", dtype)

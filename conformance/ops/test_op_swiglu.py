@@ -10,6 +10,7 @@ from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import host, rng_for, to_device, unsupported_guard
 from .shapes import INTER, PREFILL
+from .sweep import describe
 
 CASES = {
     "prefill": ((PREFILL, INTER), False),
@@ -43,3 +44,14 @@ def test_op_swiglu(case, dtype, infini_device, verify):
     with unsupported_guard(verify):
         ops.swiglu(out, up_t, gate_t)
     verify.close(out.numpy(), expected, "swiglu", dtype)
+
+
+def test_op_swiglu_sweep(sweep_case, dtype, infini_device, verify):
+    shape = tuple(sweep_case.params["shape"])
+    verify.info.update(describe(sweep_case))
+    rng = rng_for("swiglu-sweep", sweep_case.seed, sweep_case.name, dtype)
+    up, gate = host(shape, dtype, rng, 2.0), host(shape, dtype, rng, 2.0)
+    out = Tensor.empty(shape, dtype, infini_device)
+    with unsupported_guard(verify):
+        ops.swiglu(out, to_device(up, infini_device, dtype), to_device(gate, infini_device, dtype))
+    verify.close(out.numpy(), up * gate / (1.0 + np.exp(-gate)), "swiglu", dtype)

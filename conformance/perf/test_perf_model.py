@@ -26,7 +26,7 @@ import time
 import numpy as np
 import pytest
 
-from conformance.metrics import error_metrics, get_calibrated
+from conformance.judge import error_metrics, get_calibrated
 from conformance.model.harness import hf_model
 from infinilm_models.runtime import Tensor, memory, ops
 from infinilm_models.runtime.ops._base import descriptors_created

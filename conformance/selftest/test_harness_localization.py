@@ -4,7 +4,7 @@ implementation bug would, through the model's own structure (no change to the ha
 
 from __future__ import annotations
 
-from conformance.metrics import TolerancePolicy, compare, get_calibrated
+from conformance.judge import TolerancePolicy, compare, get_calibrated
 from conformance.model.checks import compare_activations
 from conformance.model.conftest import prompt_ids
 from conformance.model.harness import hf_capture, hf_model, our_capture, resolve_model

@@ -17,8 +17,20 @@ def _boom():
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def test_crash():
+def test_crash_in_isolated_child():
     run_isolated(_boom, timeout=60)
+
+
+def test_crash_in_the_check_itself():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_known_crash():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_crash_under_an_accuracy_defect():
+    os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def test_after_crash(verify):
@@ -37,12 +49,24 @@ def test_wrong(verify):
     verify.close([1.0, 2.5], [1.0, 2.0], "add", "f32")
 
 
-def test_defect_still_there():
-    assert False, "upstream bug"
+def test_defect_still_there(verify):
+    verify.close([1.0, 2.01], [1.0, 2.0], "add", "f32")
 
 
-def test_defect_fixed():
-    pass
+def test_defect_and_a_second_one(verify):
+    verify.close([1.0, 2.01, 7.0], [1.0, 2.0, 3.0], "add", "f32")
+
+
+def test_defect_fixed(verify):
+    verify.close([1.0, 2.0], [1.0, 2.0], "add", "f32")
+
+
+def test_finding_only(verify):
+    verify.finding("deterministic across calls", False, "calls differ in the last bits")
+
+
+def test_property(verify):
+    verify.rounded([1.0, 2.0], [1.0, 2.0 + 2.0 ** -20], "f32")
 
 
 @pytest.fixture
@@ -58,81 +82,124 @@ DEFECTS = '''
 [[defect]]
 id = "demo-still-there"
 device = "cpu"
-nodeid = "*test_defect_still_there"
+kind = "accuracy"
+nodeid = ["*test_defect_still_there", "*test_defect_and_a_second_one"]
+envelope = { atol = 0.05, rtol = 0.0, nmse = 1.0 }
 reason = "demo"
 evidence = "demo"
 
 [[defect]]
 id = "demo-fixed"
 device = "*"
+kind = "accuracy"
 nodeid = "*test_defect_fixed"
+envelope = { atol = 0.05 }
+reason = "demo"
+evidence = "demo"
+
+[[defect]]
+id = "demo-crash"
+device = "*"
+kind = "crash"
+nodeid = "*test_known_crash"
+reason = "demo"
+evidence = "demo"
+
+[[defect]]
+id = "demo-accuracy"
+device = "*"
+kind = "accuracy"
+nodeid = "*test_crash_under_an_accuracy_defect"
+envelope = { atol = 1.0 }
 reason = "demo"
 evidence = "demo"
 '''
 
+EXPECTED = {
+    "test_crash_in_isolated_child": "crashed",
+    "test_crash_in_the_check_itself": "crashed",
+    "test_known_crash": "known_defect",
+    "test_crash_under_an_accuracy_defect": "crashed",
+    "test_after_crash": "passed",
+    "test_unsupported": "unsupported",
+    "test_plain_skip": "error",
+    "test_wrong": "failed",
+    "test_defect_still_there": "known_defect",
+    "test_defect_and_a_second_one": "failed",
+    "test_defect_fixed": "failed",
+    "test_finding_only": "passed",
+    "test_property": "failed",
+    "test_setup_error": "error",
+}
 
-def test_statuses_are_recorded(pytester):
+
+def _run(pytester, *args):
     pytester.makepyfile(test_inner=INNER)
     defects = pytester.makefile(".toml", defects=DEFECTS)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", f"--known-defects={defects}",
-        f"--report-dir={pytester.path / 'reports'}")
-    assert result.ret == 1
+        f"--report-dir={pytester.path / 'reports'}", *args)
     doc = json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
+    return result, doc
+
+
+def _check(result, doc):
+    assert result.ret == 1
     status = {r["test"]: r["status"] for r in doc["results"]}
-    assert status == {
-        "test_crash": "crashed",
-        "test_after_crash": "passed",
-        "test_unsupported": "unsupported",
-        "test_plain_skip": "error",
-        "test_wrong": "failed",
-        "test_defect_still_there": "known_defect",
-        "test_defect_fixed": "failed",
-        "test_setup_error": "error",
-    }
+    assert status == EXPECTED
+    assert doc["planned"] == len(EXPECTED) and doc["counts"]["not_run"] == 0
     by_test = {r["test"]: r for r in doc["results"]}
-    assert "SIGSEGV" in by_test["test_crash"]["message"]
+    assert "SIGSEGV" in by_test["test_crash_in_isolated_child"]["message"]
+    crash = by_test["test_crash_in_the_check_itself"]["crash"]
+    assert crash["signal"] == "SIGSEGV" and "test_crash_in_the_check_itself" in \
+        crash["traceback"]
+    assert by_test["test_known_crash"]["known_defect"]["id"] == "demo-crash"
+    assert "does not explain a crash" in by_test["test_crash_under_an_accuracy_defect"][
+        "message"]
     wrong = by_test["test_wrong"]["comparisons"][0]
     assert wrong["passed"] is False and float(wrong["metrics"]["max_abs"]) == 0.5
-    assert by_test["test_defect_still_there"]["known_defect"]["id"] == "demo-still-there"
-    assert doc["verdict"] == "fail"
-    assert doc["schema_version"] == 1
-    assert not list((pytester.path / "reports").glob("*/.results.json.*")), "temp file left"
+    kept = by_test["test_defect_still_there"]["comparisons"][0]
+    assert kept["explained_by"] == "demo-still-there" and kept["envelope"]["atol"] == 0.05
+    assert "also outside the envelope" in by_test["test_defect_and_a_second_one"]["message"]
+    assert "XPASS" in by_test["test_defect_fixed"]["message"]
+    finding = by_test["test_finding_only"]["comparisons"][0]
+    assert finding["kind"] == "finding" and finding["passed"] is False
+    prop = by_test["test_property"]["comparisons"][0]
+    assert prop["kind"] == "property" and "not correctly rounded" in prop["reason"]
+    assert doc["verdict"] == "fail" and doc["schema_version"] == 2
 
 
-def test_xdist_workers_share_one_results_file(pytester):
-    pytester.makepyfile(test_inner='''
-import pytest
-@pytest.mark.parametrize("i", range(6))
-def test_many(i, verify):
-    verify.close([float(i)], [float(i)], "add", "f32")
-''')
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2",
-                                           f"--report-dir={pytester.path / 'reports'}")
-    assert result.ret == 0
-    doc = json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
-    assert doc["counts"]["passed"] == 6 and len(doc["results"]) == 6
+def test_statuses_are_recorded_serially(pytester):
+    _check(*_run(pytester, "-p", "no:xdist"))
+
+
+def test_statuses_are_recorded_under_xdist(pytester):
+    result, doc = _run(pytester, "-n", "2")
+    _check(result, doc)
     assert {p.name for p in (pytester.path / "reports" / "latest" / "parts").iterdir()} == \
         {"gw0.jsonl", "gw1.jsonl"}
 
 
-def test_a_segfaulting_test_under_xdist_is_recorded_as_crashed(pytester):
-    """Without isolation a segfault kills the xdist worker; the controller records the
-    check as crashed, restarts the worker and runs the rest."""
+def test_without_isolation_lost_checks_are_not_run_and_fail_the_run(pytester):
+    """--isolate=no under xdist with no restart budget: the worker that segfaults takes
+    its remaining checks with it; they are recorded as not_run, never silently lost."""
     pytester.makepyfile(test_inner='''
 import os, signal
+import pytest
 
-
-def test_a_segfault():
-    os.kill(os.getpid(), signal.SIGSEGV)
-
-
-def test_b_after(verify):
-    verify.close([1.0], [1.0], "add", "f32")
+@pytest.mark.parametrize("i", range(6))
+def test_many(i, verify):
+    if i == 1:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    verify.close([float(i)], [float(i)], "add", "f32")
 ''')
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1",
-                                           f"--report-dir={pytester.path / 'reports'}")
-    assert result.ret == 1
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--isolate=no", "-n", "1", "--max-worker-restart=0",
+        f"--report-dir={pytester.path / 'reports'}")
+    assert result.ret != 0
     doc = json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
-    status = {r["test"]: r["status"] for r in doc["results"]}
-    assert status == {"test_a_segfault": "crashed", "test_b_after": "passed"}
+    assert doc["planned"] == 6 and len(doc["results"]) == 6
+    assert doc["counts"]["not_run"] >= 1 and doc["verdict"] == "fail"
+    not_run = [r for r in doc["results"] if r["status"] == "not_run"]
+    assert all(r["not_run_reason"] for r in not_run)
+    result.stdout.fnmatch_lines(["*NOT RUN: * of 6 planned checks have no result*"])

@@ -78,6 +78,11 @@ class CachedOp:
     `infiniop<name>`, `infiniopDestroy<name>Descriptor`."""
 
     instances: list[CachedOp] = []  # every op wrapper, for descriptors_created()
+    # Called before every op call with (op, tensors, compute_args, create_params): the
+    # conformance suite keeps the calls of an op check (to replay a failure alone) and
+    # marks the call in flight (to name it if the process dies). Empty on the hot path,
+    # where it costs one attribute read.
+    hooks: tuple = ()
 
     def __init__(self, name: str, tensor_names: Sequence[str], has_workspace: bool = True) -> None:
         CachedOp.instances.append(self)
@@ -143,6 +148,8 @@ class CachedOp:
 
     def __call__(self, tensors: Sequence[Tensor], *compute_args, create_params: tuple = ()) -> None:
         """Run the op on `tensors` (in the C API's order), then the scalar arguments."""
+        for hook in CachedOp.hooks:
+            hook(self, tensors, compute_args, create_params)
         if CACHE_DESCRIPTORS:
             desc, ws_size = self.descriptor(tensors, *create_params)
         else:
@@ -172,6 +179,15 @@ class CachedOp:
         if status != 0:
             raise InfiniError(f"infiniop{self.name}", status,
                               describe(tensors, self.tensor_names) + f", device={device}")
+
+    @classmethod
+    def named(cls, name: str) -> CachedOp:
+        """The wrapper of the C op `name` (e.g. "Gemm"), for replaying a recorded call."""
+        for op in cls.instances:
+            if op.name == name:
+                return op
+        raise KeyError(f"no op wrapper for {name!r}; known: "
+                       f"{sorted(op.name for op in cls.instances)}")
 
     def clear(self) -> None:
         while self._cache:

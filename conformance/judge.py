@@ -1,0 +1,531 @@
+"""The judge: every pass/fail decision of the suite is made here, and only here.
+
+Checks state *what* they compare (`verify.close(out, ref, "gemm", dtype)`); how that is
+decided lives in this module and in one data file, `tolerances.toml`. Every judgement
+returns a `record.Comparison` carrying the metrics, the bound and the reason, so the
+report shows why, and a known defect's envelope can be applied to it afterwards.
+
+Policy
+------
+* **Non-finite values fail.** A NaN/Inf on either side (ours or the reference) fails the
+  comparison, naming the side and the first index. Two implementations that both emit
+  NaN do not agree; they are both broken.
+* **Elementwise** (op level, reference = float64 on the very inputs the op got):
+  every element |a - e| <= atol + rtol |e|, and NMSE = sum((a-e)^2) / sum(e^2) <= nmse.
+* **Scale bias** (op level, floating outputs of >= 256 elements): a correct kernel's
+  rounding errors are unbiased, so the regression slope <a, e> / <e, e> is 1 up to noise.
+  |slope - 1| must stay within 8 standard errors of that noise (estimated from the
+  errors themselves) or the floor max(u / 4, 64 u_f32), u the dtype's unit roundoff.
+  This sees a systematic 0.2% scale error in bf16, where NMSE (4e-6 against a bf16
+  rounding floor of 5e-6) cannot. Any other rounding, reduction order or tiling passes.
+* **Calibrated** (model level): ours-vs-golden <= k x (transformers in the tested dtype
+  vs golden) + floor. The golden is transformers in float32 on the CPU; the bound is
+  earned from what the dtype costs a mature implementation on the same input.
+* **Exact**, only where a standard demands it: integer outputs (token ids), copies
+  (rearrange), argmax (any of the tied maxima is right).
+* **Properties**: IEEE 754 mandates correctly rounded add/mul; "not correctly rounded"
+  fails the run but is reported as the property it is, with the ulp error, not as a
+  wrong result. Properties no standard mandates (determinism across calls, an exact 0
+  rather than a subnormal in a masked position) are *findings*: shown, never failing.
+* **Near tie**: a greedy token that differs from the golden's is accepted in f16/bf16
+  only where the golden's top-2 logit margin at that step is below the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .record import Bound, Comparison
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_TOLERANCES = Path(__file__).with_name("tolerances.toml")
+# Unit roundoff (half the spacing of floats in [1, 2)) of each dtype.
+UNIT_ROUNDOFF = {"f32": 2.0 ** -24, "f16": 2.0 ** -11, "bf16": 2.0 ** -8, "f64": 2.0 ** -53}
+SMALLEST_NORMAL = {"f32": 2.0 ** -126, "f16": 2.0 ** -14, "bf16": 2.0 ** -126}
+BIAS_MIN_ELEMENTS = 256
+BIAS_SIGMAS = 8.0
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def as_f64(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor from the reference side
+        a = a.detach().to("cpu").double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def error_metrics(actual: Any, expected: Any) -> dict[str, float]:
+    """max abs, max rel, mean abs, NMSE, SQNR (dB), cosine similarity and the scale bias
+    (slope - 1 of actual regressed on expected) with its standard error."""
+    a, e = as_f64(actual), as_f64(expected)
+    if a.size == 0:
+        return {"max_abs": 0.0, "max_rel": 0.0, "mean_abs": 0.0, "nmse": 0.0,
+                "sqnr_db": math.inf, "cosine": 1.0}
+    d = a - e
+    diff = np.abs(d)
+    # Relative error is only meaningful away from zero; tiny reference values use atol.
+    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
+    signal = float(np.sum(e * e))
+    noise = float(np.sum(d * d))
+    nmse = noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
+    na, ne = float(np.linalg.norm(a)), float(np.linalg.norm(e))
+    cosine = float(np.dot(a.ravel(), e.ravel()) / (na * ne)) if na > 0 and ne > 0 else \
+        (1.0 if na == ne else 0.0)
+    m = {
+        "max_abs": float(np.max(diff)),
+        "max_rel": float(np.max(rel)),
+        "mean_abs": float(np.mean(diff)),
+        "nmse": nmse,
+        "sqnr_db": (-10.0 * math.log10(nmse)) if nmse > 0 else math.inf,
+        "cosine": cosine,
+    }
+    if signal > 0:
+        m["scale_bias"] = float(np.sum(d * e) / signal)
+        m["scale_bias_se"] = float(np.sqrt(np.sum((d * e) ** 2)) / signal)
+    return m
+
+
+def ulp_distance(actual: np.ndarray, expected: np.ndarray, dtype: str) -> np.ndarray:
+    """|actual - expected| in units of the dtype's spacing at `expected`."""
+    from infinilm_models.runtime import DType
+
+    npd = DType.parse(dtype).numpy
+    e = expected.astype(npd)
+    spacing = np.abs(np.spacing(e.astype(np.float32) if dtype == "bf16" else e)
+                     ).astype(np.float64)
+    if dtype == "bf16":  # bfloat16 keeps 8 significant bits of a float32
+        spacing = spacing * 2.0 ** 16
+    return np.abs(actual - expected) / np.maximum(spacing, np.finfo(np.float64).tiny)
+
+
+# -- tolerances ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    nmse: float | None = None
+    bias: float | None = None  # floor of the scale-bias bound; None: the dtype's default
+    source: str = ""
+
+    def bound(self) -> Bound:
+        return Bound("elementwise", self.source, atol=self.atol, rtol=self.rtol,
+                     nmse=self.nmse)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """ours <= k x reference + floor (model level)."""
+
+    k: float
+    floor: float
+    source: str = ""
+
+    def threshold(self, reference_error: float) -> float:
+        return self.k * reference_error + self.floor
+
+
+class TolerancePolicy:
+    """(check, dtype) -> Tolerance or Calibrated, from the data file and a user overlay."""
+
+    def __init__(self, table: dict, sources: list[str]) -> None:
+        self.table = table
+        self.sources = sources
+
+    @classmethod
+    def load(cls, override: Path | None = None) -> TolerancePolicy:
+        table = _read_toml(DEFAULT_TOLERANCES)
+        sources = [str(DEFAULT_TOLERANCES)]
+        if override is not None:
+            for check, per_dtype in _read_toml(override).items():
+                table.setdefault(check, {}).update(per_dtype)
+            sources.append(str(override))
+        return cls(table, sources)
+
+    def _entry(self, check: str, dtype: str) -> Mapping[str, Any]:
+        entry = self.table.get(check, {}).get(dtype)
+        if entry is None:
+            raise KeyError(f"no tolerance for check {check!r} dtype {dtype!r} in "
+                           f"{', '.join(self.sources)}")
+        return entry
+
+    def get(self, check: str, dtype: str) -> Tolerance:
+        entry = self._entry(check, dtype)
+        unknown = set(entry) - {"atol", "rtol", "nmse", "bias"}
+        if unknown or not {"atol", "rtol"} <= set(entry):
+            raise ValueError(f"tolerance [{check}.{dtype}] needs atol and rtol (optional "
+                             f"nmse, bias); got {dict(entry)}")
+        return Tolerance(float(entry["atol"]), float(entry["rtol"]),
+                         float(entry["nmse"]) if "nmse" in entry else None,
+                         float(entry["bias"]) if "bias" in entry else None,
+                         f"{check}.{dtype}")
+
+    def calibrated(self, check: str, dtype: str) -> Calibrated:
+        entry = self._entry(check, dtype)
+        if set(entry) != {"k", "floor"}:
+            raise KeyError(f"tolerance [{check}.{dtype}] needs exactly k and floor in "
+                           f"{', '.join(self.sources)}; got {dict(entry)}")
+        return Calibrated(float(entry["k"]), float(entry["floor"]), f"{check}.{dtype}")
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tolerance file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"tolerance file {path} is not valid TOML: {e}") from None
+
+
+# -- judgements ---------------------------------------------------------------------------
+
+
+def _nonfinite(a: np.ndarray, e: np.ndarray, what: str, bound: Bound) -> Comparison | None:
+    for side, x in (("ours", a), ("reference", e)):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0]) if x.ndim else ()
+            value = x[idx] if x.ndim else x.item()
+            return Comparison(what, False, f"{what}: non-finite value {value} in {side} at "
+                                           f"index {idx} ({int(bad.sum())} of {x.size} "
+                                           "elements)",
+                              {"nonfinite": float(bad.sum()),
+                               "nonfinite_in_ours": float(side == "ours")},
+                              bound)
+    return None
+
+
+def bias_limit(metrics: Mapping[str, float], dtype: str | None, floor: float | None) -> float:
+    if floor is None:
+        u = UNIT_ROUNDOFF.get(dtype or "f32", UNIT_ROUNDOFF["f32"])
+        floor = max(u / 4, 64 * UNIT_ROUNDOFF["f32"])
+    return max(BIAS_SIGMAS * metrics.get("scale_bias_se", 0.0), floor)
+
+
+def close(actual: Any, expected: Any, tol: Tolerance, what: str = "output", *,
+          dtype: str | None = None, envelope: Mapping[str, Any] | None = None,
+          defect: str | None = None) -> Comparison:
+    """Elementwise tolerance, NMSE and (given a dtype and enough elements) scale bias.
+    With a known defect's `envelope` (atol, rtol, nmse, bias), an out-of-bound result is
+    judged again under the widened tolerance: inside it the comparison is explained by
+    `defect`, outside it the failure stands."""
+    a, e = as_f64(actual), as_f64(expected)
+    c = _close(a, e, tol, what, dtype)
+    if c.passed or not envelope or not c.metrics:
+        return c
+    if "nonfinite" in c.metrics:
+        return _explained(c, bool(envelope.get("nonfinite", False)),
+                          Bound("limit", defect or "envelope", metric="non-finite values"),
+                          defect or "envelope")
+    wide = Tolerance(max(tol.atol, float(envelope.get("atol", 0.0))),
+                     max(tol.rtol, float(envelope.get("rtol", 0.0))),
+                     max(tol.nmse, float(envelope.get("nmse", 0.0)))
+                     if tol.nmse is not None else None,
+                     envelope.get("bias", tol.bias), defect or "envelope")
+    again = _close(a, e, wide, what, dtype)
+    return _explained(c, again.passed, wide.bound(), defect or "envelope")
+
+
+def _explained(c: Comparison, ok: bool, env: Bound, defect: str) -> Comparison:
+    if ok:
+        return replace(c, explained_by=defect, envelope=env,
+                       reason=f"{c.reason} [inside the envelope of known defect {defect}: "
+                              f"{env.describe()}]")
+    return replace(c, envelope=env, reason=f"{c.reason} [also outside the envelope of known "
+                                           f"defect {defect}: {env.describe()}]")
+
+
+def _close(a: np.ndarray, e: np.ndarray, tol: Tolerance, what: str,
+           dtype: str | None) -> Comparison:
+    bound = tol.bound()
+    if a.shape != e.shape:
+        return Comparison(what, False, f"{what}: shape {a.shape} != expected {e.shape}", {},
+                          bound)
+    bad = _nonfinite(a, e, what, bound)
+    if bad is not None:
+        return bad
+    m = error_metrics(a, e)
+    excess = np.abs(a - e) - (tol.atol + tol.rtol * np.abs(e))
+    if (excess > 0).any():
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
+        n = int((excess > 0).sum())
+        return Comparison(what, False, f"{what}: {n} of {a.size} elements outside "
+                                       f"{bound.describe()}; worst at {idx}: got {a[idx]:.6g}, "
+                                       f"expected {e[idx]:.6g}", m, bound)
+    if tol.nmse is not None and m["nmse"] > tol.nmse:
+        return Comparison(what, False, f"{what}: NMSE {m['nmse']:.3g} > {tol.nmse:g}", m,
+                          bound)
+    if dtype is not None and a.size >= BIAS_MIN_ELEMENTS and "scale_bias" in m:
+        limit = bias_limit(m, dtype, tol.bias)
+        m["scale_bias_limit"] = limit
+        if abs(m["scale_bias"]) > limit:
+            sigmas = abs(m["scale_bias"]) / max(m["scale_bias_se"], 1e-300)
+            return Comparison(what, False, f"{what}: systematic scale error: output = "
+                                           f"{1 + m['scale_bias']:.6f} x reference (|bias| "
+                                           f"{abs(m['scale_bias']):.3g} > {limit:.3g}, "
+                                           f"{sigmas:.0f} standard errors)", m, bound)
+    return Comparison(what, True, f"{what}: within {bound.describe()}", m, bound)
+
+
+def calibrated(ours: Any, reference: Any, golden: Any, cal: Calibrated, what: str,
+               metric: str = "nmse") -> Comparison:
+    """ours-vs-golden against k x (reference-vs-golden) + floor, on one metric of
+    error_metrics. Non-finite values on any side fail."""
+    o, r, g = as_f64(ours), as_f64(reference), as_f64(golden)
+    bound = Bound("calibrated", cal.source, k=cal.k, floor=cal.floor, metric=metric)
+    for side, x in (("ours", o), ("golden", g), ("reference", r)):
+        if x.shape != g.shape:
+            return Comparison(what, False, f"{what}: {side} shape {x.shape} != golden "
+                                           f"{g.shape}", {}, bound)
+        if not np.isfinite(x).all():
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+            return Comparison(what, False, f"{what}: non-finite value {x[idx]} in {side} at "
+                                           f"{idx}", {"nonfinite": 1.0}, bound)
+    mine, theirs = error_metrics(o, g), error_metrics(r, g)
+    return calibrated_value(what, mine[metric], theirs[metric], cal, metric,
+                            metrics={**mine, "reference_" + metric: theirs[metric]})
+
+
+def calibrated_value(what: str, ours: float, reference: float, cal: Calibrated,
+                     metric: str, metrics: dict[str, float] | None = None) -> Comparison:
+    """The calibrated bound on two already computed errors (KL, perplexity delta...)."""
+    limit = cal.threshold(reference)
+    bound = Bound("calibrated", cal.source, k=cal.k, floor=cal.floor, reference=reference,
+                  threshold=limit, metric=metric)
+    m = dict(metrics or {})
+    m.setdefault(metric, ours)
+    m.setdefault("reference_" + metric, reference)
+    if not (math.isfinite(ours) and math.isfinite(reference)):
+        return Comparison(what, False, f"{what}: {metric} is not finite (ours {ours}, "
+                                       f"reference {reference})", m, bound)
+    if ours > limit:
+        return Comparison(what, False, f"{what}: {metric} {ours:.3g} > {limit:.3g} "
+                                       f"({cal.k:g} x transformers' {reference:.3g} + "
+                                       f"{cal.floor:g})", m, bound)
+    return Comparison(what, True, f"{what}: {metric} {ours:.3g} <= {limit:.3g}", m, bound)
+
+
+def exact(actual: Any, expected: Any, what: str = "output", *,
+          standard: str = "integer output") -> Comparison:
+    """Equality, only where a standard demands it (`standard` says which)."""
+    a, e = np.asarray(actual), np.asarray(expected)
+    bound = Bound("exact", standard)
+    if a.shape != e.shape:
+        return Comparison(what, False, f"{what}: shape {a.shape} != expected {e.shape}",
+                          {"mismatches": float(e.size)}, bound)
+    if a.dtype.kind == "f" or e.dtype.kind == "f":
+        bad = _nonfinite(as_f64(a), as_f64(e), what, bound) if standard != "copy" else None
+        if bad is not None:
+            return bad
+    diff = ~((a == e) | (_isnan(a) & _isnan(e)))  # a copy of a NaN is a correct copy
+    m = {"mismatches": float(diff.sum()), "size": float(max(a.size, 1))}
+    if not diff.any():
+        return Comparison(what, True, f"{what}: equal ({standard})", m, bound)
+    if a.ndim == 0:
+        return Comparison(what, False, f"{what}: got {a.item()}, expected {e.item()}", m,
+                          bound)
+    idx = tuple(int(i) for i in np.argwhere(diff)[0])
+    return Comparison(what, False, f"{what}: {int(diff.sum())} of {a.size} elements differ; "
+                                   f"first at {idx}: got {a[idx]}, expected {e[idx]}", m,
+                      bound)
+
+
+def _isnan(x: np.ndarray) -> np.ndarray:
+    return np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+
+
+def argmax_pick(token: int, logits: Any, what: str = "token id") -> Comparison:
+    """An argmax result: right when it is any index holding the maximum (ties allowed)."""
+    x = as_f64(logits).ravel()
+    bound = Bound("exact", "argmax (any maximal index)")
+    if not np.isfinite(x).all():
+        return Comparison(what, False, f"{what}: non-finite logits", {"nonfinite": 1.0}, bound)
+    maxima = np.flatnonzero(x == x.max())
+    ok = 0 <= token < x.size and token in set(maxima.tolist())
+    m = {"ties": float(maxima.size)}
+    if ok:
+        return Comparison(what, True, f"{what}: {token} is a maximal index", m, bound)
+    return Comparison(what, False, f"{what}: got {token}, the maximum is at "
+                                   f"{maxima[:8].tolist()}", m, bound)
+
+
+def correctly_rounded(actual: Any, exact_value: Any, dtype: str,
+                      what: str = "correctly rounded") -> Comparison:
+    """IEEE 754 round-to-nearest-even of an exactly known result: a property."""
+    from infinilm_models.runtime import DType
+
+    a, x = as_f64(actual), as_f64(exact_value)
+    npd = DType.parse(dtype).numpy
+    want = x.astype(np.float32).astype(npd).astype(np.float64) if dtype != "f32" else \
+        x.astype(np.float32).astype(np.float64)
+    bound = Bound("exact", "IEEE 754 round to nearest even", max_ulp=0)
+    bad = _nonfinite(a, want, what, bound)
+    if bad is not None:
+        bad.kind = "property"
+        return bad
+    wrong = a != want
+    ulps = ulp_distance(a, want, dtype)
+    direction = np.sign(a - want)[wrong]
+    m = {"mismatches": float(wrong.sum()), "fraction": float(wrong.mean()),
+         "max_ulp": float(ulps.max()) if ulps.size else 0.0,
+         "below": float((direction < 0).sum()), "above": float((direction > 0).sum())}
+    if not wrong.any():
+        return Comparison(what, True, f"{what}: every result correctly rounded", m, bound,
+                          kind="property")
+    toward_zero = float(((a - want) * np.sign(want) < 0)[wrong].mean())
+    m["toward_zero"] = toward_zero
+    idx = tuple(int(i) for i in np.argwhere(wrong)[0])
+    return Comparison(
+        what, False, f"{what}: not correctly rounded: {int(wrong.sum())} of {a.size} results "
+                     f"differ from round-to-nearest-even by up to {m['max_ulp']:.3g} ulp "
+                     f"({m['below']:.0f} below, {m['above']:.0f} above; "
+                     f"{toward_zero:.0%} toward zero); e.g. at {idx}: {a[idx]!r} where "
+                     f"{want[idx]!r} is correctly rounded", m, bound, kind="property")
+
+
+def masked_positions(probs: Any, masked: np.ndarray, dtype: str,
+                     what: str = "masked positions") -> list[Comparison]:
+    """Masked (future) attention positions: real probability mass there fails (a wrong
+    mask); a subnormal instead of an exact 0 is only a finding (no standard demands 0)."""
+    p = as_f64(probs)[masked]
+    limit = SMALLEST_NORMAL[dtype]
+    bound = Bound("limit", f"smallest normal of {dtype}", threshold=limit,
+                  metric="max |p| at masked positions")
+    worst = float(np.max(np.abs(p))) if p.size else 0.0
+    m = {"max_abs": worst, "nonzero": float(np.count_nonzero(p))}
+    if not np.isfinite(p).all():
+        acc = Comparison(what, False, f"{what}: non-finite probability", m, bound)
+    elif worst >= limit:
+        acc = Comparison(what, False, f"{what}: {int((np.abs(p) >= limit).sum())} masked "
+                                      f"positions carry probability mass (max {worst:.3g} >= "
+                                      f"{limit:.3g})", m, bound)
+    else:
+        acc = Comparison(what, True, f"{what}: no probability mass", m, bound)
+    zero = Comparison(f"{what} exactly 0", worst == 0.0,
+                      f"{what}: {m['nonzero']:.0f} masked positions hold a subnormal "
+                      f"(max {worst:.3g}) instead of 0" if worst else f"{what}: exactly 0",
+                      m, Bound("exact", "finding: exact zeros"), kind="finding")
+    return [acc, zero]
+
+
+def finding(what: str, ok: bool, reason: str,
+            metrics: dict[str, float] | None = None) -> Comparison:
+    """A property no standard mandates: reported, never failing."""
+    return Comparison(what, ok, reason, dict(metrics or {}), Bound("exact", "finding"),
+                      kind="finding")
+
+
+def finite(what: str, array: Any) -> Comparison:
+    """Values a check goes on to use (logits that tokens are picked from) must be finite."""
+    x = as_f64(array)
+    bad = ~np.isfinite(x)
+    bound = Bound("exact", "finite values")
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        return Comparison(what, False, f"{what}: {int(bad.sum())} of {x.size} values are "
+                                       f"non-finite, first {x[idx]} at {idx}",
+                          {"nonfinite": float(bad.sum())}, bound)
+    return Comparison(what, True, f"{what}: all finite", {"nonfinite": 0.0}, bound)
+
+
+def near_tie(step: int | None, ours_token: int | None, golden_token: int | None,
+             golden_logits: np.ndarray | None, margin: float, what: str) -> Comparison:
+    """Greedy tokens vs the golden's: equal, or the first divergence at a near tie of the
+    golden's top-2 logits (margin < `margin`; 0 demands equality)."""
+    bound = Bound("limit", "generation_margin", threshold=margin,
+                  metric="golden top-2 margin at the first divergence")
+    if step is None:
+        return Comparison(what, True, f"{what}: tokens identical", {"first_divergence": -1.0},
+                          bound)
+    top2 = np.sort(as_f64(golden_logits))[-2:]
+    gap = float(top2[1] - top2[0])
+    m = {"first_divergence": float(step), "golden_top2_margin": gap}
+    if gap < margin:
+        return Comparison(what, True, f"{what}: diverges at step {step} at a near tie (golden "
+                                      f"top-2 margin {gap:.3g} < {margin:g})", m, bound)
+    return Comparison(what, False, f"{what}: diverges at step {step} (ours {ours_token}, golden "
+                                   f"{golden_token}; golden top-2 margin {gap:.3g} >= "
+                                   f"{margin:g})", m, bound)
+
+
+# -- known-defect envelopes ---------------------------------------------------------------
+
+
+def with_envelope(c: Comparison, envelope: Mapping[str, Any], defect: str) -> Comparison:
+    """Re-judge an out-of-bound calibrated, property or limit comparison under a known
+    defect's envelope (elementwise ones are re-judged inside `close`, which still has the
+    arrays): the bound widened by exactly the deviation the defect explains."""
+    if c.passed or c.bound is None or c.explained_by or c.kind == "finding":
+        return c
+    b, m = c.bound, c.metrics
+    if "nonfinite" in m:
+        return _explained(c, bool(envelope.get("nonfinite", False)),
+                          Bound("limit", defect, metric="non-finite values"), defect)
+    if b.kind == "calibrated":
+        k = max(b.k or 0.0, float(envelope.get("k", 0.0)))
+        floor = max(b.floor or 0.0, float(envelope.get("floor", 0.0)))
+        ref = m.get("reference_" + (b.metric or "nmse"), b.reference or 0.0)
+        env = replace(b, source=defect, k=k, floor=floor, reference=ref,
+                      threshold=k * ref + floor)
+        return _explained(c, m.get(b.metric or "nmse", math.inf) <= env.threshold, env, defect)
+    if c.kind == "property" and "max_ulp" in m:
+        env = replace(b, source=defect, max_ulp=int(envelope.get("max_ulp", 0)))
+        direction = envelope.get("direction")
+        ok = m["max_ulp"] <= env.max_ulp
+        if direction == "toward_zero":
+            ok = ok and m.get("toward_zero", 0.0) >= 0.99
+        elif direction == "down":
+            ok = ok and m.get("above", 1.0) == 0.0
+        return _explained(c, ok, env, defect)
+    if b.kind == "exact" and "mismatches" in envelope and "size" in m:
+        env = replace(b, source=defect, threshold=float(envelope["mismatches"]),
+                      metric="fraction of elements that may differ")
+        return _explained(c, m["mismatches"] / m["size"] <= env.threshold, env, defect)
+    if b.kind == "limit" and "threshold" in envelope:
+        env = replace(b, source=defect, threshold=float(envelope["threshold"]))
+        return _explained(c, m.get("max_abs", math.inf) <= env.threshold, env, defect)
+    return c
+
+
+def calibrated_series(what: str, labels: list[str], ours: list[float], reference: list[float],
+                      cal: Calibrated, metric: str = "nmse") -> tuple[Comparison, list[bool]]:
+    """One calibrated bound applied to a series (every captured tensor of a run): passes
+    when each ours[i] <= k x reference[i] + floor; a non-finite value breaches. Returns the
+    comparison (reason naming the first breach, metrics of the worst one) and the per-entry
+    verdicts."""
+    limits = [cal.threshold(r) if math.isfinite(r) else math.nan for r in reference]
+    ok = [math.isfinite(o) and math.isfinite(lim) and o <= lim
+          for o, lim in zip(ours, limits)]
+    ratios = [o / lim if (math.isfinite(o) and math.isfinite(lim) and lim > 0) else math.inf
+              for o, lim in zip(ours, limits)]
+    bound = Bound("calibrated", cal.source, k=cal.k, floor=cal.floor, metric=metric)
+    if not labels:
+        return Comparison(what, True, f"{what}: nothing compared", {}, bound), ok
+    worst = max(range(len(labels)), key=lambda i: ratios[i])
+    m = {metric: ours[worst], f"reference_{metric}": reference[worst],
+         "threshold": limits[worst], "worst_ratio": ratios[worst],
+         "breaches": float(ok.count(False)), "compared": float(len(ok))}
+    bound = replace(bound, reference=reference[worst], threshold=limits[worst])
+    if all(ok):
+        return Comparison(what, True, f"{what}: all {len(ok)} within {cal.k:g} x transformers' "
+                                      f"{metric} + {cal.floor:g} (worst {labels[worst]}: "
+                                      f"{ratios[worst]:.2g} of its bound)", m, bound), ok
+    first = ok.index(False)
+    return Comparison(what, False, f"{what}: {ok.count(False)} of {len(ok)} out of bound; first "
+                                   f"{labels[first]}: {metric} {ours[first]:.3g} > "
+                                   f"{limits[first]:.3g} ({cal.k:g} x transformers' "
+                                   f"{reference[first]:.3g} + {cal.floor:g})", m, bound), ok

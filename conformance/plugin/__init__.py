@@ -1,0 +1,150 @@
+"""pytest plugin of the conformance suite, registered through the `pytest11` entry point.
+
+One module per job:
+  options     command-line options (`pytest --help`, group "infinilm conformance")
+  defects     known upstream defects and their envelopes
+  verify      the `verify` fixture (what checks state) and the session fixtures
+  recording   items and reports -> CheckRecords; the plan written at collection
+  supervisor  crash isolation: checks run in a supervised child process
+  session     the end of a run: not-run checks, results.json, the report, the summary
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ..results import append_part, new_run_id
+from . import defects, recording, session, supervisor, verify
+from .options import dtypes, pytest_addoption  # noqa: F401 - a hook, found by name
+
+_controller: pytest.Config | None = None
+
+
+# tryfirst: the JUnit path default must be set before pytest's junitxml plugin reads it in
+# its own pytest_configure.
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        # torch before InfiniCore: on NVIDIA, libinfiniop pulls the system CUDA toolkit's
+        # libcublas/libcudart; loaded first, their sonames shadow torch's own CUDA wheels and
+        # importing torch afterwards aborts the process. The other order works.
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    for name, module in (("infinilm-verify", verify), ("infinilm-recording", recording),
+                         ("infinilm-session", session)):
+        if not config.pluginmanager.has_plugin(name):
+            config.pluginmanager.register(module, name)
+    dtypes(config)
+    _select_backend(config)
+    if config.option.collectonly or getattr(config.option, "help", False):
+        return
+    defects.active(config)  # a bad known_defects.toml is a usage error, before any check
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: the controller chose the run directory
+        config._infinilm_run_dir = Path(workerinput["infinilm_run_dir"])
+        config._infinilm_worker = workerinput["workerid"]
+        return
+    global _controller
+    _controller = config
+    device = config.getoption("--infini-device")
+    root = config.getoption("--report-dir") or Path(config.rootpath) / "reports"
+    run_id = new_run_id(device)
+    config._infinilm_report_root = root.resolve()
+    config._infinilm_run_id = run_id
+    config._infinilm_run_dir = (root / run_id).resolve()
+    config._infinilm_run_dir.mkdir(parents=True, exist_ok=True)
+    config._infinilm_worker = "main"
+    config._infinilm_started = time.time()
+    if not getattr(config.option, "xmlpath", None):
+        # CI systems read JUnit XML; every run gets one next to its results.json.
+        config.option.xmlpath = str(config._infinilm_run_dir / "junit.xml")
+
+
+def _select_backend(config: pytest.Config) -> None:
+    """--infini-device picks the InfiniCore build: that backend's default prefix (an
+    explicit INFINI_ROOT or INFINILM_BACKEND still wins)."""
+    import os
+
+    kind = str(config.getoption("--infini-device")).split(":")[0].strip().lower()
+    kind = {"cuda": "nvidia", "gpu": "nvidia"}.get(kind, kind)
+    os.environ.setdefault("INFINILM_BACKEND", kind)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist: hand the run directory to each worker
+    node.workerinput["infinilm_run_dir"] = str(node.config._infinilm_run_dir)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
+    """xdist without --isolate: a worker died inside a check. The worker could not record
+    it, so the controller does, with the check's parameters from the plan."""
+    from ..record import Crash, DefectRef
+    from ..results import read_records
+
+    config = _controller
+    if config is None:
+        return
+    run_dir = config._infinilm_run_dir
+    planned = read_records(run_dir, "plan").get(crashitem)
+    if planned is None:
+        return
+    planned.status = "crashed"
+    planned.message = str(report.longrepr)[-recording.MESSAGE_LIMIT:]
+    planned.crash = Crash(signal=None, exit_code=None, traceback=planned.message)
+    defect = defects.defect_for(config, crashitem)
+    if defect is not None:
+        planned.known_defect = DefectRef(**defect.ref())
+        if defect.kind == "crash":
+            planned.status = "known_defect"
+            report.outcome = "skipped"
+            report.wasxfail = f"known defect {defect.id}: {defect.reason}"
+    append_part(run_dir, "controller", planned)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    if error and _controller is not None:
+        _controller.__dict__.setdefault("_infinilm_lost_workers", []).append(
+            node.gateway.id)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "model_name" in metafunc.fixturenames and not _explicit(metafunc, "model_name"):
+        from ..model.harness import model_names
+
+        metafunc.parametrize("model_name", model_names(metafunc.config.getoption("--model")))
+    if "dtype" in metafunc.fixturenames and not _explicit(metafunc, "dtype"):
+        metafunc.parametrize("dtype", dtypes(metafunc.config))
+
+
+def _explicit(metafunc: pytest.Metafunc, name: str) -> bool:
+    """The test parametrizes `name` itself, overriding the command-line default."""
+    return any(name in [a.strip() for a in str(m.args[0]).split(",")]
+               for m in metafunc.definition.iter_markers("parametrize"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    config = item.config
+    sup = getattr(config, "_infinilm_supervisor", False)
+    if sup is False:
+        sup = config._infinilm_supervisor = supervisor.Supervisor(item.session) \
+            if supervisor.enabled(config) and hasattr(config, "_infinilm_run_dir") else None
+    if sup is None:
+        return None
+    return sup.run(item, nextitem)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    try:
+        yield
+    finally:
+        sup = getattr(session.config, "_infinilm_supervisor", None)
+        if sup:
+            sup.shutdown()

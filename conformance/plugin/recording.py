@@ -1,0 +1,131 @@
+"""From pytest items and reports to `CheckRecord`s: the plan at collection, one record per
+finished check, and the check's status decided from its recorded comparisons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ..isolation import CrashedCheck
+from ..record import CheckRecord, Comparison, DefectRef
+from ..results import append_part, write_plan
+from . import defects
+from .verify import UNSUPPORTED_PREFIX, Verify
+
+MESSAGE_LIMIT = 4000
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+
+
+def base_record(item: pytest.Item) -> CheckRecord:
+    """The identity of a check, typed: what the plan, the report and compare group by."""
+    params = dict(item.callspec.params) if hasattr(item, "callspec") else {}
+    params = {k: _jsonable(v) for k, v in params.items()}
+    module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    check = module.removeprefix("test_")
+    op = None
+    if check.startswith("op_"):
+        op = str(params.get("op") or check.removeprefix("op_"))
+    case = params.get("case", params.get("sweep_case", params.get("shape")))
+    return CheckRecord(
+        nodeid=item.nodeid, check=check,
+        test=getattr(item, "originalname", None) or item.name, status="not_run",
+        params=params, dtype=_str(params.get("dtype")), model=_str(params.get("model_name")),
+        op=op, case=_str(case))
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    run_dir = getattr(session.config, "_infinilm_run_dir", None)
+    if run_dir is None or session.config.option.collectonly:
+        return
+    write_plan(run_dir, session.config._infinilm_worker,
+               [base_record(i) for i in session.items])
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def decide(report: pytest.TestReport, call: pytest.CallInfo, comparisons: list[Comparison],
+           defect: defects.KnownDefect | None) -> tuple[str, str]:
+    """(status, message) of a finished check. Comparisons out of bound and not explained
+    by a known defect fail it, whatever the test function did after them."""
+    if report.skipped:
+        reason = _skip_reason(report)
+        if reason.startswith(UNSUPPORTED_PREFIX):
+            return "unsupported", reason[len(UNSUPPORTED_PREFIX):]
+        # Any other skip would hide a check; it is recorded as an error, never as a pass.
+        return "error", f"skipped without an 'unsupported' verdict: {reason}"
+    against = [c for c in comparisons if c.counts_against]
+    if report.failed:
+        excinfo = call.excinfo
+        message = excinfo.exconly() if excinfo is not None else str(report.longrepr)
+        if excinfo is not None and excinfo.errisinstance(CrashedCheck):
+            return "crashed", message
+        if report.when != "call":
+            return "error", f"{report.when}: {message}"
+        if against and not any(c.reason in message for c in against):
+            message = "; ".join(c.reason for c in against) + f"; then: {message}"
+        return "failed", message
+    if against:
+        return "failed", "; ".join(c.reason for c in against)
+    explained = [c for c in comparisons if c.explained_by]
+    if explained:
+        return "known_defect", "; ".join(c.reason for c in explained)
+    if defect is not None and defect.strict == "each":
+        return "failed", (f"known defect {defect.id} no longer shows (XPASS, strict): every "
+                          "comparison is within its normal bound; remove it from "
+                          "known_defects.toml if InfiniCore was fixed")
+    return "passed", ""
+
+
+def apply_to_report(report: pytest.TestReport, status: str, message: str,
+                    defect: defects.KnownDefect | None) -> None:
+    """Make pytest's own outcome (terminal, JUnit, exit status) say what the record says."""
+    if status == "known_defect" and defect is not None:
+        report.outcome = "skipped"
+        report.wasxfail = f"known defect {defect.id}: {defect.reason}"
+    elif status == "failed" and report.passed:
+        report.outcome = "failed"
+        report.longrepr = message
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    done = report.when == "call" or (report.when == "setup" and not report.passed)
+    if not done or getattr(item, "_infinilm_recorded", False):
+        return
+    run_dir = getattr(item.config, "_infinilm_run_dir", None)
+    if run_dir is None:
+        return
+    item._infinilm_recorded = True
+    verify: Verify | None = getattr(item, "_infinilm_verify", None)
+    defect = verify.defect if verify else defects.defect_for(item.config, item.nodeid)
+    comparisons = verify.comparisons if verify else []
+    status, message = decide(report, call, comparisons, defect)
+    apply_to_report(report, status, message, defect)
+    record = base_record(item)
+    record.status = status
+    record.message = message[-MESSAGE_LIMIT:]
+    record.duration_s = round(report.duration, 4)
+    record.comparisons = comparisons
+    if verify is not None:
+        record.localization = verify.localization
+        record.info = verify.info
+        if status in ("failed", "crashed") and verify.trace is not None:
+            from ..replay import write_bundle
+
+            record.bundle = write_bundle(run_dir, item, verify)
+    if defect is not None and status in ("known_defect", "failed"):
+        record.known_defect = DefectRef(**defect.ref())
+    append_part(run_dir, item.config._infinilm_worker, record)

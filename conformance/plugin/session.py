@@ -1,0 +1,144 @@
+"""The end of a run (controller only): every planned check gets a status, strict-any
+defects are settled, results.json and the HTML report are written, the summary and the
+exit status say how many checks did not run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ..judge import TolerancePolicy
+from ..record import STATUSES, CheckRecord, DefectRef, RunRecord, summarize, verdict_of
+from ..results import assemble, point_latest, write_results
+from . import defects
+from .options import dtypes
+
+SUMMARY_LINES = 40
+
+
+def not_run_reason(session: pytest.Session, exitstatus: int) -> str:
+    config = session.config
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "the run was interrupted before this check"
+    if session.shouldfail or session.shouldstop:
+        return f"the run stopped early ({session.shouldfail or session.shouldstop})"
+    lost = getattr(config, "_infinilm_lost_workers", [])
+    if lost:
+        return (f"xdist worker(s) {', '.join(sorted(set(lost)))} died and were not replaced "
+                "(the restart budget ran out); run with --isolate=yes")
+    return "no result was recorded: the process running it died or the run stopped early"
+
+
+def settle_strict_any(run: RunRecord, config: pytest.Config) -> list[CheckRecord]:
+    """A `strict = "any"` defect must show in at least one of its checks that ran."""
+    extra = []
+    for d in defects.active(config):
+        if d.strict != "any":
+            continue
+        ran = [r for r in run.results if d.matches(r.nodeid)
+               and r.status not in ("not_run", "unsupported")]
+        if ran and not any(r.status == "known_defect" for r in ran):
+            extra.append(CheckRecord(
+                nodeid=f"known_defects.toml::{d.id}", check="known_defects", test=d.id,
+                status="failed", known_defect=DefectRef(**d.ref()),
+                message=f"known defect {d.id} no longer shows in any of the {len(ran)} checks "
+                        "it covers that ran (XPASS, strict = 'any'); remove it from "
+                        "known_defects.toml if InfiniCore was fixed"))
+    return extra
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if getattr(config, "workerinput", None) is not None or \
+            not hasattr(config, "_infinilm_run_id"):
+        return
+    tol = TolerancePolicy.load(config.getoption("--tolerances"))
+    run_dir: Path = config._infinilm_run_dir
+    junit = Path(os.path.abspath(config.option.xmlpath)) if getattr(
+        config.option, "xmlpath", None) else None
+    if junit is not None and junit.parent == run_dir:
+        junit = Path(junit.name)
+    run = assemble(run_dir, config._infinilm_run_id, config.getoption("--infini-device"),
+                   config._infinilm_started, int(exitstatus),
+                   not_run_reason(session, int(exitstatus)),
+                   {"dtypes": dtypes(config), "tolerance_sources": tol.sources,
+                    "tolerances": tol.table, "junit_xml": str(junit) if junit else None})
+    extra = settle_strict_any(run, config)
+    if extra:
+        run.results = sorted(run.results + extra, key=lambda r: r.nodeid)
+        run.counts, run.verdict = summarize(run.results), verdict_of(run.results)
+    config._infinilm_run = run
+    config._infinilm_results_path = write_results(run_dir, run)
+    if run.verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
+        # Checks that did not run, or a known defect that no longer shows anywhere: pytest
+        # saw nothing fail, the record did.
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _render_report(session, run_dir)
+    point_latest(config._infinilm_report_root, run_dir)
+
+
+def _render_report(session: pytest.Session, run_dir: Path) -> None:
+    """index.html from the results.json just written, whatever the tests' outcome.
+
+    A rendering failure must not hide the results (results.json and junit.xml are already
+    written) but must not pass unnoticed either: a CI job publishing the report would
+    publish nothing. So the traceback is printed and an otherwise green session exits
+    with INTERNAL_ERROR (3); a red one keeps its own non-zero status."""
+    config = session.config
+    started = time.perf_counter()
+    try:
+        from ..report.render import render_run
+
+        config._infinilm_report_path = render_run(run_dir)
+        config._infinilm_report_seconds = time.perf_counter() - started
+    except Exception as e:  # noqa: BLE001 - reported loudly below, never swallowed
+        import traceback
+
+        config._infinilm_report_error = f"{type(e).__name__}: {e}"
+        sys.stderr.write("infinilm conformance: rendering the HTML report failed:\n"
+                         + traceback.format_exc())
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    run: RunRecord | None = getattr(config, "_infinilm_run", None)
+    if run is None:
+        return
+    tr = terminalreporter
+    tr.section("infinilm conformance")
+    counts = run.counts
+    banner = f"verdict: {run.verdict.upper()}   {len(run.results)} of {run.planned} planned " \
+             "checks recorded   " + "  ".join(f"{s}={counts.get(s, 0)}" for s in STATUSES)
+    tr.write_line(banner, red=run.verdict == "fail", green=run.verdict == "pass", bold=True)
+    if run.not_run:
+        tr.write_line(f"NOT RUN: {run.not_run} of {run.planned} planned checks have no result "
+                      f"({next(r.not_run_reason for r in run.results if r.status == 'not_run')})"
+                      "; the run is not green", red=True, bold=True)
+    by_check: dict[str, dict[str, int]] = {}
+    for r in run.results:
+        row = by_check.setdefault(r.check, {s: 0 for s in STATUSES})
+        row[r.status] += 1
+    width = max([len(c) for c in by_check] + [5])
+    tr.write_line(f"{'check':<{width}}  " + "  ".join(f"{s:>12}" for s in STATUSES))
+    for name in sorted(by_check):
+        tr.write_line(f"{name:<{width}}  " + "  ".join(f"{by_check[name][s]:>12}"
+                                                      for s in STATUSES))
+    lines = [f"{r.status}: {r.nodeid}: {r.message[:200]}" for r in run.results
+             if r.status in ("unsupported", "known_defect", "crashed", "not_run")]
+    lines += [f"finding: {r.nodeid}: {f.reason[:200]}" for r in run.results for f in r.findings]
+    for line in lines[:SUMMARY_LINES]:
+        tr.write_line(line)
+    if len(lines) > SUMMARY_LINES:
+        tr.write_line(f"... {len(lines) - SUMMARY_LINES} more in the report")
+    tr.write_line(f"results: {config._infinilm_results_path}")
+    if getattr(config, "_infinilm_report_path", None) is not None:
+        tr.write_line(f"report:  {config._infinilm_report_path} "
+                      f"(rendered in {config._infinilm_report_seconds:.2f} s)")
+    if getattr(config, "_infinilm_report_error", None):
+        tr.write_line(f"REPORT NOT RENDERED: {config._infinilm_report_error}", red=True,
+                      bold=True)

@@ -1,0 +1,151 @@
+"""The `verify` fixture: what a check uses to state its comparisons.
+
+Checks say *what* they compare; the judge (`conformance.judge`) decides, and this object
+records every judgement, applies the check's known-defect envelope where it covers the
+comparison, and keeps what a replay bundle needs. A comparison out of bound does not
+raise here: the plugin turns the recorded comparisons into the check's status when the
+check returns (`require` stops a check early where going on makes no sense).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .. import judge
+from ..record import Comparison, Localization
+from . import defects
+
+UNSUPPORTED_PREFIX = "unsupported: "
+
+
+class Verify:
+    def __init__(self, request: pytest.FixtureRequest, policy: judge.TolerancePolicy,
+                 defect: defects.KnownDefect | None) -> None:
+        self.request = request
+        self.policy = policy
+        self.defect = defect
+        self.comparisons: list[Comparison] = []
+        self.localization: list[Localization] = []
+        self.info: dict[str, Any] = {}
+        self.expected: dict[str, tuple[np.ndarray, judge.Tolerance | None, str | None]] = {}
+        self.trace = None  # conformance.replay.Trace of the InfiniCore calls (op checks)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _envelope(self, what: str) -> tuple[dict | None, str | None]:
+        d = self.defect
+        if d is not None and d.applies(what):
+            return dict(d.envelope), d.id
+        return None, None
+
+    def keep(self, c: Comparison) -> Comparison:
+        envelope, defect_id = self._envelope(c.what)
+        if envelope is not None:
+            c = judge.with_envelope(c, envelope, defect_id)
+        self.comparisons.append(c)
+        return c
+
+    def require(self, c: Comparison) -> Comparison:
+        """Stop the check now if `c` counts against it."""
+        if c.counts_against:
+            raise AssertionError(c.reason)
+        return c
+
+    # -- judgements -----------------------------------------------------------------------
+
+    def close(self, actual, expected, check: str, dtype: str, what: str = "output"
+              ) -> Comparison:
+        """`actual` against the float64 `expected`, within the tolerance of (check, dtype)."""
+        tol = self.policy.get(check, dtype)
+        envelope, defect_id = self._envelope(what)
+        c = judge.close(actual, expected, tol, what, dtype=dtype, envelope=envelope,
+                        defect=defect_id)
+        self.expected[what] = (np.asarray(expected), tol, dtype)
+        self.comparisons.append(c)
+        return c
+
+    def calibrated(self, ours, reference, golden, check: str, dtype: str, what: str,
+                   metric: str = "nmse") -> Comparison:
+        return self.keep(judge.calibrated(ours, reference, golden,
+                                          self.policy.calibrated(check, dtype), what, metric))
+
+    def calibrated_value(self, what: str, ours: float, reference: float, check: str,
+                         dtype: str, metric: str) -> Comparison:
+        return self.keep(judge.calibrated_value(what, ours, reference,
+                                                self.policy.calibrated(check, dtype), metric))
+
+    def exact(self, actual, expected, what: str = "output", *,
+              standard: str = "integer output") -> Comparison:
+        self.expected[what] = (np.asarray(expected), None, None)
+        return self.keep(judge.exact(actual, expected, what, standard=standard))
+
+    def argmax(self, token: int, logits, what: str = "token id") -> Comparison:
+        return self.keep(judge.argmax_pick(token, logits, what))
+
+    def rounded(self, actual, exact_value, dtype: str,
+                what: str = "correctly rounded") -> Comparison:
+        return self.keep(judge.correctly_rounded(actual, exact_value, dtype, what))
+
+    def masked(self, probs, mask: np.ndarray, dtype: str) -> list[Comparison]:
+        return [self.keep(c) for c in judge.masked_positions(probs, mask, dtype)]
+
+    def finding(self, what: str, ok: bool, reason: str,
+                metrics: dict[str, float] | None = None) -> Comparison:
+        return self.keep(judge.finding(what, ok, reason, metrics))
+
+    def finite(self, what: str, array) -> Comparison:
+        return self.keep(judge.finite(what, array))
+
+    def near_tie(self, step, ours_token, golden_token, golden_logits, dtype: str,
+                 what: str) -> Comparison:
+        margin = self.policy.calibrated("generation_margin", dtype).floor
+        return self.keep(judge.near_tie(step, ours_token, golden_token, golden_logits, margin,
+                                        what))
+
+    def localize(self, loc: Localization) -> None:
+        self.localization.append(loc)
+
+    def unsupported(self, error: BaseException) -> None:
+        """The backend refuses this op/dtype/layout: an explicit 'unsupported' result."""
+        msg = f"{UNSUPPORTED_PREFIX}{error}"
+        if self.request.config.getoption("--fail-on-unsupported"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def infini_device(pytestconfig: pytest.Config):
+    from infinilm_models.runtime import Device, device_count
+
+    dev = Device.parse(pytestconfig.getoption("--infini-device"))
+    n = device_count(dev.type)
+    if dev.index >= n:
+        raise pytest.UsageError(
+            f"--infini-device {dev}: the InfiniCore build at hand sees {n} {dev.type} device(s)")
+    return dev
+
+
+@pytest.fixture(scope="session")
+def tolerances(pytestconfig: pytest.Config) -> judge.TolerancePolicy:
+    return judge.TolerancePolicy.load(pytestconfig.getoption("--tolerances"))
+
+
+@pytest.fixture
+def verify(request: pytest.FixtureRequest, tolerances: judge.TolerancePolicy):
+    v = Verify(request, tolerances, defects.defect_for(request.config, request.node.nodeid))
+    request.node._infinilm_verify = v
+    if "/ops/" in request.node.nodeid.replace("\\", "/"):
+        # Op checks keep their InfiniCore calls, so a failure can be replayed alone.
+        from ..replay import Trace
+
+        v.trace = Trace.start()
+        yield v
+        v.trace.stop()
+    else:
+        yield v

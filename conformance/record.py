@@ -1,0 +1,344 @@
+"""The record of a check and of a run: one typed definition, read and written only here.
+
+The pytest plugin builds `CheckRecord`s, `results.json` is a `RunRecord` as JSON, and the
+report, `compare` and `merge` read it back through `RunRecord.load`, which validates every
+field (naming the file and the field of anything wrong). Nothing else parses results.
+
+Statuses of a check:
+
+=============  ================================================================  ========
+status         meaning                                                            fails?
+=============  ================================================================  ========
+passed         every comparison within its bound                                  no
+failed         a comparison out of bound (or an unexpected exception)             yes
+crashed        the process running it died (signal) or hung (timeout)             yes
+not_run        planned but no result: the run stopped, or its worker vanished     yes
+known_defect   out of the normal bound, inside a known defect's envelope          no
+unsupported    the backend refused the op, dtype or layout                        no
+error          setup error, or a skip without an 'unsupported' verdict            yes
+=============  ================================================================  ========
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 2
+STATUSES = ("passed", "failed", "crashed", "not_run", "known_defect", "unsupported", "error")
+FAILING = frozenset({"failed", "crashed", "not_run", "error"})
+VERDICTS = ("pass", "fail")
+# Kinds of comparison. accuracy: a result against a reference, within a bound; property:
+# a property a standard mandates (IEEE round-to-nearest), failing but shown apart from
+# accuracy; finding: a property no standard mandates (determinism, exact zeros), shown
+# in the report, never failing the run.
+COMPARISON_KINDS = ("accuracy", "property", "finding")
+
+
+class RecordError(ValueError):
+    """A results.json (or a record in it) that does not follow the schema."""
+
+
+@dataclass
+class Bound:
+    """What a comparison was judged against. `kind`: elementwise (|a-e| <= atol + rtol|e|
+    and NMSE <= nmse), calibrated (metric <= k * reference + floor), exact, ulp (at most
+    `max_ulp` units in the last place), or limit (metric <= threshold)."""
+
+    kind: str
+    source: str = ""
+    atol: float | None = None
+    rtol: float | None = None
+    nmse: float | None = None
+    k: float | None = None
+    floor: float | None = None
+    reference: float | None = None
+    threshold: float | None = None
+    max_ulp: int | None = None
+    metric: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "elementwise":
+            s = f"atol={self.atol:g} rtol={self.rtol:g}"
+            return s + (f" nmse<={self.nmse:g}" if self.nmse is not None else "")
+        if self.kind == "calibrated":
+            return (f"{self.metric or 'metric'} <= {self.k:g} x ref {_g(self.reference)} + "
+                    f"{self.floor:g} = {_g(self.threshold)}")
+        if self.kind == "ulp":
+            return f"within {self.max_ulp} ulp"
+        if self.kind == "limit":
+            return f"{self.metric or 'metric'} <= {_g(self.threshold)}"
+        if self.kind == "exact" and self.threshold is not None:
+            return f"at most {self.threshold:.0%} of elements may differ"
+        if self.kind == "exact" and self.max_ulp is not None:
+            return "correctly rounded (0 ulp)" if self.max_ulp == 0 else \
+                f"within {self.max_ulp} ulp"
+        return self.kind if not self.source else f"{self.kind} ({self.source})"
+
+
+def _g(v: float | None) -> str:
+    return "?" if v is None else f"{v:.3g}"
+
+
+@dataclass
+class Comparison:
+    what: str
+    passed: bool
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    bound: Bound | None = None
+    kind: str = "accuracy"
+    # Set when the comparison is out of its bound but inside a known defect's envelope.
+    explained_by: str | None = None
+    envelope: Bound | None = None
+
+    @property
+    def counts_against(self) -> bool:
+        """Out of bound and not explained by a known defect: this fails the check."""
+        return not self.passed and self.explained_by is None and self.kind != "finding"
+
+
+@dataclass
+class Localization:
+    """Where a model-level deviation shows first. `isolated`: the sub-module computed
+    wrong on the reference's own input (not only error arriving from earlier layers)."""
+
+    phase: str  # "prefill" or "decode"
+    tensor: str
+    submodule: str
+    ops: list[str]
+    nmse: float | None
+    threshold: float | None
+    description: str
+    layer: int | None = None
+    step: int | None = None
+    isolated: bool = False
+
+
+@dataclass
+class Crash:
+    """How the process running a check died."""
+
+    signal: str | None
+    exit_code: int | None
+    timeout: bool = False
+    op: str | None = None
+    last_call: str | None = None
+    traceback: str = ""
+
+
+@dataclass
+class DefectRef:
+    id: str
+    kind: str
+    reason: str
+    evidence: str = ""
+
+
+@dataclass
+class CheckRecord:
+    nodeid: str
+    check: str
+    test: str
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    duration_s: float = 0.0
+    # The case, typed: what the report and compare group by.
+    dtype: str | None = None
+    model: str | None = None
+    op: str | None = None
+    case: str | None = None
+    comparisons: list[Comparison] = field(default_factory=list)
+    localization: list[Localization] = field(default_factory=list)
+    known_defect: DefectRef | None = None
+    crash: Crash | None = None
+    bundle: str | None = None  # replay bundle, relative to the run directory
+    not_run_reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.kind == "finding" and not c.passed]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "record") -> CheckRecord:
+        return _build(cls, d, where)
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    verdict: str
+    counts: dict[str, int]
+    started_at: str
+    duration_s: float
+    pytest_exit_status: int
+    environment: dict[str, Any]
+    results: list[CheckRecord]
+    planned: int = 0
+    schema_version: int = SCHEMA_VERSION
+    dtypes: list[str] = field(default_factory=list)
+    tolerance_sources: list[str] = field(default_factory=list)
+    tolerances: dict[str, Any] = field(default_factory=dict)
+    junit_xml: str | None = None
+    perf: dict[str, Any] | None = None
+
+    @property
+    def not_run(self) -> int:
+        return self.counts.get("not_run", 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=_jsonable) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "results.json") -> RunRecord:
+        if not isinstance(d, dict):
+            raise RecordError(f"{source}: field (top level): expected a JSON object, got "
+                              f"{type(d).__name__}")
+        if "schema_version" not in d:
+            raise RecordError(f"{source}: field schema_version: missing (not a conformance "
+                              "results.json?)")
+        if d["schema_version"] != SCHEMA_VERSION:
+            raise RecordError(f"{source}: field schema_version: {d['schema_version']!r} is not "
+                              f"supported; this reader knows {SCHEMA_VERSION}")
+        try:
+            run = _build(cls, d, "")
+        except RecordError as e:
+            raise RecordError(f"{source}: {e}") from None
+        if run.verdict not in VERDICTS:
+            raise RecordError(f"{source}: field verdict: {run.verdict!r} is not one of "
+                              f"{VERDICTS}")
+        return run
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunRecord:
+        """A run directory (or reports/latest) or a results.json file, validated."""
+        p = results_path(path)
+        if not p.is_file():
+            where = ("run directory has no results.json" if p.name == "results.json"
+                     and p.parent.is_dir() else "no such file or run directory")
+            raise RecordError(f"{p}: {where}")
+        try:
+            doc = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{p}: not valid JSON: {e.msg} at line {e.lineno} column "
+                              f"{e.colno}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecordError(f"{p}: cannot be read: {e}") from None
+        return cls.from_dict(doc, str(p))
+
+
+def results_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "results.json" if p.is_dir() else p
+
+
+def summarize(records: list[CheckRecord]) -> dict[str, int]:
+    counts = {s: 0 for s in STATUSES}
+    for r in records:
+        counts[r.status] += 1
+    return counts
+
+
+def verdict_of(records: list[CheckRecord]) -> str:
+    """fail when any check failed, crashed, did not run or errored, or none ran."""
+    if not records or any(r.status in FAILING for r in records):
+        return "fail"
+    return "pass"
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, float):
+        return repr(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+# -- validation: every dataclass above is built field by field with type checks ----------
+
+_SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_NESTED = {"Bound": Bound, "Comparison": Comparison, "Localization": Localization,
+           "Crash": Crash, "DefectRef": DefectRef, "CheckRecord": CheckRecord}
+_ALLOWED = {
+    (CheckRecord, "status"): STATUSES,
+    (Comparison, "kind"): COMPARISON_KINDS,
+    (Localization, "phase"): ("prefill", "decode"),
+}
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    prefix = f"{where}." if where else ""
+    if not isinstance(d, dict):
+        raise RecordError(f"field {where or '(top level)'}: expected an object, got "
+                          f"{type(d).__name__}")
+    kwargs = {}
+    for f in fields(cls):
+        name = prefix + f.name
+        if f.name not in d:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise RecordError(f"field {name}: missing")
+            continue  # optional: the dataclass default applies
+        kwargs[f.name] = _convert(f.type, d[f.name], name)
+        allowed = _ALLOWED.get((cls, f.name))
+        if allowed is not None and kwargs[f.name] not in allowed:
+            raise RecordError(f"field {name}: {kwargs[f.name]!r} is not one of {allowed}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field without default that was absent
+        raise RecordError(f"field {where or '(top level)'}: {e}") from None
+
+
+def _convert(annotation: str, value: Any, name: str) -> Any:
+    ann = annotation.replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann.removesuffix("|None")
+    if value is None:
+        if optional:
+            return None
+        raise RecordError(f"field {name}: null where {base} is required")
+    if base in _NESTED:
+        return _build(_NESTED[base], value, name)
+    if base.startswith("list["):
+        if not isinstance(value, list):
+            raise RecordError(f"field {name}: expected an array, got {type(value).__name__}")
+        inner = base[5:-1]
+        return [_convert(inner, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if base.startswith("dict["):
+        if not isinstance(value, dict):
+            raise RecordError(f"field {name}: expected an object, got {type(value).__name__}")
+        return value
+    kind = _SCALARS.get(base)
+    if kind is None:
+        return value  # Any
+    # bool is an int in Python; a count or a status code must not be true/false.
+    if not isinstance(value, kind) or (isinstance(value, bool) and base != "bool"):
+        raise RecordError(f"field {name}: expected {base}, got {type(value).__name__} "
+                          f"{_short(value)}")
+    if base == "float" and isinstance(value, float) and math.isnan(value):
+        return value
+    return float(value) if base == "float" else value
+
+
+def _short(value: object) -> str:
+    s = repr(value)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+__all__ = [
+    "Bound", "CheckRecord", "Comparison", "Crash", "DefectRef", "FAILING", "Localization",
+    "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "results_path", "summarize",
+    "verdict_of",
+]

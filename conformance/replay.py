@@ -1,0 +1,255 @@
+"""Replay bundles: a failing or crashing op check, alone, against any InfiniCore build.
+
+While an op check runs, its InfiniCore calls are traced (op, creation scalars, compute
+scalars, every tensor's dtype/shape/strides/offset and the bytes of its buffer before the
+first call that touched it). When the check fails, the plugin writes a bundle:
+
+    reports/<run>/bundles/<check>/calls.json    the calls, the expected outputs' tolerances
+                                 buffers.npz    the input buffers, byte for byte
+                                 expected.npz   the float64 references the check used
+                                 README.txt     the command that replays it
+
+and a crashing check is run once more with each call written to disk before it is made,
+so the call that kills the process is left behind. Replay:
+
+    INFINI_ROOT=/path/to/build python -m conformance.replay reports/<run>/bundles/<check>
+
+allocates the buffers on the device, makes the same calls, and judges the output with the
+same tolerance (exit 0: within it now; 1: still wrong; a crash reproduces as a crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PENDING_ENV = "INFINILM_REPLAY_PENDING"
+MAX_BYTES = 256 * 1024 * 1024  # inputs beyond this are not copied (the pytest command remains)
+KEEP_CALLS = 16
+_CTYPES = {"c_float": ctypes.c_float, "c_double": ctypes.c_double, "c_size_t": ctypes.c_size_t,
+           "c_int": ctypes.c_int, "c_int64": ctypes.c_int64, "c_ssize_t": ctypes.c_ssize_t}
+
+
+def _scalar(v: Any) -> dict:
+    if isinstance(v, ctypes._SimpleCData):
+        return {"type": type(v).__name__, "value": v.value}
+    if isinstance(v, bool):
+        return {"type": "bool", "value": v}
+    if isinstance(v, int):
+        return {"type": "int", "value": v}
+    if isinstance(v, float):
+        return {"type": "float", "value": v}
+    return {"type": "none", "value": None} if v is None else {"type": "repr", "value": repr(v)}
+
+
+def _unscalar(d: dict) -> Any:
+    t, v = d["type"], d["value"]
+    if t in _CTYPES:
+        return _CTYPES[t](v)
+    return v
+
+
+class Trace:
+    """The InfiniCore calls of one check (the last KEEP_CALLS of them)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.buffers: dict[str, np.ndarray] = {}
+        self._keys: dict[int, tuple[str, object]] = {}  # id(DeviceBuffer) -> (key, buffer)
+        self.bytes = 0
+        self.too_large = False
+        self.pending = os.environ.get(PENDING_ENV)
+
+    @classmethod
+    def start(cls) -> Trace:
+        from infinilm_models.runtime.ops._base import CachedOp
+
+        t = cls()
+        CachedOp.hooks = CachedOp.hooks + (t.record,)
+        return t
+
+    def stop(self) -> None:
+        from infinilm_models.runtime.ops._base import CachedOp
+
+        CachedOp.hooks = tuple(h for h in CachedOp.hooks if h != self.record)
+
+    def _buffer_key(self, buf) -> str:
+        hit = self._keys.get(id(buf))
+        if hit is not None and hit[1] is buf:
+            return hit[0]
+        key = f"b{len(self._keys)}"
+        self._keys[id(buf)] = (key, buf)  # the reference keeps the id from being reused
+        if self.bytes + buf.nbytes > MAX_BYTES:
+            self.too_large = True
+        elif buf.nbytes:
+            from infinilm_models.runtime.memory import MemcpyKind, memcpy
+
+            host = np.empty(buf.nbytes, dtype=np.uint8)
+            memcpy(host.ctypes.data, buf.ptr, buf.nbytes, MemcpyKind.D2H, buf.device)
+            self.buffers[key] = host
+            self.bytes += buf.nbytes
+        return key
+
+    def record(self, op, tensors, compute_args, create_params) -> None:
+        call = {
+            "op": op.name, "device": str(tensors[0].device),
+            "tensor_names": list(op.tensor_names),
+            "tensors": [{"buffer": self._buffer_key(t.buffer), "dtype": t.dtype.short,
+                         "shape": list(t.shape), "strides": list(t.strides),
+                         "offset": t.offset, "buffer_nbytes": t.buffer.nbytes}
+                        for t in tensors],
+            "compute_args": [_scalar(a) for a in compute_args],
+            "create_params": [_scalar(a) for a in create_params],
+        }
+        self.calls = (self.calls + [call])[-KEEP_CALLS:]
+        if self.pending:
+            # About to make a call that may kill this process: leave it on disk first.
+            _write(Path(self.pending), self, {}, {"nodeid": "(crash re-run)", "crashed": True})
+
+
+def bundle_dir(run_dir: Path, nodeid: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("::", 1)[-1])[:120]
+    return run_dir / "bundles" / slug
+
+
+def write_bundle(run_dir: Path, item, verify) -> str | None:
+    """The failing check's calls and expected outputs; returns the path relative to the
+    run directory, or None when nothing was traced."""
+    trace: Trace = verify.trace
+    if not trace.calls:
+        return None
+    target = bundle_dir(run_dir, item.nodeid)
+    meta = {"nodeid": item.nodeid, "crashed": False}
+    _write(target, trace, verify.expected, meta)
+    return str(target.relative_to(run_dir))
+
+
+def _write(target: Path, trace: Trace, expected: dict, meta: dict) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    used = {t["buffer"] for c in trace.calls for t in c["tensors"]}
+    doc = {
+        **meta,
+        "calls": trace.calls,
+        "inputs_saved": not trace.too_large,
+        "expected": [{"what": what, "key": f"e{i}", "dtype": dt,
+                      "tolerance": None if tol is None else
+                      {"atol": tol.atol, "rtol": tol.rtol, "nmse": tol.nmse, "bias": tol.bias,
+                       "source": tol.source}}
+                     for i, (what, (_, tol, dt)) in enumerate(expected.items())],
+        "command": f"python -m conformance.replay {target}",
+    }
+    if not trace.too_large:
+        np.savez(target / "buffers.npz", **{k: v for k, v in trace.buffers.items() if k in used})
+    if expected:
+        np.savez(target / "expected.npz",
+                 **{f"e{i}": np.asarray(arr, dtype=np.float64)
+                    for i, (arr, _, _) in enumerate(expected.values())})
+    (target / "calls.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (target / "README.txt").write_text(
+        f"Replay of {meta['nodeid']}\n\n"
+        f"  INFINI_ROOT=/path/to/infinicore python -m conformance.replay {target}\n\n"
+        "(run from the conformance suite's checkout; --device picks another device). "
+        + ("The inputs were too large to save: re-run the check itself with\n"
+           f"  pytest '{meta['nodeid']}'\n" if trace.too_large else "")
+        + ("This check crashed: calls.json ends with the call that killed it.\n"
+           if meta.get("crashed") else ""))
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+def replay(bundle: Path, device: str | None = None) -> int:
+    from infinilm_models.runtime import Device, DeviceBuffer, Tensor
+    from infinilm_models.runtime.memory import MemcpyKind, memcpy
+    from infinilm_models.runtime.ops._base import CachedOp
+
+    from . import judge
+
+    doc = json.loads((bundle / "calls.json").read_text())
+    if not doc.get("inputs_saved", True):
+        print(f"{bundle}: the inputs were too large to save; re-run the check: pytest "
+              f"'{doc['nodeid']}'")
+        return 2
+    saved = np.load(bundle / "buffers.npz") if (bundle / "buffers.npz").is_file() else {}
+    buffers: dict[str, DeviceBuffer] = {}
+    out = None
+    for n, call in enumerate(doc["calls"], 1):
+        dev = Device.parse(device or call["device"])
+        tensors = []
+        for t in call["tensors"]:
+            buf = buffers.get(t["buffer"])
+            if buf is None:
+                buf = buffers[t["buffer"]] = DeviceBuffer(dev, t["buffer_nbytes"])
+                if t["buffer"] in saved:
+                    host = np.ascontiguousarray(saved[t["buffer"]])
+                    memcpy(buf.ptr, host.ctypes.data, host.nbytes, MemcpyKind.H2D, dev)
+            tensors.append(Tensor(buf, t["dtype"], t["shape"], t["strides"], t["offset"]))
+        print(f"call {n}/{len(doc['calls'])}: infiniop{call['op']}("
+              + ", ".join(f"{name}={x.describe()}" for name, x in
+                          zip(call["tensor_names"], tensors)) + ")", flush=True)
+        CachedOp.named(call["op"])(tensors, *[_unscalar(a) for a in call["compute_args"]],
+                                   create_params=tuple(_unscalar(a)
+                                                       for a in call["create_params"]))
+        out = tensors[0]
+    if doc.get("crashed"):
+        print("the last call returned: it did not crash this time")
+        return 0
+    if not doc["expected"]:
+        print("no expected output recorded")
+        return 2
+    exp = np.load(bundle / "expected.npz")
+    status = 0
+    for e in doc["expected"]:
+        want = exp[e["key"]]
+        got = out.numpy().astype(np.float64)
+        if got.shape != want.shape:
+            whole = Tensor(out.buffer, out.dtype, [out.buffer.nbytes // out.dtype.itemsize])
+            if whole.numel != want.size:
+                print(f"{e['what']}: expected shape {want.shape} does not match the output "
+                      f"{got.shape}; not compared")
+                continue
+            got = whole.numpy().astype(np.float64).reshape(want.shape)
+        if e["tolerance"] is None:
+            c = judge.exact(got, want, e["what"], standard="copy")
+        else:
+            t = e["tolerance"]
+            c = judge.close(got, want, judge.Tolerance(t["atol"], t["rtol"], t["nmse"],
+                                                       t["bias"], t["source"]),
+                            e["what"], dtype=e["dtype"])
+        print(("PASS " if c.passed else "FAIL ") + c.reason)
+        print("  " + ", ".join(f"{k}={v:.4g}" for k, v in c.metrics.items()
+                               if isinstance(v, (int, float))))
+        status |= 0 if c.passed else 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m conformance.replay",
+        description="Replay the InfiniCore calls of a failing or crashing op check from its "
+                    "bundle (reports/<run>/bundles/<check>) on the InfiniCore build that "
+                    "INFINI_ROOT (or INFINILM_BACKEND's default prefix) names, and judge "
+                    "the output with the check's own tolerance.")
+    p.add_argument("bundle", type=Path, help="the bundle directory (holds calls.json)")
+    p.add_argument("--device", default=None,
+                   help="device to replay on (default: the one recorded, e.g. cpu:0)")
+    args = p.parse_args(argv)
+    if not (args.bundle / "calls.json").is_file():
+        print(f"error: {args.bundle}: no calls.json (not a replay bundle)", file=sys.stderr)
+        return 2
+    if args.device:
+        kind = args.device.split(":")[0]
+        os.environ.setdefault("INFINILM_BACKEND", kind)
+    return replay(args.bundle, args.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
