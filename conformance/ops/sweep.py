@@ -81,11 +81,16 @@ def _rope(r: random.Random, n: int) -> list[dict]:
 
 
 def _causal_softmax(r: random.Random, n: int) -> list[dict]:
-    cases = [{"shape": [9, 1, r.choice((33, 65, 129, 257))]}]  # decode over a cache
+    """`peak`: one visible key of every row raised well above the others (the newest, the
+    oldest, or one in the middle), so the probability that lands there is large and a
+    kernel that loses or misplaces it fails in every dtype."""
+    cases = [{"shape": [9, 1, r.choice((33, 65, 129, 257))], "peak": "newest"},  # decode
+             {"shape": [3, 5, r.choice((5, 20, 70))], "peak": "oldest"}]
     while len(cases) < n:
         q = r.choice((1, 2, 5, 16, 17))
         cases.append({"shape": [r.choice((1, 3, 9)), q,
-                                q + r.choice((0, 1, 15, 16, 63, 127, 240))]})
+                                q + r.choice((0, 1, 15, 16, 63, 127, 240))],
+                      "peak": r.choice((None, "newest", "oldest", "middle"))})
     return cases
 
 

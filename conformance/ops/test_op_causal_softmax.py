@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infinilm_models.runtime import Tensor, ops
+from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import host, rng_for, to_device, unsupported_guard
 from .shapes import DECODE_POS, HEADS, PREFILL
@@ -64,10 +64,18 @@ def test_op_causal_softmax(case, dtype, infini_device, verify):
 
 
 def test_op_causal_softmax_sweep(sweep_case, dtype, infini_device, verify):
-    shape = tuple(sweep_case.params["shape"])
+    shape, peak = tuple(sweep_case.params["shape"]), sweep_case.params.get("peak")
     verify.info.update(describe(sweep_case))
     x = host(shape, dtype, rng_for("softmax-sweep", sweep_case.seed, sweep_case.name, dtype),
-             scale=4.0)
+             scale=2.0)
+    if peak is not None:
+        q, k = shape[-2:]
+        for i in range(q):
+            last = k - q + i  # the newest key row i may see
+            col = {"newest": last, "oldest": 0, "middle": last // 2}[peak]
+            x[..., i, col] += 6.0
+        # the inputs both sides get are the values rounded to the dtype
+        x = x.astype(np.float32).astype(DType.parse(dtype).numpy).astype(np.float64)
     y = Tensor.empty(shape, dtype, infini_device)
     with unsupported_guard(verify):
         ops.causal_softmax(y, to_device(x, infini_device, dtype))
