@@ -1,23 +1,26 @@
-"""Model-level comparison machinery: which checkpoints, the two runtimes, captured tensors.
+"""Model-level comparison machinery: which checkpoints, the three runtimes, captured tensors.
 
 Three runs of the same checkpoint on the same token ids:
   * golden  – transformers LlamaForCausalLM in float32 on CPU (eager attention);
   * ref     – transformers in the tested dtype, on the tested device where torch has it
               (its error against golden is what that dtype costs a mature implementation);
   * ours    – infinilm_models on InfiniCore in the tested dtype and device.
-Tensors are captured in execution order under the same names on both sides:
-embed_tokens; per layer i: layers.i.self_attn, layers.i.residual_attn, layers.i.mlp,
-layers.i (after the MLP residual); norm.
+Tensors are captured under the names of the model package's declared capture points
+(`infinilm_models.models.llama.capture`), on both sides, also while decoding with a
+cache. An isolated run feeds every sub-module the golden run's own input (injected at
+each capture point), on both sides: a sub-module that computes wrong shows there, while
+error that only grew on its way from earlier layers does not.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from infinilm_models.models.llama.capture import CapturePoint, capture_points
 
 TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
 DEFAULT_MODELS = tuple(f"tiny-{n}" for n in TINY) + ("smollm2",)
@@ -35,10 +38,10 @@ def resolve_model(name: str) -> Path:
 
         return ensure()
     path = Path(name).expanduser()
-    if not (path / "config.json").is_file():
+    if not path.is_dir():
         raise FileNotFoundError(
             f"--model {name!r}: neither a fixture name ({', '.join(DEFAULT_MODELS)}) nor a "
-            "directory holding config.json")
+            "directory")
     return path
 
 
@@ -76,85 +79,96 @@ def our_model(path: str, dtype: str, device: str, model_cls=None):
     return AutoLlamaModel.from_pretrained(path, device, dtype, progress=False)
 
 
-def hf_capture(model, ids: np.ndarray, *, cache=None) -> tuple[dict[str, np.ndarray], object]:
-    """Run transformers with hooks; returns float64 host copies named as ours, and the
-    output (logits [batch, seq, vocab] in float64 under 'logits')."""
+def points_of(model) -> list[CapturePoint]:
+    return capture_points(model.config.num_hidden_layers)
+
+
+# -- transformers side ----------------------------------------------------------------------
+
+
+def hf_cache_kv(cache, layer: int):
+    """(keys, values) of one layer of a DynamicCache, across transformers versions."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def hf_capture(model, ids: np.ndarray, *, cache=None, inject: dict | None = None,
+               position_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Run transformers with hooks: float64 host copies under the capture point names
+    (caches included when a cache is given), and the logits [batch, seq, vocab]. With
+    `inject`, the value of each named point is replaced right after it is produced."""
     import torch
 
     got: dict[str, np.ndarray] = {}
     hooks = []
+    n_layers = len(model.model.layers)
 
-    def keep(name):
+    def out_hook(name):
         def hook(_module, _inputs, output):
             t = output[0] if isinstance(output, tuple) else output
             got[name] = t.detach().to("cpu", torch.float64).numpy()
+            if inject and name in inject:
+                new = torch.as_tensor(inject[name], dtype=t.dtype, device=t.device)
+                return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+            return None
         return hook
 
-    inner = model.model
-    hooks.append(inner.embed_tokens.register_forward_hook(keep("embed_tokens")))
-    for i, layer in enumerate(inner.layers):
-        hooks.append(layer.self_attn.register_forward_hook(keep(f"layers.{i}.self_attn")))
-        hooks.append(layer.mlp.register_forward_hook(keep(f"layers.{i}.mlp")))
-        hooks.append(layer.register_forward_hook(keep(f"layers.{i}")))
-    hooks.append(inner.norm.register_forward_hook(keep("norm")))
+    def residual_hook(name):  # the residual after attention is no module's output
+        def hook(_module, args, kwargs):
+            if inject and name in inject:
+                t = args[0] if args else kwargs["hidden_states"]
+                new = torch.as_tensor(inject[name], dtype=t.dtype, device=t.device)
+                return ((new,) + tuple(args[1:]), kwargs) if args else \
+                    (args, {**kwargs, "hidden_states": new})
+            return None
+        return hook
+
+    for p in capture_points(n_layers, caches=False):
+        if p.hf_module is not None:
+            module = model.get_submodule(p.hf_module)
+            hooks.append(module.register_forward_hook(out_hook(p.name)))
+        elif p.submodule == "attention residual":
+            norm = model.get_submodule(f"model.layers.{p.layer}.post_attention_layernorm")
+            hooks.append(norm.register_forward_pre_hook(residual_hook(p.name),
+                                                        with_kwargs=True))
+    kwargs = {}
+    if position_ids is not None:
+        kwargs["position_ids"] = torch.as_tensor(position_ids, device=model.device)
     try:
         with torch.inference_mode():
-            out = model(torch.tensor(ids, device=model.device), past_key_values=cache,
-                        use_cache=cache is not None)
+            out = model(torch.as_tensor(ids, device=model.device), past_key_values=cache,
+                        use_cache=cache is not None, **kwargs)
     finally:
         for h in hooks:
             h.remove()
-    # The residual after attention is not a module output: rebuild it from its two terms.
-    prev = got["embed_tokens"]
-    for i in range(len(inner.layers)):
+    prev = (inject or {}).get("embed_tokens", got["embed_tokens"])
+    for i in range(n_layers):
         got[f"layers.{i}.residual_attn"] = prev + got[f"layers.{i}.self_attn"]
-        prev = got[f"layers.{i}"]
+        prev = (inject or {}).get(f"layers.{i}", got[f"layers.{i}"])
     got["logits"] = out.logits.detach().to("cpu", torch.float64).numpy()
-    return got, out
-
-
-def our_capture(model, ids: np.ndarray, *, cache=None) -> dict[str, np.ndarray]:
-    got: dict[str, np.ndarray] = {}
-    logits = model.forward(ids, cache=cache, all_logits=True, capture=got)
-    got = {k: v.astype(np.float64) for k, v in got.items()}
-    got["logits"] = logits.numpy().astype(np.float64)
+    if cache is not None:
+        for i in range(n_layers):
+            k, v = hf_cache_kv(cache, i)
+            got[f"layers.{i}.key_cache"] = k.detach().to("cpu", torch.float64).numpy()
+            got[f"layers.{i}.value_cache"] = v.detach().to("cpu", torch.float64).numpy()
     return got
 
 
-def execution_order(num_layers: int) -> list[tuple[str, int | None, str]]:
-    """(tensor name, layer, sub-module) in the order the forward produces them."""
-    order: list[tuple[str, int | None, str]] = [("embed_tokens", None, "embedding")]
-    for i in range(num_layers):
-        order += [(f"layers.{i}.self_attn", i, "attention"),
-                  (f"layers.{i}.residual_attn", i, "attention residual"),
-                  (f"layers.{i}.mlp", i, "mlp"),
-                  (f"layers.{i}", i, "mlp residual")]
-    order.append(("norm", None, "final norm"))
-    return order
+# -- our side ---------------------------------------------------------------------------------
 
 
-# Ops each sub-module runs: where to look at the op-level results when it diverges.
-OPS_OF = {
-    "embedding": ["embedding (row copies)"],
-    "attention": ["rms_norm", "gemm", "rope", "rearrange", "causal_softmax"],
-    "attention residual": ["add"],
-    "mlp": ["rms_norm", "gemm", "swiglu"],
-    "mlp residual": ["add"],
-    "final norm": ["rms_norm"],
-}
-
-
-@dataclass
-class Divergence:
-    tensor: str
-    layer: int | None
-    submodule: str
-    nmse: float
-    threshold: float
-
-    def describe(self) -> str:
-        where = f"layer {self.layer} {self.submodule}" if self.layer is not None \
-            else self.submodule
-        return (f"first divergence at {where} ({self.tensor}): NMSE {self.nmse:.3g} > "
-                f"threshold {self.threshold:.3g}; op-level checks of the ops involved: "
-                f"{', '.join(OPS_OF[self.submodule])}")
+def our_capture(model, ids: np.ndarray, *, cache=None, inject: dict | None = None
+                ) -> dict[str, np.ndarray]:
+    got: dict[str, np.ndarray] = {}
+    logits = model.forward(ids, cache=cache, all_logits=True, capture=got, inject=inject)
+    got = {k: v.astype(np.float64) for k, v in got.items()}
+    got["logits"] = logits.numpy().astype(np.float64)
+    if cache is not None:
+        for i in range(model.config.num_hidden_layers):
+            k, v = cache.keys[i], cache.values[i]
+            got[f"layers.{i}.key_cache"] = k.narrow(2, 0, cache.length).numpy().astype(
+                np.float64)
+            got[f"layers.{i}.value_cache"] = v.narrow(2, 0, cache.length).numpy().astype(
+                np.float64)
+    return got

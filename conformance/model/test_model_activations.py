@@ -1,31 +1,41 @@
-"""Per-layer activations on identical inputs: embeddings; per layer the attention output,
-the residual after it, the MLP output and the hidden state; the final norm. A failure
-names the first layer and sub-module that diverges and the ops it runs."""
+"""Per-layer activations of a prefill on identical inputs, accumulated (each layer on our
+own previous output) and isolated (each sub-module on the golden run's own input), and
+the KV cache the prefill wrote. A failure names the first layer and sub-module that
+computes wrong, or where accumulated error grew past the gate, and the ops it runs."""
 
 from __future__ import annotations
 
-from conformance.judge import get_calibrated
-
-from .checks import compare_activations
+from .checks import compare_capture, first_amplification
 from .conftest import prompt_ids
-from .harness import OPS_OF, hf_capture, our_capture
+from .harness import hf_capture, our_capture, points_of
+
+
+def prefill_captures(golden_m, ref_m, ours_m, ids):
+    """golden, ref, ours, ref isolated, ours isolated captures of one prefill (with caches)."""
+    from transformers import DynamicCache
+
+    golden = hf_capture(golden_m, ids, cache=DynamicCache())
+    ref = golden if ref_m is golden_m else hf_capture(ref_m, ids, cache=DynamicCache())
+    ours = our_capture(ours_m, ids, cache=ours_m.new_cache(ids.shape[0], ids.shape[1]))
+    ref_iso = golden if ref_m is golden_m else hf_capture(ref_m, ids, cache=DynamicCache(),
+                                                          inject=golden)
+    ours_iso = our_capture(ours_m, ids, cache=ours_m.new_cache(ids.shape[0], ids.shape[1]),
+                           inject=golden)
+    return golden, ref, ours, ref_iso, ours_iso
 
 
 def test_model_activations(model_name, model_path, dtype, runtimes, verify, tolerances):
     golden_m, ref_m, ours_m = runtimes
     batch, seq = (1, 16) if model_name == "smollm2" else (2, 13)
-    ids = prompt_ids(model_path, batch, seq)
-    golden, _ = hf_capture(golden_m, ids)
-    ref = golden if ref_m is golden_m else hf_capture(ref_m, ids)[0]
-    ours = our_capture(ours_m, ids)
-    cal = get_calibrated(tolerances, "model_activations", dtype)
-    gate = get_calibrated(tolerances, "model_activations_gate", dtype)
-    rows, first, breach = compare_activations(ours, ref, golden, cal,
-                                              ours_m.config.num_hidden_layers, gate)
-    # The ops and the sentence go into the record so the report needs no model knowledge.
-    where = {**first.__dict__, "ops": OPS_OF[first.submodule],
-             "description": first.describe()} if first else None
-    verify.info.update(batch=batch, seq=seq, per_tensor=rows, tolerance=cal.__dict__,
-                       gate=gate.__dict__, first_divergence=where)
-    assert breach is None, (f"{breach.describe()} (failure threshold); "
-                            f"{first.describe()} (localization threshold)")
+    ids = prompt_ids(model_path, batch, seq, verify)
+    golden, ref, ours, ref_iso, ours_iso = prefill_captures(golden_m, ref_m, ours_m, ids)
+    rows, comparisons, locs = compare_capture(
+        points_of(ours_m), ours=ours, ref=ref, golden=golden, ours_iso=ours_iso,
+        ref_iso=ref_iso, cal=tolerances.calibrated("model_activations", dtype),
+        gate=tolerances.calibrated("model_activations_gate", dtype), phase="prefill")
+    for c in comparisons:
+        verify.keep(c)
+    for loc in locs:
+        verify.localize(loc)
+    verify.info.update(batch=batch, seq=seq, per_tensor=rows,
+                       amplification=first_amplification(rows))

@@ -4,10 +4,16 @@ implementation bug would, through the model's own structure (no change to the ha
 
 from __future__ import annotations
 
-from conformance.judge import TolerancePolicy, compare, get_calibrated
-from conformance.model.checks import compare_activations
+from conformance.judge import TolerancePolicy, calibrated_value
+from conformance.model.checks import compare_capture
 from conformance.model.conftest import prompt_ids
-from conformance.model.harness import hf_capture, hf_model, our_capture, resolve_model
+from conformance.model.harness import (
+    hf_capture,
+    hf_model,
+    our_capture,
+    points_of,
+    resolve_model,
+)
 from conformance.model.test_model_cache import PREFIX, STEPS
 from infinilm_models import AutoLlamaModel
 from infinilm_models.models.llama.kv_cache import KVCache
@@ -22,13 +28,16 @@ def fresh_model():
 
 
 def localize(model, ids, *, ours_cache=None, hf_cache=None):
+    """The first localization of an f32 prefill (or a decode step, given caches), with
+    isolation: golden == reference on the CPU in f32."""
     golden_m = hf_model(str(resolve_model(MODEL)), "f32", "cpu")
-    golden, _ = hf_capture(golden_m, ids, cache=hf_cache)
+    golden = hf_capture(golden_m, ids, cache=hf_cache)
     ours = our_capture(model, ids, cache=ours_cache)
-    cal = get_calibrated(POLICY, "model_activations", "f32")
-    rows, first, _ = compare_activations(ours, golden, golden, cal,
-                                         model.config.num_hidden_layers)
-    return rows, first
+    rows, _, locs = compare_capture(
+        points_of(model), ours=ours, ref=golden, golden=golden, ours_iso=None, ref_iso=None,
+        cal=POLICY.calibrated("model_activations", "f32"),
+        gate=POLICY.calibrated("model_activations", "f32"), phase="prefill")
+    return rows, (locs[0] if locs else None)
 
 
 def ids():
@@ -37,7 +46,7 @@ def ids():
 
 def test_correct_model_passes():
     _, first = localize(fresh_model(), ids())
-    assert first is None, first.describe()
+    assert first is None, first.description
 
 
 def test_wrong_rope_algorithm_is_localized_to_layer0_attention():
@@ -45,7 +54,7 @@ def test_wrong_rope_algorithm_is_localized_to_layer0_attention():
     model.rope_algo = ops.RoPEAlgo.GPT_J
     _, first = localize(model, ids())
     assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
-    assert "rope" in first.describe()
+    assert "rope" in first.description
 
 
 def test_wrong_gqa_head_mapping_is_localized_to_layer0_attention():
@@ -100,7 +109,10 @@ def test_kv_cache_off_by_one_fails_cache_check_and_is_localized():
     model.forward(toks[:, :PREFIX], cache=cache)
     step = model.forward(toks[:, PREFIX:PREFIX + 1], cache=cache).numpy()[:, 0]
     full = model.forward(toks[:, :PREFIX + 1]).numpy()[:, 0]
-    result = compare(step, full, POLICY.get("cache_vs_recompute", "f32"))
+    from conformance.judge import error_metrics
+
+    result = calibrated_value("cached vs recompute", error_metrics(step, full)["nmse"], 0.0,
+                              POLICY.calibrated("cache_vs_recompute", "f32"), "nmse")
     assert not result.passed
     # and localizing the decode step against transformers' cached step names layer 0 attention.
     cache = OffByOneCache(model.config, 2, PREFIX + STEPS, model.device, model.dtype)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conformance.isolation import CrashedCheck, run_isolated
-from conformance.judge import TolerancePolicy, compare
+from conformance.judge import TolerancePolicy
+from conformance.judge import close as compare
 from conformance.ops import test_op_causal_softmax as sm
 from conformance.ops import test_op_random_sample as rs
 from conformance.ops import test_op_rope as rp

@@ -11,7 +11,7 @@ module attribute, so a reader can map one to the other.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,17 +119,17 @@ class LlamaForCausalLM:
 
     def forward(self, input_ids: Sequence[Sequence[int]] | np.ndarray,
                 position_ids: np.ndarray | None = None, *, cache: KVCache | None = None,
-                all_logits: bool = False, capture: dict[str, np.ndarray] | None = None
-                ) -> Tensor:
+                all_logits: bool = False, capture: dict[str, np.ndarray] | None = None,
+                inject: Mapping[str, np.ndarray] | None = None) -> Tensor:
         """Logits of the last token [batch, 1, vocab] (or of every token, [batch, seq, vocab]).
 
         With `cache`, the tokens are appended after the cached ones; without, the call is
         a full recompute. `position_ids` default to cache position + 0..seq-1. The returned
         tensor is a reused buffer: read it before the next call. `capture`, if given, is
-        filled with host copies of named intermediates, in execution order: embed_tokens, then per
-        layer layers.{i}.self_attn, layers.{i}.residual_attn (hidden state after the attention
-        residual), layers.{i}.mlp, layers.{i} (after the MLP residual), and finally norm;
-        copying does not change the numerics.
+        filled with host copies of the named intermediates of capture.py's capture points,
+        in execution order; copying does not change the numerics. `inject` replaces the
+        value of the named points right after they are produced (as [batch, seq, hidden]
+        arrays), so what follows computes on the given values (an isolated run).
         """
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
@@ -150,7 +150,7 @@ class LlamaForCausalLM:
 
         bufs = self.buffers.get(batch, seq)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
-        record = self._recorder(capture, batch, seq)
+        record = self._recorder(capture, inject, batch, seq)
         self.model.embed(ids, bufs.hidden)
         if record:
             record("embed_tokens", bufs.hidden)
@@ -194,14 +194,22 @@ class LlamaForCausalLM:
         return cache
 
     @staticmethod
-    def _recorder(capture: dict[str, np.ndarray] | None, batch: int, seq: int
+    def _recorder(capture: dict[str, np.ndarray] | None,
+                  inject: Mapping[str, np.ndarray] | None, batch: int, seq: int
                   ) -> Capture | None:
-        if capture is None:
+        if capture is None and not inject:
             return None
 
         def record(name: str, t: Tensor) -> None:
-            a = t.numpy()
-            rows = a.shape[0] if a.ndim == 2 else math.prod(a.shape[:-1])
-            capture[name] = a.reshape(batch, rows // batch, a.shape[-1])
+            if capture is not None:
+                a = t.numpy()
+                rows = a.shape[0] if a.ndim == 2 else math.prod(a.shape[:-1])
+                capture[name] = a.reshape(batch, rows // batch, a.shape[-1])
+            if inject and name in inject:
+                value = np.asarray(inject[name])
+                if value.size != t.numel:
+                    raise ValueError(f"inject[{name!r}]: {value.shape} does not fit the "
+                                     f"tensor {list(t.shape)}")
+                t.copy_from_numpy(value.reshape(t.shape))
 
         return record
