@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from conformance.record import RecordError, RunRecord, results_path
 from conformance.results import atomic_write_text
-
-from .schema import ResultsError, load_results, results_path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,15 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plots", action="store_true", help="skip the per-layer plots")
 
     c = sub.add_parser("compare", help="a run against a baseline run",
-                       description="Newly failing and newly passing checks, error metrics "
-                                   "grown by more than --factor, and performance changes "
-                                   "when benchmarks are present. Exit 1 when something "
-                                   "newly fails.")
+                       description="Newly failing (failed, crashed, not run, error) and "
+                                   "newly passing checks, error metrics grown by more than "
+                                   "--factor, and performance changes when benchmarks are "
+                                   "present. Exit 1 when something newly fails.")
     c.add_argument("run", help="run directory or results.json")
     c.add_argument("baseline", help="baseline run directory or results.json")
     c.add_argument("--factor", type=float, default=2.0,
-                   help="report error metrics (nmse, max_abs, mean_abs, kl, rel_delta) "
-                        "that grew by more than this factor (default 2)")
+                   help="report error metrics of the comparisons (nmse, max_abs, mean_abs, "
+                        "max_ulp, kl, rel_delta; ours, not transformers' reference_*) that "
+                        "grew by more than this factor (default 2)")
     c.add_argument("--ignore-param", action="append", default=[], metavar="NAME",
                    help="match checks ignoring this parameter, e.g. --ignore-param dtype to "
                         "compare an f32 run with a bf16 run (repeatable)")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ResultsError, ValueError, OSError) as e:
+    except (RecordError, ValueError, OSError) as e:
         print(f"infinilm-conformance {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -96,7 +96,7 @@ def _compare(args) -> int:
     from .compare import compare_runs, format_text, perf_of
 
     run_src, base_src = results_path(args.run), results_path(args.baseline)
-    run, base = load_results(run_src), load_results(base_src)
+    run, base = RunRecord.load(run_src), RunRecord.load(base_src)
     run_perf = perf_of(run, run_src.parent, args.benchmark)
     base_perf = perf_of(base, base_src.parent, args.baseline_benchmark)
     result = compare_runs(run, base, args.factor, tuple(args.ignore_param), run_perf,
@@ -127,7 +127,7 @@ def _screenshot(args) -> int:
     src = Path(args.run)
     html = src if src.suffix == ".html" else results_path(src).parent / "index.html"
     if not html.is_file():
-        raise ResultsError(f"{html}: no report here (run `infinilm-conformance report` first)")
+        raise RecordError(f"{html}: no report here (run `infinilm-conformance report` first)")
     try:
         w, h = (int(x) for x in args.window_size.split(","))
     except ValueError:

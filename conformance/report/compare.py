@@ -1,8 +1,10 @@
 """A run against a baseline run: status changes, grown errors, performance changes.
 
-Checks are matched by node id, or, with `ignore_params` (e.g. dtype), by (check, test,
-the remaining parameters), which lines up an f32 run with a bf16 run of the same cases.
-Only recorded statuses and metrics are compared; nothing is re-judged.
+Both runs are read through `RunRecord.load`. Checks are matched by node id, or, with
+`ignore_params` (e.g. dtype), by (check, test, the remaining parameters): the typed case
+(dtype, model, op, case) and `params` of every record, crashed and not-run ones included,
+which lines up an f32 run with a bf16 run of the same cases. Only recorded statuses and
+the comparisons' own metrics are compared; nothing is re-judged.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .schema import ResultsError
+from conformance.record import FAILING, CheckRecord, RecordError, RunRecord
 
-BAD = ("failed", "crashed", "error")
-# Metrics where larger is worse. sqnr/cosine/top-1 are better-larger and left out.
-ERROR_METRICS = ("nmse", "max_abs", "mean_abs", "kl", "rel_delta")
-# info keys holding transformers' own error, not ours: a change there is not our regression.
-REFERENCE_KEYS = ("reference_metrics", "reference_logits", "transformers_same_dtype",
-                  "reference_rel_delta", "threshold", "gate_threshold", "tolerance", "gate",
-                  "first_divergence")
+# Metrics where larger is worse. sqnr/cosine/top-1 are better-larger and left out;
+# reference_* metrics are transformers' own error, not ours, and never compared.
+ERROR_METRICS = ("nmse", "max_abs", "mean_abs", "max_ulp", "kl", "rel_delta")
+# A parameter's other names: --ignore-param model also ignores the model_name parameter.
+ALIASES = {"model": ("model", "model_name"), "model_name": ("model", "model_name")}
+TYPED = ("dtype", "model", "op", "case")
 
 
 @dataclass
@@ -52,6 +53,18 @@ class PerfChange:
 
 
 @dataclass
+class Side:
+    run_id: str
+    verdict: str
+    planned: int
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, run: RunRecord) -> Side:
+        return cls(run.run_id, run.verdict, max(run.planned, len(run.results)), run.counts)
+
+
+@dataclass
 class Comparison:
     run_id: str
     baseline_id: str
@@ -65,10 +78,13 @@ class Comparison:
     grown: list[Growth] = field(default_factory=list)
     perf: list[PerfChange] | None = None
     perf_tolerance: float = 0.1
+    run: Side | None = None
+    baseline: Side | None = None
 
     @property
     def exit_code(self) -> int:
-        """1 when anything newly fails (including a new check that fails), else 0."""
+        """1 when anything newly fails (including a new check that fails, or one that
+        did not run), else 0."""
         return 1 if self.newly_failing else 0
 
     def to_dict(self) -> dict:
@@ -77,74 +93,88 @@ class Comparison:
         return d
 
 
-def match_key(record: dict, ignore_params: tuple[str, ...] = ()) -> str:
+def identity(record: CheckRecord) -> dict[str, str]:
+    """The case of a check as name -> value: its params, and the typed fields where
+    neither the params (a model is `model_name` there) nor the check name say them."""
+    ident = {k: str(v) for k, v in record.params.items()}
+    for name in TYPED:
+        value = getattr(record, name)
+        if value is None or any(a in ident for a in ALIASES.get(name, (name,))):
+            continue
+        if name == "op" and record.check == f"op_{value}":
+            continue  # the check already says it
+        ident[name] = str(value)
+    return ident
+
+
+def match_key(record: CheckRecord, ignore_params: tuple[str, ...] = ()) -> str:
     if not ignore_params:
-        return record["nodeid"]
-    params = {k: v for k, v in record["params"].items() if k not in ignore_params}
-    return f"{record['check']}::{record['test']}[" + ",".join(
-        f"{k}={params[k]}" for k in sorted(params)) + "]"
+        return record.nodeid
+    ignored = {a for p in ignore_params for a in ALIASES.get(p, (p,))}
+    ident = {k: v for k, v in identity(record).items() if k not in ignored}
+    return f"{record.check}::{record.test}[" + ",".join(
+        f"{k}={ident[k]}" for k in sorted(ident)) + "]"
 
 
-def metric_values(record: dict) -> dict[tuple[str, str], float]:
-    """(where, metric) -> value for every error metric of ours the check recorded."""
+def metric_values(record: CheckRecord) -> dict[tuple[str, str], float]:
+    """(comparison, metric) -> value for every error metric of ours the check's
+    comparisons recorded (a comparison made twice under one name is numbered)."""
     out: dict[tuple[str, str], float] = {}
-
-    def walk(node: object, where: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k in REFERENCE_KEYS:
-                    continue
-                if k in ERROR_METRICS and isinstance(v, (int, float)) and \
-                        not isinstance(v, bool):
-                    out[(where, k)] = float(v)
-                else:
-                    walk(v, f"{where}.{k}" if where else k)
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                label = v.get("tensor") or v.get("what") if isinstance(v, dict) else None
-                walk(v, f"{where}[{label if label is not None else i}]")
-
-    walk(record["comparisons"], "comparisons")
-    walk(record["info"], "info")
+    seen: dict[str, int] = {}
+    for c in record.comparisons:
+        n = seen.get(c.what, 0)
+        seen[c.what] = n + 1
+        where = c.what if n == 0 else f"{c.what} #{n + 1}"
+        for k in ERROR_METRICS:
+            v = c.metrics.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[(where, k)] = float(v)
     return out
 
 
-def _index(doc: dict, ignore: tuple[str, ...], side: str) -> dict[str, dict]:
-    index: dict[str, dict] = {}
-    for r in doc["results"]:
+def _index(run: RunRecord, ignore: tuple[str, ...], side: str) -> dict[str, CheckRecord]:
+    index: dict[str, CheckRecord] = {}
+    for r in run.results:
         key = match_key(r, ignore)
         if key in index:
-            raise ResultsError(
-                f"{side} run {doc['run_id']}: two checks map to {key!r} ({index[key]['nodeid']} "
-                f"and {r['nodeid']}); ignore fewer parameters")
+            raise RecordError(
+                f"{side} run {run.run_id}: two checks map to {key!r} ({index[key].nodeid} "
+                f"and {r.nodeid}); ignore fewer parameters")
         index[key] = r
     return index
 
 
-def compare_runs(run: dict, baseline: dict, factor: float = 2.0,
+def _message(r: CheckRecord) -> str:
+    if r.status == "not_run" and r.not_run_reason:
+        return f"not run: {r.not_run_reason}"[:500]
+    return r.message[:500]
+
+
+def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
                  ignore_params: tuple[str, ...] = (), run_perf: dict | None = None,
                  baseline_perf: dict | None = None, perf_tolerance: float = 0.1) -> Comparison:
     if factor <= 1.0:
         raise ValueError(f"--factor must be > 1, got {factor}")
     a = _index(run, ignore_params, "the")
     b = _index(baseline, ignore_params, "the baseline")
-    result = Comparison(run["run_id"], baseline["run_id"], factor,
-                        matched=len(a.keys() & b.keys()), perf_tolerance=perf_tolerance)
+    result = Comparison(run.run_id, baseline.run_id, factor,
+                        matched=len(a.keys() & b.keys()), perf_tolerance=perf_tolerance,
+                        run=Side.of(run), baseline=Side.of(baseline))
     for key in sorted(a.keys() | b.keys()):
         r, base = a.get(key), b.get(key)
-        change = StatusChange(key, (r or base)["nodeid"], base and base["status"],
-                              r and r["status"], (r or {}).get("message", "")[:500])
+        change = StatusChange(key, (r or base).nodeid, base.status if base else None,
+                              r.status if r else None, _message(r) if r else "")
         if base is None:
-            (result.newly_failing if r["status"] in BAD else result.only_in_run).append(change)
+            (result.newly_failing if r.status in FAILING else result.only_in_run).append(change)
             continue
         if r is None:
             result.only_in_baseline.append(change)
             continue
-        if r["status"] in BAD and base["status"] not in BAD:
+        if r.status in FAILING and base.status not in FAILING:
             result.newly_failing.append(change)
-        elif r["status"] == "passed" and base["status"] != "passed":
+        elif r.status == "passed" and base.status != "passed":
             result.newly_passing.append(change)
-        elif r["status"] != base["status"]:
+        elif r.status != base.status:
             result.other_changes.append(change)
         mine, theirs = metric_values(r), metric_values(base)
         for k in sorted(mine.keys() & theirs.keys()):
@@ -166,32 +196,32 @@ def load_benchmark(path: str | Path) -> dict:
     try:
         doc = json.loads(p.read_text())
     except OSError as e:
-        raise ResultsError(f"{p}: cannot be read: {e.strerror}") from None
+        raise RecordError(f"{p}: cannot be read: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise ResultsError(f"{p}: not valid JSON: {e.msg} at line {e.lineno}") from None
+        raise RecordError(f"{p}: not valid JSON: {e.msg} at line {e.lineno}") from None
     _check_benchmark(doc, str(p))
     return doc
 
 
 def _check_benchmark(doc: object, source: str) -> None:
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise ResultsError(f"{source}: field benchmarks: missing or not an array "
+        raise RecordError(f"{source}: field benchmarks: missing or not an array "
                            "(expected pytest-benchmark JSON)")
     for i, b in enumerate(doc["benchmarks"]):
         if not isinstance(b, dict) or not isinstance((b.get("stats") or {}).get("mean"),
                                                      (int, float)):
-            raise ResultsError(f"{source}: field benchmarks[{i}].stats.mean: missing or not "
+            raise RecordError(f"{source}: field benchmarks[{i}].stats.mean: missing or not "
                                "a number")
 
 
-def perf_of(doc: dict, run_dir: Path, override: str | Path | None) -> dict | None:
+def perf_of(run: RunRecord, run_dir: Path, override: str | Path | None) -> dict | None:
     """Benchmarks for one side: an explicit file, else results.json's `perf`, else
     benchmark.json in the run directory, else none."""
     if override is not None:
         return load_benchmark(override)
-    if doc.get("perf") is not None:
-        _check_benchmark(doc["perf"], f"{run_dir / 'results.json'} (perf)")
-        return doc["perf"]
+    if run.perf is not None:
+        _check_benchmark(run.perf, f"{run_dir / 'results.json'} (perf)")
+        return run.perf
     if (run_dir / "benchmark.json").is_file():
         return load_benchmark(run_dir / "benchmark.json")
     return None
@@ -212,12 +242,24 @@ def compare_perf(run: dict, baseline: dict, tolerance: float) -> list[PerfChange
     return out
 
 
+def describe_side(side: Side) -> str:
+    """verdict, the statuses present, and how many planned checks did not run."""
+    text = side.verdict.upper() + ", " + ", ".join(
+        f"{n} {s}" for s, n in side.counts.items() if n)
+    if side.counts.get("not_run"):
+        text += f"; NOT RUN: {side.counts['not_run']} of {side.planned} planned checks"
+    return text
+
+
 def format_text(c: Comparison, limit: int = 40) -> str:
     lines = [f"compare {c.run_id} against baseline {c.baseline_id}: {c.matched} checks matched",
              f"  newly failing: {len(c.newly_failing)}   newly passing: {len(c.newly_passing)}"
              f"   other status changes: {len(c.other_changes)}   only in run: "
              f"{len(c.only_in_run)}   only in baseline: {len(c.only_in_baseline)}   "
              f"errors grown > {c.factor:g}x: {len(c.grown)}"]
+    for name, side in (("run", c.run), ("baseline", c.baseline)):
+        if side is not None:
+            lines.append(f"  {name} {side.run_id}: {describe_side(side)}")
 
     def section(title: str, items: list) -> None:
         if not items:
