@@ -1,0 +1,166 @@
+"""Planted backends for the judge's self-tests: `pytest -p conformance.selftest.plants
+--plant NAME` runs the real suite on InfiniCore with one op wrapped the way a vendor's
+backend might differ from the reference build.
+
+Each plant calls the real InfiniCore op, then changes its output through the host, exactly
+as a different kernel would: the checks, the judge and the localization see nothing but
+the output. Two families:
+
+correct but different (must pass; at most findings):
+  ulp_noise        1% of the elements of every floating output 1 ulp off, random sign
+  gemm_jitter      f32 gemm results differ by up to 4 ulp from call to call
+  host_gemm        gemm computed by numpy in float32 (another reduction order and tiling)
+  subnormal_mask   causal_softmax leaves the smallest subnormal in masked positions
+defects (must fail, naming the op, and at model level the layer and sub-module):
+  add_tail16       add leaves the tail of rows not a multiple of 16 unwritten (zeros)
+  sampler_no_last  random_sample never returns the last index
+  rms_eps100       rms_norm with 100 x epsilon
+  gemm_m1_scale    gemm output 0.2% too large when M = 1 (a decode gemv)
+  rope_decode_pos0 rope ignores the position ids of one-token (decode) calls
+  softmax_drop_newest  causal_softmax drops the newest key of one query row in decode
+  gemm_segfault_batched  batched (3-D) gemm kills the process (SIGSEGV)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "add_tail16",
+          "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
+          "softmax_drop_newest", "gemm_segfault_batched")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--plant", choices=PLANTS, default=None,
+                     help="wrap one InfiniCore op with a planted behaviour (self-tests)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = config.getoption("--plant")
+    if name:
+        install(name)
+
+
+def _host(t) -> np.ndarray:
+    return t.numpy().astype(np.float64)
+
+
+def _store(t, values: np.ndarray) -> None:
+    """Write `values` into the (possibly strided) output view `t` through a temporary."""
+    from infinilm_models.runtime import Tensor
+    from infinilm_models.runtime.ops import rearrange
+
+    tmp = Tensor.from_numpy(np.ascontiguousarray(values), t.device, t.dtype)
+    rearrange(t, tmp)
+
+
+def _ulp_step(x: np.ndarray, dtype, sign: np.ndarray) -> np.ndarray:
+    """One ulp of `dtype` up (sign > 0) or down from each element."""
+    v = x.astype(dtype.numpy)
+    toward = np.where(sign > 0, np.inf, -np.inf).astype(dtype.numpy)
+    return np.nextafter(v, toward).astype(np.float64)
+
+
+def install(name: str) -> None:
+    from infinilm_models.runtime import ops
+
+    real = {k: getattr(ops, k) for k in ("gemm", "add", "mul", "rms_norm", "rope",
+                                         "causal_softmax", "swiglu", "random_sample")}
+    rng = np.random.default_rng(1234)
+
+    def wrap(op: str, after):
+        def planted(*args, **kwargs):
+            out = real[op](*args, **kwargs)
+            after(*args, **kwargs)
+            return out
+        setattr(ops, op, planted)
+
+    if name == "ulp_noise":
+        def noise(out, *_, **__):
+            x = _host(out)
+            pick = rng.random(x.shape) < 0.01
+            if pick.any():
+                sign = rng.choice([-1.0, 1.0], size=x.shape)
+                _store(out, np.where(pick, _ulp_step(x, out.dtype, sign), x))
+        for op in ("gemm", "add", "mul", "rms_norm", "rope", "causal_softmax", "swiglu"):
+            wrap(op, noise)
+    elif name == "gemm_jitter":
+        def jitter(c, *_, **__):
+            if c.dtype.short == "f32":
+                x = _host(c)
+                sign = rng.choice([-1.0, 1.0], size=x.shape)
+                for _ in range(int(rng.integers(0, 5))):
+                    x = _ulp_step(x, c.dtype, sign)
+                _store(c, x)
+        wrap("gemm", jitter)
+    elif name == "host_gemm":
+        def host_gemm(c, a, b, alpha=1.0, beta=0.0):
+            out = alpha * np.matmul(a.numpy().astype(np.float32), b.numpy().astype(np.float32))
+            if beta:
+                out = out + beta * c.numpy().astype(np.float32)
+            _store(c, out.astype(np.float32).astype(np.float64))
+            return c
+        ops.gemm = host_gemm
+    elif name == "subnormal_mask":
+        def subnormal(y, x, **__):
+            p = _host(y)
+            q, k = p.shape[-2:]
+            masked = np.arange(k)[None, :] > (k - q + np.arange(q))[:, None]
+            tiny = {"f32": 1.4e-45, "f16": 6e-8, "bf16": 9.2e-41}[y.dtype.short]
+            _store(y, np.where(masked, tiny, p))
+        wrap("causal_softmax", subnormal)
+    elif name == "add_tail16":
+        def tail(c, a, b):
+            cols = c.shape[-1]
+            if cols % 16:
+                x = _host(c)
+                x[..., cols - cols % 16:] = 0.0
+                _store(c, x)
+        wrap("add", tail)
+    elif name == "sampler_no_last":
+        def no_last(result, logits, *_, **__):
+            if int(result.numpy()) == logits.shape[-1] - 1:
+                _store(result, np.array(logits.shape[-1] - 2))
+        wrap("random_sample", no_last)
+    elif name == "rms_eps100":
+        def eps100(y, x, w, eps):
+            xs, ws = _host(x), _host(w)
+            _store(y, xs / np.sqrt(np.mean(xs * xs, axis=-1, keepdims=True) + 100 * eps) * ws)
+        wrap("rms_norm", eps100)
+    elif name == "gemm_m1_scale":
+        def gemm_m1(c, a, b, alpha=1.0, beta=0.0):
+            if a.shape[-2] != 1:
+                return real["gemm"](c, a, b, alpha, beta)
+            # A kernel that scales its float32 accumulator, then rounds once.
+            acc = alpha * np.matmul(a.numpy().astype(np.float32), b.numpy().astype(np.float32))
+            if beta:
+                acc = acc + beta * c.numpy().astype(np.float32)
+            _store(c, (acc * np.float32(1.002)).astype(np.float32).astype(np.float64))
+            return c
+        ops.gemm = gemm_m1
+    elif name == "rope_decode_pos0":
+        def rope(y, x, pos_ids, sin, cos, algo=ops.RoPEAlgo.GPT_NEOX):
+            if x.shape[0] <= 2:  # one token per sequence, batch <= 2: a decode step
+                pos_ids = type(pos_ids).zeros(pos_ids.shape, pos_ids.dtype, pos_ids.device)
+            return real["rope"](y, x, pos_ids, sin, cos, algo)
+        ops.rope = rope
+    elif name == "softmax_drop_newest":
+        def drop(y, x):
+            if y.shape[-2] == 1:  # decode: one query row per matrix
+                p = _host(y)
+                p.reshape(-1, p.shape[-1])[0, -1] = 0.0
+                _store(y, p)
+        wrap("causal_softmax", drop)
+    elif name == "gemm_segfault_batched":
+        from infinilm_models.runtime import Tensor
+
+        class Unmapped:  # a device buffer at an address nothing is mapped at
+            def __init__(self, device) -> None:
+                self.device, self.ptr, self.nbytes = device, 16, 1 << 40
+
+        def segv(c, a, b, *args, **kwargs):
+            if a.ndim == 3 or c.ndim == 3:  # the real kernel reads A from address 16
+                a = Tensor(Unmapped(a.device), a.dtype, a.shape, a.strides, 0)
+            return real["gemm"](c, a, b, *args, **kwargs)
+        ops.gemm = segv
