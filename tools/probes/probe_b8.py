@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from transformers import DynamicCache
 
-from conformance.metrics import error_metrics
+from conformance.judge import error_metrics
 from conformance.model.harness import hf_capture, hf_model, our_capture, our_model
 from conformance.perf.checkpoint import spec_with_layers, write_checkpoint
 

@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 import torch  # noqa: F401
 
-from conformance.metrics import error_metrics
+from conformance.judge import error_metrics
 from infinilm_models.runtime import Tensor, ops
 
 dev = sys.argv[1]

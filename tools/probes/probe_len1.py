@@ -2,7 +2,7 @@
 import numpy as np
 import torch  # noqa: F401
 
-from conformance.metrics import error_metrics
+from conformance.judge import error_metrics
 from conformance.model.conftest import prompt_ids
 from conformance.model.harness import hf_capture, hf_model, our_capture, our_model, resolve_model
 

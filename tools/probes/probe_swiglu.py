@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from conformance.metrics import error_metrics
+from conformance.judge import error_metrics
 from infinilm_models.runtime import Tensor, ops
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "nvidia"
