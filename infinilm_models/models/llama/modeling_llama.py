@@ -72,11 +72,13 @@ class LlamaForCausalLM:
         self.model = LlamaModel(config, weights)
         self.lm_head = weights["lm_head.weight"]
         self._lm_head_t = self.lm_head.transpose(0, 1)
-        self.rotary_emb = LlamaRotaryEmbedding(config, device, dtype)
-        # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
-        self.rope_algo = ops.RoPEAlgo.GPT_NEOX
         self.max_cache_len = min(max_cache_len or DEFAULT_MAX_CACHE_LEN,
                                  config.max_position_embeddings)
+        # Tables for the positions a cache can hold; a forward with explicit position ids
+        # beyond them grows them (rope.py).
+        self.rotary_emb = LlamaRotaryEmbedding(config, device, dtype, self.max_cache_len)
+        # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
+        self.rope_algo = ops.RoPEAlgo.GPT_NEOX
         self.buffers = BufferPool(config, device, dtype, self.max_cache_len)
         self._scratch_caches: dict[int, KVCache] = {}
 
@@ -147,6 +149,7 @@ class LlamaForCausalLM:
         if pos.min() < 0 or pos.max() >= self.rotary_emb.max_positions:
             raise ValueError(f"position ids must be in [0, {self.rotary_emb.max_positions}), "
                              f"got [{pos.min()}, {pos.max()}]")
+        self.rotary_emb.ensure(int(pos.max()) + 1)
 
         bufs = self.buffers.get(batch, seq)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
