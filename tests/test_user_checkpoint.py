@@ -14,7 +14,7 @@ import pytest
 
 from infinilm_fixtures.tiny import ensure
 from infinilm_models import AutoLlamaModel, generate
-from infinilm_models.models.llama import LlamaForCausalLM
+from infinilm_models.models.llama import ConfigError, LlamaForCausalLM
 
 PROMPT = [[5, 17, 42, 99, 7]]
 
@@ -44,6 +44,20 @@ def gqa() -> LlamaForCausalLM:
 
 def _greedy(model: LlamaForCausalLM, n: int = 8) -> list[int]:
     return generate(model, PROMPT, max_new_tokens=n, eos_token_ids=()).tokens[0].tolist()
+
+
+# ------------------------------------------------------------------ checkpoint content
+
+
+def test_config_json_holding_a_list_names_the_file(tmp_path: Path) -> None:
+    model_dir = _copy("tied", tmp_path)
+    (model_dir / "config.json").write_text("[1, 2, 3]")
+    with pytest.raises(ConfigError, match="config must be a JSON object, got list") as info:
+        _load(model_dir)
+    assert str(model_dir / "config.json") in str(info.value)
+    (model_dir / "config.json").write_text('{"model_type": ["llama"]}')
+    with pytest.raises(ConfigError, match=r"model_type \['llama'\] is not supported"):
+        _load(model_dir)
 
 
 # ------------------------------------------------------------------------------ RoPE
