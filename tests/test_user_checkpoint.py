@@ -5,16 +5,18 @@ fixture copied into tmp_path and changed the way a user's checkpoint differs."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from infinilm_fixtures.tiny import ensure
-from infinilm_models import AutoLlamaModel, generate
-from infinilm_models.models.llama import ConfigError, LlamaForCausalLM
+from infinilm_models import AutoLlamaModel, GenerationConfig, generate
+from infinilm_models.models.llama import CheckpointError, ConfigError, LlamaForCausalLM
 
 PROMPT = [[5, 17, 42, 99, 7]]
 
@@ -47,6 +49,39 @@ def _greedy(model: LlamaForCausalLM, n: int = 8) -> list[int]:
 
 
 # ------------------------------------------------------------------ checkpoint content
+
+
+def test_float64_checkpoint_runs_in_f32(tmp_path: Path, gqa: LlamaForCausalLM) -> None:
+    model_dir = _copy("gqa", tmp_path)
+    path = model_dir / "model.safetensors"
+    save_file({k: v.astype(np.float64) for k, v in load_file(str(path)).items()}, str(path),
+              metadata={"format": "pt"})
+    _edit_config(model_dir, torch_dtype="float64")
+    want = gqa.forward(PROMPT, all_logits=True).numpy().copy()
+    for dtype in (None, "f32"):
+        model = AutoLlamaModel.from_pretrained(model_dir, "cpu", dtype, progress=False)
+        assert model.dtype.short == "f32" and model.config.dtype == "float64"
+        # f32 values stored as f64 come back exactly: the very same logits.
+        np.testing.assert_array_equal(model.forward(PROMPT, all_logits=True).numpy(), want)
+    with pytest.raises(ValueError, match="dtype f64 not supported"):
+        AutoLlamaModel.from_pretrained(model_dir, "cpu", "f64", progress=False)
+
+
+def test_nan_weight_is_refused_unless_diagnosing(tmp_path: Path) -> None:
+    model_dir = _copy("gqa", tmp_path)
+    path = model_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    name = "model.layers.2.mlp.up_proj.weight"
+    tensors[name][11, 5] = np.nan
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"{path}: tensor '{name}' holds 1 non-finite"):
+        _load(model_dir)
+    with pytest.warns(UserWarning, match=name):
+        model = _load(model_dir, allow_nonfinite=True)
+    got: dict[str, np.ndarray] = {}
+    logits = model.forward(PROMPT, capture=got).numpy()
+    assert np.isnan(logits).all()  # why the default is an error
+    assert np.isfinite(got["layers.1"]).all() and not np.isfinite(got["layers.2.mlp"]).all()
 
 
 def test_config_json_holding_a_list_names_the_file(tmp_path: Path) -> None:
@@ -99,3 +134,93 @@ def _hf_logits(model_dir: Path, ids: list[list[int]], pos: np.ndarray | None = N
     kwargs = {} if pos is None else {"position_ids": torch.from_numpy(pos)}
     with torch.inference_mode():
         return hf(torch.tensor(ids), **kwargs).logits.double().numpy()
+
+
+# ------------------------------------------------------------------------ arguments
+
+
+@pytest.mark.parametrize(("value", "error", "match"), [
+    (0, ValueError, "max_cache_len must be >= 1, got 0"),
+    (-5, ValueError, "max_cache_len must be >= 1, got -5"),
+    (2.5, TypeError, r"max_cache_len must be an integer, got 2\.5"),
+    (True, TypeError, "max_cache_len must be an integer, got True"),
+    ("64", TypeError, "max_cache_len must be an integer, got '64'"),
+])
+def test_max_cache_len_is_validated(value: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        _load(ensure("tied"), max_cache_len=value)
+
+
+def test_max_cache_len_default_and_clamp() -> None:
+    # The tiny fixtures accept 256 positions: no cache longer than that.
+    assert _load(ensure("tied")).max_cache_len == 256
+    assert _load(ensure("tied"), max_cache_len=40).max_cache_len == 40
+
+
+@pytest.mark.parametrize(("ids", "error", "match"), [
+    ([[1.9, 2.9]], TypeError, r"input_ids\[0\]\[0\] \(1\.9, float\) is not an integer"),
+    (np.array([[1.0, 2.0]]), TypeError, "input_ids must hold integer token ids, got an array "
+                                        "of float64"),
+    ([["5", "6"]], TypeError, r"input_ids\[0\]\[0\] \('5', str\)"),
+    ([[True, 2]], TypeError, r"input_ids\[0\]\[0\] \(True, bool\)"),
+    (np.array([[True, False]]), TypeError, "array of bool"),
+    ("hello", TypeError, "input_ids must be \\[batch, seq\\] token ids"),
+    ([[1, 2, 3], [4, 5]], ValueError, "all prompts must have the same length"),
+    ([[]], ValueError, r"batch >= 1 and seq >= 1, got shape \(1, 0\)"),
+    ([], ValueError, r"batch >= 1 and seq >= 1, got shape \(0, 0\)"),
+    ([[2**70]], ValueError, "beyond int64"),
+    ([[1, -3]], ValueError, r"token id -3 out of range \[0, 320\) at input_ids\[0\]\[1\]"),
+    ([1, 2, 3], ValueError, r"input_ids must be \[batch, seq\]"),
+])
+def test_token_ids_are_validated(gqa: LlamaForCausalLM, ids: Any, error: type,
+                                 match: str) -> None:
+    with pytest.raises(error, match=match):
+        gqa.forward(ids)
+    with pytest.raises(error, match=match):
+        generate(gqa, ids, max_new_tokens=2)
+
+
+def test_integer_ids_of_any_kind_are_accepted(gqa: LlamaForCausalLM) -> None:
+    want = gqa.forward(PROMPT).numpy().copy()
+    for ids in (np.array(PROMPT, dtype=np.int32), np.array(PROMPT, dtype=np.uint16),
+                tuple(tuple(r) for r in PROMPT), [np.array(PROMPT[0])],
+                [[np.int64(i) for i in PROMPT[0]]]):
+        np.testing.assert_array_equal(gqa.forward(ids).numpy(), want)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"max_new_tokens": 2.5}, TypeError, r"max_new_tokens must be an integer, got 2\.5"),
+    ({"max_new_tokens": 0}, ValueError, "max_new_tokens must be >= 1, got 0"),
+    ({"temperature": math.nan}, ValueError, "temperature must be a finite number, got nan"),
+    ({"temperature": math.nan, "do_sample": True}, ValueError, "temperature must be a finite"),
+    ({"temperature": 1e-50, "do_sample": True}, ValueError, "not 0 in float32"),
+    ({"top_p": 0.0, "do_sample": True}, ValueError, r"top_p must be in \(0, 1\] when sampling"),
+    ({"top_p": math.inf}, ValueError, "top_p must be a finite number"),
+    ({"top_k": -1}, ValueError, "top_k must be >= 0"),
+    ({"do_sample": 1}, TypeError, "do_sample must be True or False, got 1"),
+    ({"seed": -1}, ValueError, "seed must be >= 0"),
+    ({"eos_token_ids": [2, "x"]}, TypeError, r"eos_token_ids\[1\] must be an integer"),
+    ({"temprature": 0.5}, TypeError, r"unknown generation argument\(s\) \['temprature'\]"),
+    ({"return_logits": "yes"}, TypeError, "return_logits must be True or False"),
+])
+def test_generation_arguments_are_validated(gqa: LlamaForCausalLM, kwargs: dict, error: type,
+                                            match: str) -> None:
+    with pytest.raises(error, match=match):
+        generate(gqa, PROMPT, **kwargs)
+
+
+def test_greedy_ignores_sampling_ranges(gqa: LlamaForCausalLM) -> None:
+    # As in transformers: temperature 0 or top_p 0 with greedy decoding is not an error.
+    want = _greedy(gqa, 4)
+    assert generate(gqa, PROMPT, max_new_tokens=4, eos_token_ids=(), top_p=0.0,
+                    temperature=0.0).tokens[0].tolist() == want
+    # top_k beyond the vocabulary (or C int) is "no limit", not a ctypes error.
+    generate(gqa, PROMPT, max_new_tokens=2, do_sample=True, top_k=2**40, seed=0)
+
+
+def test_config_object_and_keywords(gqa: LlamaForCausalLM) -> None:
+    base = GenerationConfig(max_new_tokens=3, eos_token_ids=())
+    assert generate(gqa, PROMPT, base).tokens.shape == (1, 3)
+    assert generate(gqa, PROMPT, base, max_new_tokens=5).tokens.shape == (1, 5)
+    with pytest.raises(TypeError, match="config must be a GenerationConfig, got dict"):
+        generate(gqa, PROMPT, {"max_new_tokens": 3})  # type: ignore[arg-type]
