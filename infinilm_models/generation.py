@@ -1,11 +1,20 @@
 """Autoregressive generation with the KV cache: greedy or sampled through InfiniCore's
-random_sample op (temperature, top-k, top-p), reproducible from a seed."""
+random_sample op (temperature, top-k, top-p), reproducible from a seed.
+
+Defaults come from the checkpoint as transformers reads them (`GenerationConfig.
+from_pretrained`): its ``generation_config.json`` when there is one, else the model
+config's bos/eos ids. `generate` applies the model's defaults when it is given no config,
+and explicit keyword arguments override either.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +22,16 @@ import numpy as np
 from .arguments import check_bool, check_float, check_int, token_ids
 from .runtime import Tensor, ops
 
-__all__ = ["GenerationConfig", "GenerationOutput", "generate"]
+__all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput", "generate"]
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+# Fields of generation_config.json we apply; others (max_length, repetition_penalty, ...)
+# are ignored, as unknown config.json keys are. max_length in particular: our length is
+# always counted in new tokens (max_new_tokens, default 20).
+_FILE_FIELDS = ("eos_token_id", "bos_token_id", "pad_token_id", "do_sample", "temperature",
+                "top_k", "top_p", "max_new_tokens")
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -76,6 +94,50 @@ class GenerationConfig:
             raise TypeError(f"unknown generation argument(s) {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> GenerationConfig:
+        """Defaults from config.json alone: its bos and eos ids."""
+        return cls(eos_token_ids=tuple(getattr(model_config, "eos_token_ids", ())),
+                   bos_token_id=getattr(model_config, "bos_token_id", None))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike[str],
+                        model_config: Any = None) -> GenerationConfig:
+        """The checkpoint's generation defaults, read as transformers reads them.
+
+        With ``generation_config.json`` in the directory, that file alone decides (its
+        ``eos_token_id``, an int or a list, replaces config.json's; absent there means no
+        eos, as in transformers); without it, ``model_config``'s bos/eos ids. Applied
+        fields: eos_token_id, bos_token_id, pad_token_id, do_sample, temperature, top_k,
+        top_p, max_new_tokens; null means "not set". A bad value raises ConfigError
+        naming the file and the field.
+        """
+        from .models.llama.configuration import ConfigError
+
+        file = Path(model_dir) / GENERATION_CONFIG_FILE
+        if not file.is_file():
+            return cls() if model_config is None else cls.from_model_config(model_config)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{file}: invalid JSON: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{file}: must be a JSON object, got {type(data).__name__}")
+        values = {k: data[k] for k in _FILE_FIELDS if data.get(k) is not None}
+        kwargs: dict[str, Any] = {}
+        try:
+            if "eos_token_id" in values:
+                eos = values.pop("eos_token_id")
+                items = eos if isinstance(eos, list) else [eos]
+                kwargs["eos_token_ids"] = tuple(
+                    check_int(e, "eos_token_id", minimum=0) for e in items)
+            kwargs.update(values)
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+
 
 @dataclass
 class GenerationOutput:
@@ -89,12 +151,13 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
              **kwargs: Any) -> GenerationOutput:
     """Prefill the prompt, then decode one token per step.
 
-    ``config`` defaults to `GenerationConfig()`; keyword arguments (``max_new_tokens=...``,
-    ``eos_token_ids=()``, ...) override its fields. All prompts must have the same length
-    (left padding is not implemented yet).
+    ``config`` defaults to the model's ``generation_config`` (from the checkpoint, see
+    `GenerationConfig.from_pretrained`), else `GenerationConfig()`; keyword arguments
+    (``max_new_tokens=...``, ``eos_token_ids=()``, ...) override fields of either. All
+    prompts must have the same length (left padding is not implemented yet).
     """
     if config is None:
-        config = GenerationConfig()
+        config = getattr(model, "generation_config", None) or GenerationConfig()
     elif not isinstance(config, GenerationConfig):
         raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
     cfg = config.replace(**kwargs) if kwargs else config

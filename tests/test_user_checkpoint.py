@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,84 @@ def test_config_object_and_keywords(gqa: LlamaForCausalLM) -> None:
     assert generate(gqa, PROMPT, base, max_new_tokens=5).tokens.shape == (1, 5)
     with pytest.raises(TypeError, match="config must be a GenerationConfig, got dict"):
         generate(gqa, PROMPT, {"max_new_tokens": 3})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ generation_config.json
+
+
+def test_generation_config_eos_list_stops_like_transformers(tmp_path: Path,
+                                                            gqa: LlamaForCausalLM) -> None:
+    free = _greedy(gqa)
+    # A token first produced after step 0, so that the stop is visibly early.
+    at = next(i for i in range(1, len(free)) if free[i] not in free[:i] and free[i] != 2)
+    stop = free[at]
+    model_dir = _copy("gqa", tmp_path)
+    # Llama-3-Instruct style: config.json says one eos, generation_config.json a list.
+    (model_dir / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": [319, stop], "transformers_version": "5.0"}))
+    model = _load(model_dir)
+    assert model.generation_config.eos_token_ids == (319, stop)
+    assert model.config.eos_token_ids == (2,)
+    ours = generate(model, PROMPT, max_new_tokens=8).tokens[0].tolist()
+    assert ours == free[:at + 1]
+
+    import torch
+    from transformers import LlamaForCausalLM as HFLlama
+
+    hf = HFLlama.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = hf.generate(torch.tensor(PROMPT), max_new_tokens=8)
+    assert ours == ref[0, len(PROMPT[0]):].tolist()
+
+
+def test_without_generation_config_the_model_config_decides(gqa: LlamaForCausalLM) -> None:
+    assert gqa.generation_config == GenerationConfig(eos_token_ids=(2,), bos_token_id=1)
+
+
+def test_generation_config_without_eos_means_no_eos(tmp_path: Path) -> None:
+    # transformers: the file alone decides; config.json's eos is not merged in.
+    model_dir = _copy("gqa", tmp_path)
+    (model_dir / "generation_config.json").write_text('{"max_new_tokens": 6}')
+    model = _load(model_dir)
+    assert model.generation_config.eos_token_ids == ()
+    assert generate(model, PROMPT).tokens.shape == (1, 6)
+
+
+def test_generation_config_sampling_defaults_and_overrides(tmp_path: Path,
+                                                           gqa: LlamaForCausalLM) -> None:
+    model_dir = _copy("gqa", tmp_path)
+    (model_dir / "generation_config.json").write_text(json.dumps({
+        "do_sample": True, "temperature": 0.7, "top_k": 7, "top_p": 0.9,
+        "max_new_tokens": 9, "eos_token_id": None, "pad_token_id": 0, "max_length": 4096}))
+    model = _load(model_dir)
+    cfg = model.generation_config
+    assert (cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens,
+            cfg.eos_token_ids, cfg.pad_token_id) == (True, 0.7, 7, 0.9, 9, (), 0)
+    a = generate(model, PROMPT, seed=3).tokens
+    assert a.shape == (1, 9)
+    np.testing.assert_array_equal(a, generate(model, PROMPT, seed=3).tokens)
+    # Explicit arguments beat the file.
+    assert generate(model, PROMPT, do_sample=False, max_new_tokens=8).tokens[0].tolist() == (
+        _greedy(gqa))
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ('{"eos_token_id": "x"}', r"eos_token_id must be an integer, got 'x'"),
+    ('{"eos_token_id": [2, -1]}', "eos_token_id must be >= 0, got -1"),
+    ('{"temperature": "hot"}', "temperature must be a number, got 'hot'"),
+    ('{"top_k": -1}', "top_k must be >= 0"),
+    ('{"max_new_tokens": 0}', "max_new_tokens must be >= 1"),
+    ('{"do_sample": "yes"}', "do_sample must be True or False"),
+    ('{"do_sample": true, "top_p": 1.5}', r"top_p must be in \(0, 1\]"),
+    ('{"pad_token_id": 1.5}', "pad_token_id must be an integer"),
+    ("[1]", "must be a JSON object, got list"),
+    ('{"eos_token_id": ', "invalid JSON"),
+])
+def test_bad_generation_config_names_file_and_field(tmp_path: Path, content: str,
+                                                    match: str) -> None:
+    model_dir = _copy("tied", tmp_path)
+    (model_dir / "generation_config.json").write_text(content)
+    with pytest.raises(ConfigError, match=match) as info:
+        _load(model_dir)
+    assert str(info.value).startswith(f"{model_dir / 'generation_config.json'}: ")

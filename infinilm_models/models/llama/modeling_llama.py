@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...arguments import check_bool, check_int, token_ids
+from ...generation import GenerationConfig
 from ...runtime import Device, DType, Tensor, ops
 from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
@@ -76,7 +77,8 @@ def _max_cache_len(value: int | None) -> int:
 
 class LlamaForCausalLM:
     def __init__(self, config: LlamaConfig, weights: dict[str, Tensor], device: Device,
-                 dtype: DType, max_cache_len: int | None = None) -> None:
+                 dtype: DType, max_cache_len: int | None = None,
+                 generation_config: GenerationConfig | None = None) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
@@ -92,6 +94,9 @@ class LlamaForCausalLM:
         self.rope_algo = ops.RoPEAlgo.GPT_NEOX
         self.buffers = BufferPool(config, device, dtype, self.max_cache_len)
         self._scratch_caches: dict[int, KVCache] = {}
+        # What `generate` uses when given no config: the checkpoint's generation defaults.
+        self.generation_config = (generation_config if generation_config is not None
+                                  else GenerationConfig.from_model_config(config))
 
     # -- construction ---------------------------------------------------------------------
 
@@ -107,7 +112,7 @@ class LlamaForCausalLM:
         the longest prompt + generation a cache holds. ``allow_nonfinite`` loads weights
         holding NaN/Inf with a warning instead of refusing them (loading.py says why the
         default is an error). Arguments are checked before anything is read; then
-        config.json, then the weights. Raises ConfigError
+        config.json, generation_config.json, the weights, in that order. Raises ConfigError
         or CheckpointError (both ValueError) naming the file, ValueError/TypeError naming
         the argument.
         """
@@ -132,6 +137,7 @@ class LlamaForCausalLM:
             dt = DType.parse(config.dtype or "f32")
         if dt not in _COMPUTE_DTYPES:
             raise ValueError(f"dtype {dt.short} not supported; use f32, f16 or bf16")
+        generation_config = GenerationConfig.from_pretrained(path, config)
         host = load_state_dict(path, config.expected_weight_shapes(), dt.short,
                                tie_word_embeddings=config.tie_word_embeddings,
                                progress=progress, allow_nonfinite=allow_nonfinite)
@@ -141,7 +147,7 @@ class LlamaForCausalLM:
                 continue  # tied: share the embedding's device tensor below
             weights[name] = Tensor.from_numpy(array, dev, dt)
         weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
-        return cls(config, weights, dev, dt, max_cache_len)
+        return cls(config, weights, dev, dt, max_cache_len, generation_config)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
