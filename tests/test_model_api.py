@@ -147,5 +147,5 @@ def test_cli_generates_the_same_tokens_as_the_api(model):
 
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     ids = tok.encode("the water").ids
-    want = generate(model, [ids], max_new_tokens=6).tokens[0].tolist()
+    want = generate(model, [ids], max_new_tokens=6, eos_token_ids=()).tokens[0].tolist()
     assert out.stdout.rstrip("\n") == "the water" + tok.decode(want, skip_special_tokens=True)

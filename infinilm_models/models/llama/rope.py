@@ -23,18 +23,19 @@ from .configuration import LlamaConfig
 
 class LlamaRotaryEmbedding:
     def __init__(self, config: LlamaConfig, device: Device, dtype: DType,
-                 initial_positions: int | None = None) -> None:
+                 initial_positions: int) -> None:
+        """``initial_positions``: rows to build now (the model passes its max_cache_len);
+        required, so that no caller builds max_position_embeddings rows by default."""
         self.device = device
         self.dtype = dtype
         self.inv_freq = config.rope_inv_freq()  # float64 [head_dim / 2]
         self.scale = config.rope_attention_scaling
         # The positions the model accepts at all; the tables hold `rows` <= this of them.
         self.max_positions = config.max_position_embeddings
-        want = self.max_positions if initial_positions is None else initial_positions
         self.rows = 0
         self.sin: Tensor
         self.cos: Tensor
-        self._build(max(1, min(want, self.max_positions)))
+        self._build(max(1, min(initial_positions, self.max_positions)))
 
     def ensure(self, positions: int) -> None:
         """Make the tables hold positions [0, positions); grows at least 2x so that a run
