@@ -1,4 +1,14 @@
-"""Command line: `python -m infinilm_models generate --model PATH --prompt "..."`."""
+"""Command line: `python -m infinilm_models generate --model PATH --prompt "..."`.
+
+Every user error (a bad argument, config.json, generation_config.json, tokenizer or
+checkpoint; an unavailable device or InfiniCore build) ends as one line
+``error: <message>`` on stderr and exit status 2, as argparse's own errors do. Anything
+else is a bug and keeps its traceback (exit status 1).
+
+The directory is read cheapest first, so the first problem reported is the one a user
+would fix first: config.json, generation_config.json, the tokenizer (only with --prompt or
+text output), then the weights.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +16,127 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
 
 
-def _tokenizer(model_dir: Path):
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def _one_line(message: str) -> str:
+    """Multi-line messages (a checkpoint mismatch lists tensors) joined with "; ", or a
+    space after a line that ends with a colon."""
+    out = ""
+    for part in (p.strip() for p in str(message).splitlines()):
+        if part:
+            out += ("" if not out else " " if out.endswith(":") else "; ") + part
+    return out
+
+
+def _tokenizer(model_dir: Path, why: str) -> Any:
     """The checkpoint's own tokenizer.json through `tokenizers` (no torch needed)."""
     from tokenizers import Tokenizer
 
     path = model_dir / "tokenizer.json"
     if not path.is_file():
-        raise SystemExit(f"error: {path} not found: the CLI needs the checkpoint's tokenizer.json")
-    return Tokenizer.from_file(str(path))
+        raise UsageError(f"{path} not found: {why} needs the checkpoint's tokenizer.json "
+                         "(give --token-ids and --output ids for a directory without one)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception for a corrupt file
+        raise UsageError(f"{path}: cannot load the tokenizer: {exc}") from exc
+
+
+def _token_id_list(text: str) -> list[int]:
+    """argparse type for --token-ids: "1,2,3" (spaces allowed too)."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if not parts:
+        raise argparse.ArgumentTypeError("no token ids given (expected e.g. 1,2,3)")
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integer token ids") from None
+    negative = [i for i in ids if i < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"token id {negative[0]} is negative")
+    return ids
+
+
+def _generation_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling arguments the user gave; the rest come from generation_config.json."""
+    out: dict[str, Any] = {}
+    if args.sample:
+        out["do_sample"] = True
+    if args.greedy:
+        out["do_sample"] = False
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            out[name] = value
+    if args.ignore_eos:
+        out["eos_token_ids"] = ()
+    return out
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import GenerationConfig, generate
-    from .models import AutoLlamaModel
+    from .models.auto import model_class
+    from .models.llama.configuration import LlamaConfig
+    from .models.llama.modeling_llama import _max_cache_len
+    from .runtime import Device, library
 
     model_dir = Path(args.model)
-    tok = _tokenizer(model_dir)
+    device = Device.parse(args.device)
+    # --device nvidia finds the nvidia build without INFINILM_BACKEND (INFINI_ROOT wins).
+    library.set_default_backend(device.type)
+    cls = model_class(model_dir)
+    config = LlamaConfig.from_pretrained(model_dir)
+    base = GenerationConfig.from_pretrained(model_dir, config)
+    try:
+        gen = base.replace(**_generation_overrides(args))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad generation argument: {exc}") from exc
+
+    output = args.output
+    if output == "auto":
+        output = "text" if args.prompt is not None or (model_dir / "tokenizer.json").is_file() \
+            else "ids"
+    tok = None
+    if args.prompt is not None or output == "text":
+        tok = _tokenizer(model_dir, "--prompt" if args.prompt is not None else "--output text")
+    if args.prompt is not None:
+        ids = tok.encode(args.prompt).ids
+        if not ids:
+            raise UsageError("the prompt encodes to no tokens")
+    else:
+        ids = args.token_ids
+    # What generate() would refuse, refused before the (slow) weights are read.
+    beyond = [i for i in ids if i >= config.vocab_size]
+    if beyond:
+        raise UsageError(f"token id {beyond[0]} is out of range for this model's vocabulary "
+                         f"[0, {config.vocab_size})")
+    cache_len = min(_max_cache_len(args.max_cache_len), config.max_position_embeddings)
+    if len(ids) + gen.max_new_tokens > cache_len:
+        raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({gen.max_new_tokens}) "
+                         f"exceeds the cache length ({cache_len}); raise --max-cache-len")
+
     t0 = time.perf_counter()
-    model = AutoLlamaModel.from_pretrained(model_dir, args.device, args.dtype,
-                                           max_cache_len=args.max_cache_len,
-                                           progress=not args.quiet)
+    model = cls.from_pretrained(model_dir, device, args.dtype, max_cache_len=args.max_cache_len,
+                                progress=not args.quiet)
     load_s = time.perf_counter() - t0
-    ids = tok.encode(args.prompt).ids
-    if not ids:
-        raise SystemExit("error: the prompt encodes to no tokens")
-    eos = model.config.eos_token_ids if not args.ignore_eos else ()
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           seed=args.seed, eos_token_ids=tuple(eos))
     t1 = time.perf_counter()
-    out = generate(model, [ids], cfg)
+    out = generate(model, [ids], gen)
     gen_s = time.perf_counter() - t1
     new = out.tokens[0].tolist()
-    print(args.prompt + tok.decode(new, skip_special_tokens=True))
+    if output == "ids":
+        print(",".join(str(i) for i in new))
+    elif args.prompt is not None:
+        print(args.prompt + tok.decode(new, skip_special_tokens=True))
+    else:
+        print(tok.decode(ids + new, skip_special_tokens=True))
     if not args.quiet:
         print(f"[{model.device} {model.dtype.short}] load {load_s:.2f} s, {len(ids)} prompt "
               f"tokens, {len(new)} new tokens in {gen_s:.2f} s "
@@ -48,30 +144,56 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infinilm_models",
                                      description="LLaMA on InfiniCore")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate text from a prompt",
-                       description="Load a HF LLaMA checkpoint directory onto an InfiniCore "
-                                   "device and continue a prompt.")
+    g = sub.add_parser(
+        "generate", help="continue a prompt (text or token ids)",
+        description="Load a HF LLaMA checkpoint directory onto an InfiniCore device and "
+                    "continue a prompt. Sampling defaults come from the checkpoint's "
+                    "generation_config.json (as in transformers); the options override them.")
     g.add_argument("--model", required=True, help="HF LLaMA checkpoint directory")
-    g.add_argument("--prompt", required=True)
+    prompt = g.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="text, encoded with the checkpoint's tokenizer.json")
+    prompt.add_argument("--token-ids", type=_token_id_list, metavar="1,2,3",
+                        help="the prompt as token ids (no tokenizer needed)")
+    g.add_argument("--output", choices=("auto", "text", "ids"), default="auto",
+                   help="print the continuation as text (needs tokenizer.json) or as the "
+                        "generated ids, comma-separated; auto: text when a tokenizer is "
+                        "there, else ids (default auto)")
     g.add_argument("--device", default="cpu", help="cpu, nvidia, nvidia:1, ... (default cpu)")
     g.add_argument("--dtype", default=None,
                    help="f32, f16 or bf16 (default: the checkpoint's dtype, else f32)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=50, help="0 = no top-k limit")
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: generation_config.json's, else 20")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    mode.add_argument("--greedy", action="store_true",
+                      help="greedy decoding even where generation_config.json samples")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None, help="0 = no top-k limit")
+    g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
     g.add_argument("--max-cache-len", type=int, default=None)
-    g.add_argument("-q", "--quiet", action="store_true", help="print only the text")
+    g.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     g.set_defaults(func=cmd_generate)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models.llama import CheckpointError, ConfigError
+    from .runtime import LibraryNotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, CheckpointError, LibraryNotFound, ValueError) as exc:
+        # ValueError: our argument checks (token id out of range, dtype, device, cache
+        # length...) raise it with the argument named; a bug raising one is the price.
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,52 +1,169 @@
 """Autoregressive generation with the KV cache: greedy or sampled through InfiniCore's
-random_sample op (temperature, top-k, top-p), reproducible from a seed."""
+random_sample op (temperature, top-k, top-p), reproducible from a seed.
+
+Defaults come from the checkpoint as transformers reads them (`GenerationConfig.
+from_pretrained`): its ``generation_config.json`` when there is one, else the model
+config's bos/eos ids. `generate` applies the model's defaults when it is given no config,
+and explicit keyword arguments override either.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .arguments import check_bool, check_float, check_int, token_ids
 from .runtime import Tensor, ops
 
+__all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput", "generate"]
 
-@dataclass
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+# Fields of generation_config.json we apply; others (max_length, repetition_penalty, ...)
+# are ignored, as unknown config.json keys are. max_length in particular: our length is
+# always counted in new tokens (max_new_tokens, default 20).
+_FILE_FIELDS = ("eos_token_id", "bos_token_id", "pad_token_id", "do_sample", "temperature",
+                "top_k", "top_p", "max_new_tokens")
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
+    """How `generate` decodes; validated on construction (TypeError for a value of the
+    wrong kind, ValueError for one out of range, each naming the field).
+
+    temperature and top_p must be finite always; their ranges (temperature > 0, top_p in
+    (0, 1]) are checked only when sampling, since greedy decoding ignores them (as in
+    transformers, where ``temperature=0`` with greedy decoding is common).
+    """
+
     max_new_tokens: int = 20
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 50
+    top_k: int = 50  # 0 = no top-k limit
     top_p: float = 1.0
     seed: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    # Written after a row has stopped; None: the first eos id (transformers' rule).
+    pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("max_new_tokens", check_int(self.max_new_tokens, "max_new_tokens", minimum=1))
+        put("do_sample", check_bool(self.do_sample, "do_sample"))
+        temperature = check_float(self.temperature, "temperature")
+        top_p = check_float(self.top_p, "top_p")
+        put("top_k", check_int(self.top_k, "top_k", minimum=0))
+        if self.do_sample:
+            # random_sample divides by a float32 temperature: one that rounds to 0 there
+            # would make every probability NaN.
+            if not temperature > 0 or np.float32(temperature) == 0:
+                raise ValueError(f"temperature must be > 0 when sampling (and not 0 in "
+                                 f"float32), got {self.temperature!r}")
+            if not 0 < top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1] when sampling, got {self.top_p!r}")
+        put("temperature", temperature)
+        put("top_p", top_p)
+        if self.seed is not None:
+            put("seed", check_int(self.seed, "seed", minimum=0))
+        eos = self.eos_token_ids
+        if eos is None:
+            eos = ()
+        elif not isinstance(eos, (list, tuple)):
+            eos = (eos,)
+        put("eos_token_ids", tuple(check_int(e, f"eos_token_ids[{i}]", minimum=0)
+                                   for i, e in enumerate(eos)))
+        for name in ("bos_token_id", "pad_token_id"):
+            if getattr(self, name) is not None:
+                put(name, check_int(getattr(self, name), name, minimum=0))
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A copy with some fields changed (and validated again)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown generation argument(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> GenerationConfig:
+        """Defaults from config.json alone: its bos and eos ids."""
+        return cls(eos_token_ids=tuple(getattr(model_config, "eos_token_ids", ())),
+                   bos_token_id=getattr(model_config, "bos_token_id", None))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike[str],
+                        model_config: Any = None) -> GenerationConfig:
+        """The checkpoint's generation defaults, read as transformers reads them.
+
+        With ``generation_config.json`` in the directory, that file alone decides (its
+        ``eos_token_id``, an int or a list, replaces config.json's; absent there means no
+        eos, as in transformers); without it, ``model_config``'s bos/eos ids. Applied
+        fields: eos_token_id, bos_token_id, pad_token_id, do_sample, temperature, top_k,
+        top_p, max_new_tokens; null means "not set". A bad value raises ConfigError
+        naming the file and the field.
+        """
+        from .models.llama.configuration import ConfigError
+
+        file = Path(model_dir) / GENERATION_CONFIG_FILE
+        if not file.is_file():
+            return cls() if model_config is None else cls.from_model_config(model_config)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{file}: invalid JSON: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{file}: must be a JSON object, got {type(data).__name__}")
+        values = {k: data[k] for k in _FILE_FIELDS if data.get(k) is not None}
+        kwargs: dict[str, Any] = {}
+        try:
+            if "eos_token_id" in values:
+                eos = values.pop("eos_token_id")
+                items = eos if isinstance(eos, list) else [eos]
+                kwargs["eos_token_ids"] = tuple(
+                    check_int(e, "eos_token_id", minimum=0) for e in items)
+            kwargs.update(values)
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{file}: {exc}") from None
 
 
 @dataclass
 class GenerationOutput:
-    tokens: np.ndarray  # [batch, new] generated ids (eos included; eos-padded after a stop)
+    tokens: np.ndarray  # [batch, new] generated ids (eos included; padded after a stop)
     logits: list[np.ndarray] = field(default_factory=list)  # per step [batch, vocab]
     prompt_length: int = 0
 
 
-def generate(model, input_ids: Sequence[Sequence[int]] | np.ndarray,
+def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
              config: GenerationConfig | None = None, *, return_logits: bool = False,
-             **kwargs) -> GenerationOutput:
-    """Prefill the prompt (equal lengths across the batch), then decode one token per step."""
-    cfg = config or GenerationConfig(**kwargs)
-    ids = np.asarray(input_ids, dtype=np.int64)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+             **kwargs: Any) -> GenerationOutput:
+    """Prefill the prompt, then decode one token per step.
+
+    ``config`` defaults to the model's ``generation_config`` (from the checkpoint, see
+    `GenerationConfig.from_pretrained`), else `GenerationConfig()`; keyword arguments
+    (``max_new_tokens=...``, ``eos_token_ids=()``, ...) override fields of either. All
+    prompts must have the same length (left padding is not implemented yet).
+    """
+    if config is None:
+        config = getattr(model, "generation_config", None) or GenerationConfig()
+    elif not isinstance(config, GenerationConfig):
+        raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
+    cfg = config.replace(**kwargs) if kwargs else config
+    return_logits = check_bool(return_logits, "return_logits")
+    vocab = model.config.vocab_size
+    ids = token_ids(input_ids, "input_ids", vocab_size=vocab)
     batch, prompt_len = ids.shape
     if prompt_len + cfg.max_new_tokens > model.max_cache_len:
         raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({cfg.max_new_tokens}) "
@@ -56,14 +173,16 @@ def generate(model, input_ids: Sequence[Sequence[int]] | np.ndarray,
     # One id slot per row, read back with a single copy per step (one host sync).
     results = Tensor.zeros((batch,), "i32", model.device)
     slots = [results.select(0, b) for b in range(batch)]
-    vocab = model.config.vocab_size
     # topk <= 1 makes InfiniCore's random_sample an argmax; 0 means "no top-k limit".
-    topk = 1 if not cfg.do_sample else (cfg.top_k or vocab)
+    topk = 1 if not cfg.do_sample else (min(cfg.top_k, vocab) or vocab)
     topp = cfg.top_p if cfg.do_sample else 0.0
+    temperature = cfg.temperature if cfg.do_sample else 1.0
 
     out = np.zeros((batch, cfg.max_new_tokens), dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
-    eos = np.array(cfg.eos_token_ids or [-1], dtype=np.int64)
+    # An eos id outside the vocabulary can never be produced.
+    eos = np.array([e for e in cfg.eos_token_ids if e < vocab] or [-1], dtype=np.int64)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else int(eos[0])
     step_logits: list[np.ndarray] = []
     logits = model.forward(ids, cache=cache)  # [batch, 1, vocab]
     model.prepare_decode(cache, cfg.max_new_tokens - 1)
@@ -73,8 +192,8 @@ def generate(model, input_ids: Sequence[Sequence[int]] | np.ndarray,
         for b in range(batch):
             row = logits.select(0, b).select(0, 0)  # [vocab]
             r = float(rng.random()) if cfg.do_sample else 0.0
-            ops.random_sample(slots[b], row, r, topp, topk, cfg.temperature)
-        out[:, step] = np.where(done, eos[0], results.numpy())
+            ops.random_sample(slots[b], row, r, topp, topk, temperature)
+        out[:, step] = np.where(done, pad, results.numpy())
         done |= np.isin(out[:, step], eos)
         if done.all() or step + 1 == cfg.max_new_tokens:
             out = out[:, : step + 1]

@@ -147,7 +147,14 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], list[str]]] = [
      cfg(rope_scaling={"type": "linear", "factor": 2.0},
          rope_parameters={"rope_type": "linear", "factor": 4.0}),
      ["rope_scaling", "rope_parameters", "'factor': 4.0"]),
-    ("dtype-float64", cfg(dtype="float64"), ["dtype ('float64')", "bfloat16"]),
+    ("dtype-float8", cfg(dtype="float8_e4m3fn"), ["dtype ('float8_e4m3fn')", "bfloat16"]),
+    ("rope-type-not-str", cfg(rope_scaling={"rope_type": ["llama3"], "factor": 2.0}),
+     ["rope_scaling.rope_type (['llama3'])"]),
+    # sin/cos of float32 angles beyond float32's range are NaN: every logit would be NaN.
+    ("rope-angles-overflow-theta", cfg(rope_theta=1e-40, max_position_embeddings=10**6),
+     ["rope_theta (1e-40)", "max_position_embeddings (1000000)", "float32"]),
+    ("rope-angles-overflow-factor", cfg(rope_scaling={"rope_type": "linear", "factor": 1e-40}),
+     ["rope_scaling.factor (1e-40)", "max_position_embeddings (2048)"]),
     ("dtype-int8", cfg(dtype="int8"), ["dtype ('int8')"]),
     ("torch-dtype-bad", cfg(torch_dtype="fp8"), ["dtype ('fp8')"]),
     ("dtype-not-str", cfg(dtype=32), ["dtype (32)"]),
@@ -303,6 +310,21 @@ def test_dtype_aliases(given: str, canonical: str) -> None:
 
 def test_dtype_preferred_over_torch_dtype() -> None:
     assert LlamaConfig.from_dict(cfg(dtype="bfloat16", torch_dtype="float32")).dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(("given", "canonical"), [
+    ("float64", "float64"), ("fp64", "float64"), ("f64", "float64"), ("double", "float64"),
+])
+def test_float64_storage_is_accepted(given: str, canonical: str) -> None:
+    # transformers loads a float64 checkpoint; the model computes it in f32.
+    assert LlamaConfig.from_dict(cfg(torch_dtype=given)).dtype == canonical
+
+
+def test_rope_angles_at_the_float32_edge() -> None:
+    # 2^31 - 1 positions at theta 1e4 are fine (angles up to ~2^31); the bound is f32's.
+    c = LlamaConfig.from_dict(cfg(max_position_embeddings=2**31 - 1))
+    assert c.max_position_embeddings == 2**31 - 1
+    LlamaConfig.from_dict(cfg(rope_scaling={"rope_type": "linear", "factor": 1e-20}))
 
 
 @pytest.mark.parametrize(("eos", "ids"), [(2, (2,)), ([2, 7], (2, 7)), (None, ()), ([], ())])
@@ -474,6 +496,25 @@ def test_expected_weight_shapes_match_transformers_model() -> None:
         model = LlamaForCausalLM(_hf_config(d))
     hf = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     assert LlamaConfig.from_dict(d).expected_weight_shapes() == hf
+
+
+def test_expected_weight_shapes_are_lazy() -> None:
+    # A config may claim any number of layers; nothing per layer is built up front.
+    shapes = LlamaConfig.from_dict(cfg(num_hidden_layers=10**12)).expected_weight_shapes()
+    assert len(shapes) == 9 * 10**12 + 3
+    assert shapes[f"model.layers.{10**12 - 1}.mlp.down_proj.weight"] == (64, 128)
+    for absent in (f"model.layers.{10**12}.mlp.down_proj.weight",
+                   "model.layers.01.mlp.down_proj.weight", "model.layers.-1.mlp.up_proj.weight",
+                   "model.layers.0.mlp.bias", "model.layers..mlp.up_proj.weight", 3):
+        assert absent not in shapes
+        assert shapes.get(absent) is None
+    first = []
+    for name in shapes:
+        first.append(name)
+        if len(first) == 11:
+            break
+    assert first[0] == "model.embed_tokens.weight"
+    assert first[10] == "model.layers.1.input_layernorm.weight"
 
 
 def test_expected_weight_shapes_lists_lm_head_even_when_tied() -> None:

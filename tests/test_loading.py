@@ -564,3 +564,117 @@ def test_bad_dtype_argument_is_not_a_checkpoint_error() -> None:
     with pytest.raises(ValueError, match="dtype") as info:
         _load(ensure("mha"), "f64")
     assert not isinstance(info.value, CheckpointError)
+
+
+# ------------------------------------------------------------------ non-finite weights
+
+
+@pytest.mark.parametrize("stored", ["f32", "bf16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_weight_is_refused(tmp_path: Path, bad: float, stored: str) -> None:
+    model_dir = _copy("mha", tmp_path)
+    name = "model.layers.1.self_attn.v_proj.weight"
+
+    def poison(t: dict[str, np.ndarray]) -> None:
+        for key in t:
+            t[key] = t[key].astype(DTYPES[stored])
+        t[name][7, 3] = bad
+
+    _rewrite(model_dir / "model.safetensors", poison)
+    for dtype in DTYPES:
+        msg = _error(model_dir, dtype)
+        assert str(model_dir / "model.safetensors") in msg and repr(name) in msg
+        assert "1 non-finite value(s) out of 4096" in msg and "at index [7, 3]" in msg
+        assert str(float(bad)) in msg and "allow_nonfinite=True" in msg
+
+
+def test_allow_nonfinite_loads_with_a_warning(tmp_path: Path) -> None:
+    model_dir = _copy("mha", tmp_path)
+    name = "model.norm.weight"
+    _rewrite(model_dir / "model.safetensors", lambda t: t[name].__setitem__(slice(0, 3), np.nan))
+    config = LlamaConfig.from_pretrained(model_dir)
+    with pytest.warns(UserWarning, match=r"'model\.norm\.weight' holds 3 non-finite"):
+        state = load_state_dict(model_dir, config.expected_weight_shapes(), "f32",
+                                tie_word_embeddings=False, progress=False,
+                                allow_nonfinite=True)
+    assert np.isnan(state[name][:3]).all() and np.isfinite(state[name][3:]).all()
+
+
+# ------------------------------------------------------------- the weights-file rule
+
+
+def _move_outside(model_dir: Path, name: str, tmp_path: Path) -> Path:
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir(exist_ok=True)
+    (model_dir / name).rename(outside)
+    (model_dir / name).symlink_to(outside)
+    return outside
+
+
+def test_single_file_symlink_pointing_outside_is_refused(tmp_path: Path) -> None:
+    # The same rule as for shards (test_symlinked_shard_pointing_outside_is_refused).
+    model_dir = _copy("mha", tmp_path)
+    outside = _move_outside(model_dir, loading.SINGLE_FILE, tmp_path)
+    msg = _error(model_dir)
+    assert str(model_dir / loading.SINGLE_FILE) in msg and "symlink" in msg
+    assert str(outside) in msg and "outside the model directory" in msg
+
+
+def test_index_symlink_pointing_outside_is_refused(tmp_path: Path) -> None:
+    model_dir = _copy(SHARDED, tmp_path)
+    outside = _move_outside(model_dir, loading.INDEX_FILE, tmp_path)
+    msg = _error(model_dir)
+    assert loading.INDEX_FILE in msg and str(outside) in msg and "symlink" in msg
+
+
+def test_single_file_symlinks_inside_and_into_hub_blobs_are_followed(tmp_path: Path) -> None:
+    model_dir = _copy("mha", tmp_path)
+    (model_dir / "store").mkdir()
+    (model_dir / loading.SINGLE_FILE).rename(model_dir / "store" / "w.safetensors")
+    (model_dir / loading.SINGLE_FILE).symlink_to(Path("store") / "w.safetensors")
+    ref = _load(ensure("mha"))
+    assert _load(model_dir).keys() == ref.keys()
+    repo = tmp_path / "models--tiny--mha"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in ensure("mha").iterdir():
+        shutil.copy(f, blobs / f"blob-{f.name}")
+        (snap / f.name).symlink_to(os.path.relpath(blobs / f"blob-{f.name}", snap))
+    state = _load(snap)
+    for key in ref:
+        np.testing.assert_array_equal(state[key], ref[key])
+
+
+# ------------------------------------------------------------------- report size
+
+
+def test_config_claiming_a_million_layers_gives_a_short_error(tmp_path: Path) -> None:
+    import time
+
+    model_dir = _copy("mha", tmp_path)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["num_hidden_layers"] = 10**6
+    (model_dir / "config.json").write_text(json.dumps(config))
+    t0 = time.perf_counter()
+    msg = _error(model_dir)
+    elapsed = time.perf_counter() - t0
+    # 9 tensors per layer + embedding, norm, lm_head; the file holds 2 layers' worth.
+    missing = 9 * 10**6 + 3 - (9 * 2 + 3)
+    assert f"({missing} missing)" in msg
+    assert "decoder layers 0..1 (2), the config's num_hidden_layers is 1000000" in msg
+    assert "model.layers.2.input_layernorm.weight (64,)" in msg
+    assert f"... and {missing - loading.LIST_LIMIT} more" in msg
+    assert len(msg) < 4000, len(msg)  # was 505 MB
+    assert elapsed < 5, elapsed  # was minutes: every name was built and listed
+
+
+def test_long_mismatch_lists_are_capped(tmp_path: Path) -> None:
+    model_dir = _copy(SHARDED, tmp_path)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["hidden_size"] = 80  # every tensor but the norms' layout changes shape
+    config["head_dim"] = 16
+    (model_dir / "config.json").write_text(json.dumps(config))
+    msg = _error(model_dir)
+    assert "wrong shape" in msg and "... and " in msg
+    assert msg.count("expected (") <= loading.LIST_LIMIT

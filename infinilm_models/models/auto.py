@@ -4,7 +4,9 @@ models/ plus one line here."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from ..runtime import Device, DType
 from .llama.configuration import ConfigError
@@ -15,22 +17,35 @@ MODEL_REGISTRY: dict[str, type] = {
 }
 
 
+def model_class(model_path: str | os.PathLike[str]) -> type:
+    """The implementation for a checkpoint directory, from its config.json's model_type
+    (absent: "llama", as in HF LLaMA exports). Raises ConfigError naming the file."""
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
+    config_file = Path(model_path) / "config.json"
+    try:
+        data: Any = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{config_file}: not found (is {model_path} a model "
+                          "directory?)") from None
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
+        raise ConfigError(f"{config_file}: cannot read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_file}: config must be a JSON object, got "
+                          f"{type(data).__name__}")
+    model_type = data.get("model_type", "llama")
+    cls = MODEL_REGISTRY.get(model_type) if isinstance(model_type, str) else None
+    if cls is None:
+        raise ConfigError(f"{config_file}: model_type {model_type!r} is not supported; "
+                          f"known: {sorted(MODEL_REGISTRY)}")
+    return cls
+
+
 class AutoLlamaModel:
     """Picks the implementation from config.json's model_type and loads the checkpoint."""
 
     @staticmethod
-    def from_pretrained(model_path: str | Path, device: str | Device = "cpu",
-                        dtype: str | DType | None = None, **kwargs) -> LlamaForCausalLM:
-        config_file = Path(model_path) / "config.json"
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type", "llama")
-        except FileNotFoundError:
-            raise ConfigError(f"{config_file}: not found (is {model_path} a model "
-                              "directory?)") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{config_file}: cannot read: {e}") from None
-        cls = MODEL_REGISTRY.get(model_type)
-        if cls is None:
-            raise ConfigError(f"{config_file}: model_type {model_type!r} is not supported; "
-                              f"known: {sorted(MODEL_REGISTRY)}")
-        return cls.from_pretrained(model_path, device, dtype, **kwargs)
+    def from_pretrained(model_path: str | os.PathLike[str], device: str | Device = "cpu",
+                        dtype: str | DType | None = None, **kwargs: Any) -> LlamaForCausalLM:
+        """`model_class(model_path).from_pretrained(...)`; see LlamaForCausalLM's."""
+        return model_class(model_path).from_pretrained(model_path, device, dtype, **kwargs)

@@ -60,13 +60,51 @@ def check(status: int, call: str, detail: str | Callable[[], str] = "") -> None:
         raise InfiniError(call, status, detail() if callable(detail) else detail)
 
 
+# The backend a program chose (the conformance plugin from --infini-device, the CLI from
+# --device); None: $INFINILM_BACKEND, else cpu. Only the default prefix depends on it.
+_default_backend: str | None = None
+
+
+def set_default_backend(name: str | None) -> None:
+    """Choose the backend whose default prefix (`build.default_prefix`) is searched when
+    INFINI_ROOT is not set: `--infini-device nvidia` then finds the nvidia build without
+    INFINILM_BACKEND. Precedence: INFINI_ROOT > INFINILM_BACKEND > this > "cpu" (the
+    environment is what the user typed last, a program's choice only fills the gap).
+    `None` forgets the choice. After InfiniCore is loaded, choosing a backend that would
+    resolve to another prefix raises RuntimeError: one process holds one build.
+    """
+    global _default_backend
+    if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+        raise ValueError(f"backend name must be a word such as 'cpu' or 'nvidia', got {name!r}")
+    previous = _default_backend
+    _default_backend = name.lower() if name else None
+    if _lib is not None:
+        wanted = candidate_roots()[0][1]
+        if wanted.resolve() != _lib.root.resolve():
+            _default_backend = previous
+            raise RuntimeError(f"InfiniCore is already loaded from {_lib.root}; backend "
+                               f"{name!r} would need {wanted} (one build per process)")
+
+
+def default_backend() -> str:
+    """The backend whose default prefix is searched: $INFINILM_BACKEND, else the one set
+    with `set_default_backend`, else "cpu"."""
+    return os.environ.get("INFINILM_BACKEND") or _default_backend or "cpu"
+
+
 def candidate_roots() -> list[tuple[str, Path]]:
     """Where we look, in order, with the reason each place is considered."""
     roots: list[tuple[str, Path]] = []
     if os.environ.get("INFINI_ROOT"):
         roots.append(("INFINI_ROOT", Path(os.environ["INFINI_ROOT"]).expanduser()))
-    backend = os.environ.get("INFINILM_BACKEND", "cpu")
-    roots.append((f"default prefix for backend {backend!r}", default_prefix(backend)))
+    backend = default_backend()
+    if os.environ.get("INFINILM_BACKEND"):
+        why = f"default prefix for INFINILM_BACKEND={backend}"
+    elif _default_backend:
+        why = f"default prefix for backend {backend!r} (chosen by the device)"
+    else:
+        why = f"default prefix for backend {backend!r}"
+    roots.append((why, default_prefix(backend)))
     return roots
 
 
@@ -81,8 +119,8 @@ def find_root() -> Path:
             break
     raise LibraryNotFound(
         "InfiniCore libraries not found. Looked for:\n" + "\n".join(looked)
-        + "\nBuild them with `python -m infinilm_models.runtime.build --backend cpu` "
-        "(or --backend nvidia), or set INFINI_ROOT to an existing InfiniCore install prefix."
+        + f"\nBuild them with `python -m infinilm_models.runtime.build --backend "
+        f"{default_backend()}`, or set INFINI_ROOT to an existing InfiniCore install prefix."
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConfigError", "LlamaConfig", "SUPPORTED_DTYPES", "SUPPORTED_ROPE_TYPES"]
+__all__ = [
+    "ConfigError", "LlamaConfig", "SUPPORTED_DTYPES", "SUPPORTED_ROPE_TYPES", "WeightShapes",
+]
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -47,12 +49,17 @@ _ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 # Canonical dtype names are the torch/HF spellings, so `DType.parse` and HF both read them.
+# The config's dtype is how the weights are stored; float64 is accepted (transformers loads
+# it) and computed in float32, the widest dtype the model runs in.
 _DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
     "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float64": "float64", "fp64": "float64", "f64": "float64", "double": "float64",
 }
-SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+SUPPORTED_DTYPES = ("float32", "float16", "bfloat16", "float64")
+# The widest finite float32: cos/sin tables are computed from float32 angles, as in HF.
+_F32_MAX_LOG = math.log(float(np.finfo(np.float32).max))
 
 _REQUIRED_KEYS = (
     "hidden_size",
@@ -89,9 +96,24 @@ def _positive_int(source: str, name: str, value: Any) -> int:
 
 
 def _positive_float(source: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+    try:
+        # float() of a JSON integer beyond 1e308 raises OverflowError: not finite either.
+        ok = _is_number(value) and math.isfinite(float(value)) and value > 0
+    except OverflowError:
+        ok = False
+    if not ok:
         raise _fail(source, f"{name} ({value!r}) must be a positive finite number")
     return float(value)
+
+
+def _dtype(source: str, name: str, value: Any) -> str:
+    """Canonical storage dtype name; ``name`` is the key it was read from."""
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key not in _DTYPE_ALIASES:
+        raise _fail(source, f"{name} ({value!r}) is not supported; expected one of "
+                            f"{', '.join(SUPPORTED_DTYPES)} (or fp32/f32, fp16/f16/half, "
+                            "bf16, fp64/f64/double)")
+    return _DTYPE_ALIASES[key]
 
 
 def _bool(source: str, name: str, value: Any) -> bool:
@@ -127,7 +149,7 @@ def _normalize_rope(
         return None
     # transformers reads `rope_type` first and falls back to the older `type`.
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in _ROPE_REQUIRED_KEYS:
+    if not isinstance(rope_type, str) or rope_type not in _ROPE_REQUIRED_KEYS:
         raise _fail(
             source,
             f"{label}.rope_type ({rope_type!r}) is not supported; supported: "
@@ -225,21 +247,25 @@ class LlamaConfig:
             raise _fail(src, f"num_attention_heads ({heads}) must be divisible by "
                              f"num_key_value_heads ({kv})")
 
+        derived = ""
         if self.head_dim is None:
             if self.hidden_size % heads:
                 # The derived head_dim would silently drop part of the hidden state.
                 raise _fail(src, f"hidden_size ({self.hidden_size}) must be divisible by "
                                  f"num_attention_heads ({heads}) when head_dim is not given")
             put("head_dim", self.hidden_size // heads)
+            derived = (f" (derived as hidden_size ({self.hidden_size}) / num_attention_heads "
+                       f"({heads}), head_dim not being given)")
         head_dim = _positive_int(src, "head_dim", self.head_dim)
         if head_dim % 2:
             raise _fail(src, f"head_dim ({head_dim}) must be even: RoPE rotates pairs of "
-                             "channels")
+                             f"channels{derived}")
         put("head_dim", head_dim)
 
         put("rms_norm_eps", _positive_float(src, "rms_norm_eps", self.rms_norm_eps))
         put("rope_theta", _positive_float(src, "rope_theta", self.rope_theta))
         put("rope_scaling", _normalize_rope(src, self.rope_scaling, self.rope_theta))
+        self._check_rope_range()
 
         if self.hidden_act != "silu":
             raise _fail(src, f"hidden_act ({self.hidden_act!r}) is not supported; only "
@@ -251,12 +277,7 @@ class LlamaConfig:
         _unsupported_flag(src, "mlp_bias", self.mlp_bias, "MLP projections have no bias")
 
         if self.dtype is not None:
-            key = self.dtype.strip().lower() if isinstance(self.dtype, str) else None
-            if key not in _DTYPE_ALIASES:
-                raise _fail(src, f"dtype ({self.dtype!r}) is not supported; expected one of "
-                                 f"{', '.join(SUPPORTED_DTYPES)} (or fp32/f32, fp16/f16/half, "
-                                 "bf16)")
-            put("dtype", _DTYPE_ALIASES[key])
+            put("dtype", _dtype(src, "dtype", self.dtype))
 
         if self.bos_token_id is not None:
             put("bos_token_id", _token_id(src, "bos_token_id", self.bos_token_id))
@@ -266,6 +287,26 @@ class LlamaConfig:
             put("eos_token_id", ids or None)
         elif eos is not None:
             put("eos_token_id", _token_id(src, "eos_token_id", eos))
+
+    def _check_rope_range(self) -> None:
+        """Refuse a config whose RoPE angles overflow float32 (NaN sin/cos, NaN logits).
+
+        The largest inverse frequency is theta^-(d-2)/d (1 for theta >= 1), divided by
+        the scaling factor when that is below 1 (llama3 blends between the two); the
+        largest angle is that times the last position. Done in logarithms: no overflow,
+        and no array of head_dim / 2 entries built for a config that may be absurd.
+        """
+        d = self.head_dim
+        log_freq = max(0.0, -math.log(self.rope_theta) * (d - 2) / d)
+        factor = self.rope_scaling["factor"] if self.rope_scaling else 1.0
+        log_freq += max(0.0, -math.log(factor))
+        if self.max_position_embeddings > 1 and (
+                math.log(self.max_position_embeddings - 1) + log_freq > _F32_MAX_LOG):
+            scaled = f", rope_scaling.factor ({factor!r})" if self.rope_scaling else ""
+            raise _fail(self.source,
+                        f"rope_theta ({self.rope_theta!r}){scaled} and max_position_embeddings "
+                        f"({self.max_position_embeddings}) give RoPE angles beyond float32's "
+                        "range (the sin/cos tables would be NaN)")
 
     # ------------------------------------------------------------------ construction
 
@@ -280,8 +321,9 @@ class LlamaConfig:
 
         rope_theta, rope_dict = cls._read_rope(d, source)
         dtype = d.get("dtype")
-        if dtype is None:
-            dtype = d.get("torch_dtype")
+        if dtype is None and d.get("torch_dtype") is not None:
+            # Checked here so that the message names the key the file used.
+            dtype = _dtype(source, "torch_dtype", d["torch_dtype"])
 
         def opt(key: str, default: Any) -> Any:
             return d[key] if key in d else default
@@ -420,26 +462,10 @@ class LlamaConfig:
         is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
         return np.where(is_medium, smoothed, inv_freq_llama)
 
-    def expected_weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """HF parameter name -> shape; lm_head.weight is listed even when tied."""
-        h, inter, d = self.hidden_size, self.intermediate_size, self.head_dim
-        q_out = self.num_attention_heads * d
-        kv_out = self.num_key_value_heads * d
-        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
-        for i in range(self.num_hidden_layers):
-            p = f"model.layers.{i}."
-            shapes[p + "input_layernorm.weight"] = (h,)
-            shapes[p + "self_attn.q_proj.weight"] = (q_out, h)
-            shapes[p + "self_attn.k_proj.weight"] = (kv_out, h)
-            shapes[p + "self_attn.v_proj.weight"] = (kv_out, h)
-            shapes[p + "self_attn.o_proj.weight"] = (h, q_out)
-            shapes[p + "post_attention_layernorm.weight"] = (h,)
-            shapes[p + "mlp.gate_proj.weight"] = (inter, h)
-            shapes[p + "mlp.up_proj.weight"] = (inter, h)
-            shapes[p + "mlp.down_proj.weight"] = (h, inter)
-        shapes["model.norm.weight"] = (h,)
-        shapes["lm_head.weight"] = (self.vocab_size, h)
-        return shapes
+    def expected_weight_shapes(self) -> WeightShapes:
+        """HF parameter name -> shape (a read-only Mapping, in HF's parameter order);
+        lm_head.weight is listed even when tied."""
+        return WeightShapes(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (old rope spelling), readable back by :meth:`from_dict`."""
@@ -452,3 +478,65 @@ class LlamaConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+_LAYER_PREFIX = "model.layers."
+
+
+class WeightShapes(Mapping[str, tuple[int, ...]]):
+    """HF parameter name -> shape of one config, computed per lookup instead of stored.
+
+    A config.json may claim any number of layers: 10^6 of them took 6 s and 1.7 GB as a
+    dict before the checkpoint could even be compared with it. Lookups parse the name,
+    ``len`` is arithmetic, and iteration yields names lazily in HF's parameter order, so
+    the loader can compare a checkpoint against the claim at the checkpoint's own cost.
+    Equal to a dict with the same items (Mapping equality).
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        h, inter, d = config.hidden_size, config.intermediate_size, config.head_dim
+        q_out = config.num_attention_heads * d
+        kv_out = config.num_key_value_heads * d
+        self.num_hidden_layers = config.num_hidden_layers
+        self._layer: dict[str, tuple[int, ...]] = {
+            "input_layernorm.weight": (h,),
+            "self_attn.q_proj.weight": (q_out, h),
+            "self_attn.k_proj.weight": (kv_out, h),
+            "self_attn.v_proj.weight": (kv_out, h),
+            "self_attn.o_proj.weight": (h, q_out),
+            "post_attention_layernorm.weight": (h,),
+            "mlp.gate_proj.weight": (inter, h),
+            "mlp.up_proj.weight": (inter, h),
+            "mlp.down_proj.weight": (h, inter),
+        }
+        self._head = {"model.embed_tokens.weight": (config.vocab_size, h)}
+        self._tail = {"model.norm.weight": (h,), "lm_head.weight": (config.vocab_size, h)}
+
+    def __getitem__(self, name: str) -> tuple[int, ...]:
+        if not isinstance(name, str):
+            raise KeyError(name)
+        if name in self._head:
+            return self._head[name]
+        if name in self._tail:
+            return self._tail[name]
+        if name.startswith(_LAYER_PREFIX):
+            index, _, rest = name[len(_LAYER_PREFIX):].partition(".")
+            # Canonical decimal only: "01" or "+1" are not names HF ever writes.
+            if (index.isascii() and index.isdigit() and str(int(index)) == index
+                    and int(index) < self.num_hidden_layers and rest in self._layer):
+                return self._layer[rest]
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._head
+        for i in range(self.num_hidden_layers):
+            for rest in self._layer:
+                yield f"{_LAYER_PREFIX}{i}.{rest}"
+        yield from self._tail
+
+    def __len__(self) -> int:
+        return len(self._head) + self.num_hidden_layers * len(self._layer) + len(self._tail)
+
+    def __repr__(self) -> str:
+        return (f"WeightShapes({len(self)} tensors, {self.num_hidden_layers} layers, "
+                f"layer {self._layer}, {self._head | self._tail})")

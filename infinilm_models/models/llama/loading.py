@@ -18,9 +18,26 @@ Tied embeddings (``tie_word_embeddings=True``):
   model must therefore always take its head from ``state["lm_head.weight"]``, never
   from the embedding because the config says "tied".
 
-Index entries must stay inside the model directory: absolute paths, ``..`` and symlinks
-resolving elsewhere are refused, except symlinks into a Hugging Face hub cache blob store
-(``.../models--org--name/blobs/``), which is how every hub snapshot is laid out.
+Every weights file must stay inside the model directory, whichever layout names it: the
+single ``model.safetensors``, the index and each shard the index lists. Absolute paths and
+``..`` in index entries are refused, and so is a symlink that resolves elsewhere, except
+into a Hugging Face hub cache blob store (``.../models--org--name/blobs/``), which is how
+every hub snapshot is laid out. Why one rule for all: a checkpoint directory is downloaded
+data (a tarball or a git checkout can hold symlinks as easily as an index can hold paths),
+and it must not be able to make us read arbitrary files. A weights file kept elsewhere on
+purpose is copied (or hard-linked) into the directory.
+
+Non-finite weights (NaN, +-Inf) are refused by default, naming the file, the tensor, how
+many values and the first one's index: a NaN in any weight reaches every logit through
+the residual stream and attention (all logits NaN, greedy decoding then returns token 0
+forever), so a warning would let a run go on that can only produce garbage while looking
+like a result. ``allow_nonfinite=True`` loads such a checkpoint anyway with a
+``UserWarning`` per tensor, for diagnosing where the values come from (e.g. with
+``forward(capture=...)``).
+
+A mismatch report lists at most ``LIST_LIMIT`` entries per kind plus the counts: a
+config.json claiming 10^6 layers against a 2-layer checkpoint once produced a 505 MB
+message; it now names the first missing tensors and the layer counts on both sides.
 
 Reading never needs torch: tensors come from ``safetensors.safe_open(...,
 framework="numpy")``, which validates each header up front and returns BF16 as
@@ -75,6 +92,10 @@ _STORED_DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype(ml_dtypes.bfloat16),
 }
 _F16_MAX = float(np.finfo(np.float16).max)
+# Entries listed per kind of mismatch; the counts are always complete.
+LIST_LIMIT = 20
+# Elements per slice of the non-finite scan: bounds the temporary mask to 4 MB.
+_SCAN_CHUNK = 1 << 22
 
 
 class CheckpointError(ValueError):
@@ -116,8 +137,10 @@ def _layout(model_dir: Path) -> _Layout:
     index = model_dir / INDEX_FILE
     # Same precedence as transformers, so both load the same bytes.
     if single.is_file():
+        _refuse_outside(model_dir, single)
         return _Layout(files=[single], weight_map=None, source=single)
     if index.is_file():
+        _refuse_outside(model_dir, index)
         return _layout_from_index(model_dir, index)
     others = [name for name in _UNSUPPORTED_FORMATS if (model_dir / name).exists()]
     hint = f"; found {', '.join(others)}, which is not supported (convert to safetensors)"
@@ -167,6 +190,15 @@ def _layout_from_index(model_dir: Path, index: Path) -> _Layout:
         weight_map={name: resolved[entry] for name, entry in weight_map.items()},
         source=index,
     )
+
+
+def _refuse_outside(model_dir: Path, path: Path) -> None:
+    """The single-file and index rule of the module docstring, for a file found by name."""
+    reason = _outside_reason(model_dir, path.name)
+    if reason is not None:
+        raise CheckpointError(
+            f"{path}: {reason}; weights files must stay inside the checkpoint directory "
+            "(copy the file in)")
 
 
 def _outside_reason(model_dir: Path, entry: str) -> str | None:
@@ -292,6 +324,31 @@ def _read_raw(path: Path, name: str, info: _TensorInfo) -> np.ndarray:
     return out
 
 
+def _check_finite(arr: np.ndarray, path: Path, name: str, allow: bool) -> None:
+    """Refuse (or, with ``allow``, warn about) NaN/Inf among a tensor's stored values."""
+    flat = arr.reshape(-1)
+    bad = 0
+    first: int | None = None
+    for start in range(0, flat.size, _SCAN_CHUNK):
+        mask = ~np.isfinite(flat[start:start + _SCAN_CHUNK])
+        if mask.any():
+            if first is None:
+                first = start + int(np.argmax(mask))
+            bad += int(np.count_nonzero(mask))
+    if first is None:
+        return
+    where = tuple(int(i) for i in np.unravel_index(first, arr.shape))
+    message = (f"{path}: tensor {name!r} holds {bad} non-finite value(s) out of {flat.size} "
+               f"(first: {float(flat[first])} at index {list(where)})")
+    if allow:
+        warnings.warn(message + "; loaded anyway (allow_nonfinite=True)", UserWarning,
+                      stacklevel=3)
+        return
+    raise CheckpointError(
+        message + "; a model with NaN/Inf weights can only produce NaN or garbage logits. "
+        "Pass allow_nonfinite=True to from_pretrained to load it anyway for diagnosis")
+
+
 def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str) -> np.ndarray:
     if arr.dtype == target:
         return np.ascontiguousarray(arr)
@@ -320,49 +377,83 @@ def _check(
     expected: Mapping[str, tuple[int, ...]],
     tie_word_embeddings: bool,
 ) -> None:
-    """Raise one CheckpointError listing every mismatch between checkpoint and model."""
-    missing: list[str] = []
+    """Raise one CheckpointError listing every mismatch between checkpoint and model.
+
+    Walks the checkpoint, not ``expected``: a config may claim far more tensors than any
+    file holds (see `WeightShapes`), and the cost must stay that of the checkpoint.
+    """
     unexpected: list[str] = []
     misshaped: list[str] = []
     bad_dtype: list[str] = []
-    for name, shape in expected.items():
-        info = present.get(name)
-        if info is None:
-            if not (tie_word_embeddings and name == LM_HEAD_WEIGHT):
-                missing.append(f"{name} {tuple(shape)}")
+    matched = 0
+    for name, info in present.items():
+        shape = expected.get(name)
+        if shape is None:
+            if tie_word_embeddings and name == LM_HEAD_WEIGHT:
+                # Tied and the caller lists no lm_head: it must still look like the embedding.
+                want = tuple(expected.get(EMBED_WEIGHT, info.shape))
+                if info.shape != want:
+                    misshaped.append(
+                        f"{name} in {info.file.name}: got {info.shape}, expected {want}")
+            else:
+                unexpected.append(f"{name} {info.shape} in {info.file.name}")
             continue
+        matched += 1
         if info.shape != tuple(shape):
             misshaped.append(
                 f"{name} in {info.file.name}: got {info.shape}, expected {tuple(shape)}"
             )
         if info.dtype not in _STORED_DTYPES:
             bad_dtype.append(f"{name} in {info.file.name}: stored as {info.dtype}")
-    for name, info in present.items():
-        if name in expected:
-            continue
-        if tie_word_embeddings and name == LM_HEAD_WEIGHT:
-            # Tied and the caller lists no lm_head: it must still look like the embedding.
-            want = tuple(expected.get(EMBED_WEIGHT, info.shape))
-            if info.shape != want:
-                misshaped.append(f"{name} in {info.file.name}: got {info.shape}, expected {want}")
-            continue
-        unexpected.append(f"{name} {info.shape} in {info.file.name}")
+
+    tied_head_absent = (tie_word_embeddings and LM_HEAD_WEIGHT in expected
+                        and LM_HEAD_WEIGHT not in present)
+    missing_count = len(expected) - matched - int(tied_head_absent)
+    missing: list[str] = []
+    if missing_count:
+        # The first LIST_LIMIT in HF order: at most len(present) + LIST_LIMIT names visited.
+        for name in expected:
+            if name not in present and not (tie_word_embeddings and name == LM_HEAD_WEIGHT):
+                missing.append(f"{name} {tuple(expected[name])}")
+                if len(missing) == LIST_LIMIT:
+                    break
 
     sections = [
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("wrong shape", misshaped),
-        ("unsupported storage dtype (want F32/F16/BF16/F64)", bad_dtype),
+        ("missing", missing, missing_count),
+        ("unexpected", unexpected, len(unexpected)),
+        ("wrong shape", misshaped, len(misshaped)),
+        ("unsupported storage dtype (want F32/F16/BF16/F64)", bad_dtype, len(bad_dtype)),
     ]
-    found = [(title, items) for title, items in sections if items]
+    found = [section for section in sections if section[2]]
     if not found:
         return
-    summary = ", ".join(f"{len(items)} {title.split(' (')[0]}" for title, items in found)
+    summary = ", ".join(f"{count} {title.split(' (')[0]}" for title, _, count in found)
     lines = [f"{layout.source}: checkpoint does not match the model ({summary}):"]
-    for title, items in found:
+    hint = _layer_hint(present, expected)
+    if hint:
+        lines.append(f"  {hint}")
+    for title, items, count in found:
         lines.append(f"  {title}:")
-        lines.extend(f"    {item}" for item in items)
+        lines.extend(f"    {item}" for item in items[:LIST_LIMIT])
+        if count > LIST_LIMIT:
+            lines.append(f"    ... and {count - LIST_LIMIT} more")
     raise CheckpointError("\n".join(lines))
+
+
+def _layer_hint(present: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+    """Name the layer counts when the config and the checkpoint disagree on them."""
+    claimed = getattr(expected, "num_hidden_layers", None)
+    if claimed is None:
+        return None
+    held = set()
+    for name in present:
+        index = name.removeprefix("model.layers.").partition(".")[0]
+        if name.startswith("model.layers.") and index.isascii() and index.isdigit():
+            held.add(int(index))
+    if not held or max(held) + 1 == claimed:
+        return None
+    return (f"the checkpoint holds decoder layers {min(held)}..{max(held)} ({len(held)}), "
+            f"the config's num_hidden_layers is {claimed}")
 
 
 # ------------------------------------------------------------------------------- load
@@ -375,6 +466,7 @@ def load_state_dict(
     *,
     tie_word_embeddings: bool,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> dict[str, np.ndarray]:
     """Load every expected tensor of an HF LLaMA checkpoint as a C-contiguous numpy array.
 
@@ -389,6 +481,8 @@ def load_state_dict(
 
     Raises CheckpointError (a ValueError) naming the file and tensor for any layout,
     format or content problem; all mismatches against ``expected`` come in one error.
+    A NaN/Inf among the stored values is such a problem unless ``allow_nonfinite`` (then a
+    UserWarning per tensor); see the module docstring for why.
     """
     if dtype not in _TARGET_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_TARGET_DTYPES)}, got {dtype!r}")
@@ -415,6 +509,7 @@ def load_state_dict(
         for name in tqdm(to_read, desc="loading weights", unit="tensor", disable=not progress):
             info = present[name]
             raw = _read_tensor(handles[info.file], info.file, name, info)
+            _check_finite(raw, info.file, name, allow_nonfinite)
             loaded[name] = _convert(raw, target, info.file, name)
             del raw
 

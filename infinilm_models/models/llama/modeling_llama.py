@@ -11,11 +11,14 @@ module attribute, so a reader can map one to the other.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ...arguments import check_bool, check_int, token_ids
+from ...generation import GenerationConfig
 from ...runtime import Device, DType, Tensor, ops
 from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
@@ -25,6 +28,7 @@ from .loading import load_state_dict
 from .rope import LlamaRotaryEmbedding
 
 DEFAULT_MAX_CACHE_LEN = 2048
+_COMPUTE_DTYPES = (DType.F32, DType.F16, DType.BF16)
 
 
 class LlamaModel:
@@ -63,49 +67,93 @@ class LlamaModel:
         out.copy_from_numpy(self._host_table[flat])
 
 
+def _max_cache_len(value: int | None) -> int:
+    """None means the default; anything else must be a positive integer (0 once silently
+    meant the default, and a negative length was accepted until generate failed)."""
+    if value is None:
+        return DEFAULT_MAX_CACHE_LEN
+    return check_int(value, "max_cache_len", minimum=1)
+
+
 class LlamaForCausalLM:
     def __init__(self, config: LlamaConfig, weights: dict[str, Tensor], device: Device,
-                 dtype: DType, max_cache_len: int | None = None) -> None:
+                 dtype: DType, max_cache_len: int | None = None,
+                 generation_config: GenerationConfig | None = None) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
         self.model = LlamaModel(config, weights)
         self.lm_head = weights["lm_head.weight"]
         self._lm_head_t = self.lm_head.transpose(0, 1)
-        self.rotary_emb = LlamaRotaryEmbedding(config, device, dtype)
+        # A cache cannot hold a position the model does not accept.
+        self.max_cache_len = min(_max_cache_len(max_cache_len), config.max_position_embeddings)
+        # Tables for the positions a cache can hold; a forward with explicit position ids
+        # beyond them grows them (rope.py).
+        self.rotary_emb = LlamaRotaryEmbedding(config, device, dtype, self.max_cache_len)
         # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
         self.rope_algo = ops.RoPEAlgo.GPT_NEOX
-        self.max_cache_len = min(max_cache_len or DEFAULT_MAX_CACHE_LEN,
-                                 config.max_position_embeddings)
         self.buffers = BufferPool(config, device, dtype, self.max_cache_len)
         self._scratch_caches: dict[int, KVCache] = {}
+        # What `generate` uses when given no config: the checkpoint's generation defaults.
+        self.generation_config = (generation_config if generation_config is not None
+                                  else GenerationConfig.from_model_config(config))
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model_path: str | Path, device: str | Device = "cpu",
+    def from_pretrained(cls, model_path: str | os.PathLike[str], device: str | Device = "cpu",
                         dtype: str | DType | None = None, *, max_cache_len: int | None = None,
-                        progress: bool = True) -> LlamaForCausalLM:
+                        progress: bool = True, allow_nonfinite: bool = False
+                        ) -> LlamaForCausalLM:
+        """Load a Hugging Face LLaMA checkpoint directory onto ``device``.
+
+        ``dtype`` defaults to the config's (float64 checkpoints run in f32, the widest
+        supported); ``max_cache_len`` (default 2048, at most max_position_embeddings) is
+        the longest prompt + generation a cache holds. ``allow_nonfinite`` loads weights
+        holding NaN/Inf with a warning instead of refusing them (loading.py says why the
+        default is an error). Arguments are checked before anything is read; then
+        config.json, generation_config.json, the weights, in that order. Raises ConfigError
+        or CheckpointError (both ValueError) naming the file, ValueError/TypeError naming
+        the argument.
+        """
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
+        if not isinstance(device, (str, Device)):
+            raise TypeError(f"device must be a name such as 'cpu' or 'nvidia:0' or a Device, "
+                            f"got {device!r}")
+        if dtype is not None and not isinstance(dtype, (str, DType)):
+            raise TypeError(f"dtype must be 'f32', 'f16', 'bf16' or None, got {dtype!r}")
+        _max_cache_len(max_cache_len)
+        check_bool(progress, "progress")
+        check_bool(allow_nonfinite, "allow_nonfinite")
+        dev = Device.parse(device)
         path = Path(model_path)
         config = LlamaConfig.from_pretrained(path)
-        dt = DType.parse(dtype or config.dtype or "f32")
-        if dt not in (DType.F32, DType.F16, DType.BF16):
+        if dtype is not None:
+            dt = DType.parse(dtype)
+        elif config.dtype == "float64":
+            dt = DType.F32
+        else:
+            dt = DType.parse(config.dtype or "f32")
+        if dt not in _COMPUTE_DTYPES:
             raise ValueError(f"dtype {dt.short} not supported; use f32, f16 or bf16")
-        dev = Device.parse(device)
+        generation_config = GenerationConfig.from_pretrained(path, config)
         host = load_state_dict(path, config.expected_weight_shapes(), dt.short,
                                tie_word_embeddings=config.tie_word_embeddings,
-                               progress=progress)
+                               progress=progress, allow_nonfinite=allow_nonfinite)
         weights: dict[str, Tensor] = {}
         for name, array in host.items():
             if name == "lm_head.weight" and array is host.get("model.embed_tokens.weight"):
                 continue  # tied: share the embedding's device tensor below
             weights[name] = Tensor.from_numpy(array, dev, dt)
         weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
-        return cls(config, weights, dev, dt, max_cache_len)
+        return cls(config, weights, dev, dt, max_cache_len, generation_config)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        return KVCache(self.config, batch_size, max_len or self.max_cache_len, self.device,
-                       self.dtype)
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        max_len = (self.max_cache_len if max_len is None
+                   else check_int(max_len, "max_len", minimum=1))
+        return KVCache(self.config, batch_size, max_len, self.device, self.dtype)
 
     def prepare_decode(self, cache: KVCache, new_tokens: int) -> None:
         """Create, before a decode loop, the op descriptors its steps will need: the
@@ -131,9 +179,7 @@ class LlamaForCausalLM:
         value of the named points right after they are produced (as [batch, seq, hidden]
         arrays), so what follows computes on the given values (an isolated run).
         """
-        ids = np.asarray(input_ids, dtype=np.int64)
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [batch, seq] with seq >= 1, got {ids.shape}")
+        ids = token_ids(input_ids, "input_ids", vocab_size=self.config.vocab_size)
         batch, seq = ids.shape
         if cache is None:
             cache = self._scratch_cache(batch, seq)
@@ -141,12 +187,13 @@ class LlamaForCausalLM:
         if position_ids is None:
             pos = np.broadcast_to(np.arange(start, start + seq), (batch, seq))
         else:
-            pos = np.asarray(position_ids, dtype=np.int64)
+            pos = token_ids(position_ids, "position_ids")
             if pos.shape != ids.shape:
                 raise ValueError(f"position_ids shape {pos.shape} != input_ids shape {ids.shape}")
         if pos.min() < 0 or pos.max() >= self.rotary_emb.max_positions:
             raise ValueError(f"position ids must be in [0, {self.rotary_emb.max_positions}), "
                              f"got [{pos.min()}, {pos.max()}]")
+        self.rotary_emb.ensure(int(pos.max()) + 1)
 
         bufs = self.buffers.get(batch, seq)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))

@@ -1,0 +1,115 @@
+"""Validation of the public arguments (token ids, lengths, flags, sampling numbers).
+
+Each check refuses a bad value where it enters, with the argument's name and the value in
+the message: TypeError for a value of the wrong kind (a float or a bool where a token id
+or a length belongs), ValueError for a value of the right kind out of range. numpy's own
+conversions are not trusted with this: ``np.asarray([[1.9, 2.9]], dtype=np.int64)``
+silently truncates to ``[[1, 2]]``, ``"5"`` becomes 5 and ``True`` becomes 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_bool", "check_float", "check_int", "token_ids"]
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int to Python and numpy's bool_ is not; neither is a count or a token id.
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """An integer (not a bool, not a float with an integral value), >= ``minimum``."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_float(value: Any, name: str) -> float:
+    """A finite real number (ints accepted, bools and NaN/Inf not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} ({value!r}) is too large") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return out
+
+
+def token_ids(value: Any, name: str = "input_ids", *, vocab_size: int | None = None
+              ) -> np.ndarray:
+    """``value`` as an int64 array [batch, seq] with batch, seq >= 1 and, given
+    ``vocab_size``, every id in [0, vocab_size).
+
+    Accepts a list/tuple of equal-length lists/tuples (or 1-D integer arrays) of ints, or
+    any 2-D integer array (numpy, or anything with ``__array__`` such as a torch tensor).
+    """
+    if isinstance(value, (list, tuple)):
+        arr = _from_rows(value, name)
+    elif isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer token ids, got an array of {arr.dtype}")
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be [batch, seq], got an array of shape {arr.shape}")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+            raise ValueError(f"{name} holds token id {int(arr.max())}, beyond int64")
+        arr = arr.astype(np.int64, copy=False)
+    else:
+        raise TypeError(f"{name} must be [batch, seq] token ids (a list of lists of ints or "
+                        f"an integer array), got {type(value).__name__}")
+    batch, seq = arr.shape
+    if batch == 0 or seq == 0:
+        raise ValueError(f"{name} must be [batch, seq] with batch >= 1 and seq >= 1, got "
+                         f"shape {arr.shape}")
+    if vocab_size is not None:
+        bad = (arr < 0) | (arr >= vocab_size)
+        if bad.any():
+            b, t = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"token id {int(arr[b, t])} out of range [0, {vocab_size}) at "
+                             f"{name}[{b}][{t}]")
+    return arr
+
+
+def _from_rows(value: list | tuple, name: str) -> np.ndarray:
+    rows: list[list[int]] = []
+    for b, row in enumerate(value):
+        if isinstance(row, np.ndarray):
+            if row.ndim != 1:
+                raise ValueError(f"{name} must be [batch, seq]; {name}[{b}] has shape "
+                                 f"{row.shape}")
+            if row.dtype.kind not in "iu":
+                raise TypeError(f"{name}[{b}] must hold integer token ids, got {row.dtype}")
+            row = row.tolist()
+        elif not isinstance(row, (list, tuple)):
+            raise ValueError(f"{name} must be [batch, seq] (a list of lists of token ids); "
+                             f"{name}[{b}] is {row!r}")
+        for t, x in enumerate(row):
+            if not _is_int(x):
+                raise TypeError(f"{name}[{b}][{t}] ({x!r}, {type(x).__name__}) is not an "
+                                "integer token id")
+            if not -_INT64_MAX <= x <= _INT64_MAX:
+                raise ValueError(f"token id {x} at {name}[{b}][{t}] is beyond int64")
+        rows.append([int(x) for x in row])
+    lengths = [len(r) for r in rows]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"all prompts must have the same length (no padding yet): {name} "
+                         f"rows have lengths {lengths}")
+    return np.array(rows, dtype=np.int64).reshape(len(rows), lengths[0] if rows else 0)

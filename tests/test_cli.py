@@ -1,0 +1,168 @@
+"""`python -m infinilm_models generate` as a user runs it (a subprocess): every user error is
+one line `error: ...` on stderr with exit status 2, never a traceback; a directory without
+a tokenizer generates from --token-ids and prints ids; config.json is read first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from infinilm_fixtures.tiny import ensure
+from infinilm_models import AutoLlamaModel, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = [5, 17, 42, 99, 7]
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = [sys.executable, "-m", "infinilm_models", "generate", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+
+def _copy(tmp_path: Path, name: str = "gqa", tokenizer: bool = True) -> Path:
+    out = tmp_path / name
+    shutil.copytree(ensure(name), out)
+    if not tokenizer:
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (out / f).unlink(missing_ok=True)
+    return out
+
+
+def _edit(path: Path, change: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _retensor(model_dir: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
+    path = model_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _api_tokens(model_dir: Path, n: int, **kwargs) -> list[int]:
+    model = AutoLlamaModel.from_pretrained(model_dir, "cpu", "f32", progress=False)
+    return generate(model, [PROMPT], max_new_tokens=n, **kwargs).tokens[0].tolist()
+
+
+def test_token_ids_without_tokenizer_print_the_generated_ids(tmp_path: Path) -> None:
+    model_dir = _copy(tmp_path, tokenizer=False)
+    out = run_cli("--model", model_dir, "--token-ids", ",".join(map(str, PROMPT)),
+                  "--max-new-tokens", "6", "--ignore-eos", "-q")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    want = _api_tokens(model_dir, 6, eos_token_ids=())
+    assert out.stdout == ",".join(map(str, want)) + "\n"
+
+
+def test_generation_config_json_applies(tmp_path: Path) -> None:
+    model_dir = _copy(tmp_path, tokenizer=False)
+    free = _api_tokens(model_dir, 8, eos_token_ids=())
+    at = next(i for i in range(1, len(free)) if free[i] not in free[:i])
+    (model_dir / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [300, free[at]], "do_sample": True, "temperature": 0.6}))
+    # --greedy beats the file's do_sample; its eos list stops the run as in the API.
+    out = run_cli("--model", model_dir, "--token-ids", " ".join(map(str, PROMPT)),
+                  "--max-new-tokens", "8", "--greedy", "--top-p", "0", "-q")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ",".join(map(str, free[:at + 1])) + "\n"
+
+
+def test_prompt_with_tokenizer_prints_text(tmp_path: Path) -> None:
+    out = run_cli("--model", ensure("gqa"), "--prompt", "the water", "--max-new-tokens", "3",
+                  "--ignore-eos")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("the water")
+    assert "3 new tokens" in out.stderr  # the statistics line
+
+
+def _attention_bias(d: Path) -> None:
+    _edit(d / "config.json", lambda c: c.update(attention_bias=True))
+
+
+def _truncate(d: Path) -> None:
+    path = d / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _nan(d: Path) -> None:
+    _retensor(d, lambda t: t["model.norm.weight"].__setitem__(3, np.nan))
+
+
+# (id, how the directory is damaged, extra CLI arguments, what the one line must say)
+CASES: list[tuple[str, Callable[[Path], None] | None, list[str], list[str]]] = [
+    ("attention-bias", _attention_bias, [], ["config.json: attention_bias (True)"]),
+    ("truncated-weights", _truncate, [], ["model.safetensors: not a valid safetensors file"]),
+    ("missing-tensor", lambda d: _retensor(d, lambda t: t.pop("model.norm.weight")), [],
+     ["checkpoint does not match the model (1 missing)", "model.norm.weight (64,)"]),
+    ("nan-weight", _nan, [], ["'model.norm.weight' holds 1 non-finite", "allow_nonfinite"]),
+    ("config-is-a-list", lambda d: (d / "config.json").write_text("[]"), [],
+     ["config must be a JSON object, got list"]),
+    ("bad-generation-config", lambda d: (d / "generation_config.json").write_text(
+        '{"top_k": "many"}'), [], ["generation_config.json: top_k must be an integer"]),
+    ("token-out-of-vocab", None, ["--token-ids", "1,320"],
+     ["token id 320 is out of range for this model's vocabulary [0, 320)"]),
+    ("cache-len-zero", None, ["--max-cache-len", "0"], ["max_cache_len must be >= 1, got 0"]),
+    ("prompt-beyond-cache", None, ["--max-cache-len", "4"],
+     ["prompt (5 tokens) + max_new_tokens (20) exceeds the cache length (4)"]),
+    ("temperature-nan", None, ["--temperature", "nan"],
+     ["temperature must be a finite number, got nan"]),
+    ("top-p-zero-sampling", None, ["--sample", "--top-p", "0"], ["top_p must be in (0, 1]"]),
+    ("dtype-f64", None, ["--dtype", "f64"], ["dtype f64 not supported"]),
+    ("unknown-device", None, ["--device", "tpu"], ["unknown device type 'tpu'"]),
+]
+
+
+@pytest.mark.parametrize(("damage", "extra", "expected"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_user_errors_are_one_line_with_status_2(tmp_path: Path, damage, extra: list[str],
+                                                expected: list[str]) -> None:
+    model_dir = _copy(tmp_path, tokenizer=False)
+    if damage is not None:
+        damage(model_dir)
+    if "--token-ids" not in extra:
+        extra = [*extra, "--token-ids", ",".join(map(str, PROMPT))]
+    out = run_cli("--model", model_dir, "-q", *extra)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+    for part in expected:
+        assert part in out.stderr, out.stderr
+
+
+def test_config_is_read_before_the_tokenizer(tmp_path: Path) -> None:
+    out = run_cli("--model", tmp_path / "nonexistent", "--prompt", "hi")
+    assert out.returncode == 2
+    assert out.stderr == (f"error: {tmp_path / 'nonexistent' / 'config.json'}: not found "
+                          f"(is {tmp_path / 'nonexistent'} a model directory?)\n")
+    model_dir = _copy(tmp_path, tokenizer=False)
+    _attention_bias(model_dir)
+    out = run_cli("--model", model_dir, "--prompt", "hi")
+    assert out.returncode == 2 and "attention_bias" in out.stderr
+
+
+def test_prompt_without_tokenizer_says_what_to_do(tmp_path: Path) -> None:
+    model_dir = _copy(tmp_path, tokenizer=False)
+    out = run_cli("--model", model_dir, "--prompt", "hi")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"{model_dir / 'tokenizer.json'} not found" in out.stderr
+    assert "--token-ids" in out.stderr
+
+
+@pytest.mark.parametrize("bad", ["1,x", "", "1,-2", "1.5"])
+def test_bad_token_ids_are_usage_errors(tmp_path: Path, bad: str) -> None:
+    out = run_cli("--model", ensure("gqa"), "--token-ids", bad)
+    assert out.returncode == 2 and "argument --token-ids" in out.stderr
+    assert "Traceback" not in out.stderr
