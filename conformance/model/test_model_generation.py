@@ -55,7 +55,8 @@ def test_model_generation(model_name, model_path, dtype, runtimes, verify, infin
     report = []
     for p, ids in enumerate(prompts):
         want, logits = golden_greedy(golden_m, ids, n)
-        out = generate(ours_m, [ids], max_new_tokens=n, return_logits=True)
+        # fixed length on both sides: the golden path does not stop at end-of-sequence
+        out = generate(ours_m, [ids], max_new_tokens=n, eos_token_ids=(), return_logits=True)
         got = out.tokens[0].tolist()
         label = f"prompt {p}"
         verify.finite(f"{label}: golden logits", np.stack(logits))

@@ -67,11 +67,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def _select_backend(config: pytest.Config) -> None:
     """--infini-device picks the InfiniCore build: that backend's default prefix (an
     explicit INFINI_ROOT or INFINILM_BACKEND still wins)."""
-    import os
+    from infinilm_models.runtime.device import Device
+    from infinilm_models.runtime.library import set_default_backend
 
-    kind = str(config.getoption("--infini-device")).split(":")[0].strip().lower()
-    kind = {"cuda": "nvidia", "gpu": "nvidia"}.get(kind, kind)
-    os.environ.setdefault("INFINILM_BACKEND", kind)
+    try:
+        kind = Device.parse(config.getoption("--infini-device")).type
+    except ValueError as e:
+        raise pytest.UsageError(f"--infini-device: {e}") from None
+    set_default_backend(kind)
 
 
 @pytest.hookimpl(optionalhook=True)
