@@ -53,8 +53,25 @@ def check_float(value: Any, name: str) -> float:
     return out
 
 
-def token_ids(value: Any, name: str = "input_ids", *, vocab_size: int | None = None
-              ) -> np.ndarray:
+def ragged_token_ids(value: Any, name: str = "input_ids", *, vocab_size: int | None = None
+                     ) -> list[np.ndarray]:
+    """Prompts of possibly unequal lengths: a list of rows of token ids (or a 2-D integer
+    array), each checked as `token_ids` checks them; one int64 array per row."""
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(r, (list, tuple, np.ndarray)) for r in value):
+        rows = _rows(value, name)
+        if len({len(r) for r in rows}) == 1:  # equal lengths: exactly forward()'s checks
+            return list(token_ids(value, name, vocab_size=vocab_size))
+        for b, row in enumerate(rows):
+            if not row:
+                raise ValueError(f"{name}[{b}] is empty: every prompt needs a token")
+        return [token_ids([row], name, vocab_size=vocab_size, row_offset=b)[0]
+                for b, row in enumerate(rows)]
+    return list(token_ids(value, name, vocab_size=vocab_size))
+
+
+def token_ids(value: Any, name: str = "input_ids", *, vocab_size: int | None = None,
+              row_offset: int = 0) -> np.ndarray:
     """``value`` as an int64 array [batch, seq] with batch, seq >= 1 and, given
     ``vocab_size``, every id in [0, vocab_size).
 
@@ -84,11 +101,22 @@ def token_ids(value: Any, name: str = "input_ids", *, vocab_size: int | None = N
         if bad.any():
             b, t = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"token id {int(arr[b, t])} out of range [0, {vocab_size}) at "
-                             f"{name}[{b}][{t}]")
+                             f"{name}[{b + row_offset}][{t}]")
     return arr
 
 
 def _from_rows(value: list | tuple, name: str) -> np.ndarray:
+    rows = _rows(value, name)
+    lengths = [len(r) for r in rows]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"all prompts must have the same length here: {name} rows have "
+                         f"lengths {lengths} (generate() left-pads prompts of unequal "
+                         "length; forward() takes padded ids with an attention_mask)")
+    return np.array(rows, dtype=np.int64).reshape(len(rows), lengths[0] if rows else 0)
+
+
+def _rows(value: list | tuple, name: str) -> list[list[int]]:
+    """Rows of Python ints, each element checked (kind and int64 range)."""
     rows: list[list[int]] = []
     for b, row in enumerate(value):
         if isinstance(row, np.ndarray):
@@ -108,8 +136,4 @@ def _from_rows(value: list | tuple, name: str) -> np.ndarray:
             if not -_INT64_MAX <= x <= _INT64_MAX:
                 raise ValueError(f"token id {x} at {name}[{b}][{t}] is beyond int64")
         rows.append([int(x) for x in row])
-    lengths = [len(r) for r in rows]
-    if len(set(lengths)) > 1:
-        raise ValueError(f"all prompts must have the same length (no padding yet): {name} "
-                         f"rows have lengths {lengths}")
-    return np.array(rows, dtype=np.int64).reshape(len(rows), lengths[0] if rows else 0)
+    return rows

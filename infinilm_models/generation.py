@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .arguments import check_bool, check_float, check_int, token_ids
+from .arguments import check_bool, check_float, check_int, ragged_token_ids
 from .runtime import Tensor, ops
 
 __all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput", "generate"]
@@ -153,8 +153,10 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
 
     ``config`` defaults to the model's ``generation_config`` (from the checkpoint, see
     `GenerationConfig.from_pretrained`), else `GenerationConfig()`; keyword arguments
-    (``max_new_tokens=...``, ``eos_token_ids=()``, ...) override fields of either. All
-    prompts must have the same length (left padding is not implemented yet).
+    (``max_new_tokens=...``, ``eos_token_ids=()``, ...) override fields of either.
+    Prompts of unequal length are left-padded (with the pad id, else the first eos id,
+    else 0) under an attention mask, as transformers' batched generation does: padding is
+    never attended to and each row's positions count its own tokens only.
     """
     if config is None:
         config = getattr(model, "generation_config", None) or GenerationConfig()
@@ -163,8 +165,8 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
     cfg = config.replace(**kwargs) if kwargs else config
     return_logits = check_bool(return_logits, "return_logits")
     vocab = model.config.vocab_size
-    ids = token_ids(input_ids, "input_ids", vocab_size=vocab)
-    batch, prompt_len = ids.shape
+    rows = ragged_token_ids(input_ids, "input_ids", vocab_size=vocab)
+    batch, prompt_len = len(rows), max(len(r) for r in rows)
     if prompt_len + cfg.max_new_tokens > model.max_cache_len:
         raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({cfg.max_new_tokens}) "
                          f"exceeds the model's max_cache_len ({model.max_cache_len})")
@@ -183,8 +185,13 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
     # An eos id outside the vocabulary can never be produced.
     eos = np.array([e for e in cfg.eos_token_ids if e < vocab] or [-1], dtype=np.int64)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else int(eos[0])
+    ids = np.full((batch, prompt_len), pad if 0 <= pad < vocab else 0, dtype=np.int64)
+    mask = np.zeros((batch, prompt_len), dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, prompt_len - len(row):] = row
+        mask[b, prompt_len - len(row):] = 1
     step_logits: list[np.ndarray] = []
-    logits = model.forward(ids, cache=cache)  # [batch, 1, vocab]
+    logits = model.forward(ids, cache=cache, attention_mask=None if mask.all() else mask)
     model.prepare_decode(cache, cfg.max_new_tokens - 1)
     for step in range(cfg.max_new_tokens):
         if return_logits:

@@ -166,7 +166,6 @@ def test_max_cache_len_default_and_clamp() -> None:
     ([[True, 2]], TypeError, r"input_ids\[0\]\[0\] \(True, bool\)"),
     (np.array([[True, False]]), TypeError, "array of bool"),
     ("hello", TypeError, "input_ids must be \\[batch, seq\\] token ids"),
-    ([[1, 2, 3], [4, 5]], ValueError, "all prompts must have the same length"),
     ([[]], ValueError, r"batch >= 1 and seq >= 1, got shape \(1, 0\)"),
     ([], ValueError, r"batch >= 1 and seq >= 1, got shape \(0, 0\)"),
     ([[2**70]], ValueError, "beyond int64"),
@@ -179,6 +178,15 @@ def test_token_ids_are_validated(gqa: LlamaForCausalLM, ids: Any, error: type,
         gqa.forward(ids)
     with pytest.raises(error, match=match):
         generate(gqa, ids, max_new_tokens=2)
+
+
+def test_unequal_prompts_forward_needs_padding_generate_pads(gqa: LlamaForCausalLM) -> None:
+    with pytest.raises(ValueError, match="all prompts must have the same length here"):
+        gqa.forward([[1, 2, 3], [4, 5]])
+    out = generate(gqa, [[1, 2, 3], [4, 5]], max_new_tokens=2, eos_token_ids=())
+    assert out.tokens.shape == (2, 2)
+    with pytest.raises(ValueError, match=r"input_ids\[1\] is empty"):
+        generate(gqa, [[1, 2, 3], []], max_new_tokens=2)
 
 
 def test_integer_ids_of_any_kind_are_accepted(gqa: LlamaForCausalLM) -> None:

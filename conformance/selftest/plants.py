@@ -19,6 +19,7 @@ defects (must fail, naming the op, and at model level the layer and sub-module):
   rope_decode_pos0 rope ignores the position ids of one-token (decode) calls
   softmax_drop_newest  causal_softmax drops the newest key of one query row in decode
   gemm_segfault_batched  batched (3-D) gemm kills the process (SIGSEGV)
+  nan_layer1_attention   layer 1's attention output holds a NaN (a kernel that overflows)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pytest
 
 PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "add_tail16",
           "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
-          "softmax_drop_newest", "gemm_segfault_batched")
+          "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -152,6 +153,19 @@ def install(name: str) -> None:
                 p.reshape(-1, p.shape[-1])[0, -1] = 0.0
                 _store(y, p)
         wrap("causal_softmax", drop)
+    elif name == "nan_layer1_attention":
+        from infinilm_models.models.llama.attention import LlamaAttention
+
+        forward = LlamaAttention.forward
+
+        def nan_out(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            if self.layer_idx == 1:
+                x = _host(out)
+                x.reshape(-1)[0] = np.nan
+                _store(out, x)
+            return out
+        LlamaAttention.forward = nan_out
     elif name == "gemm_segfault_batched":
         from infinilm_models.runtime import Tensor
 

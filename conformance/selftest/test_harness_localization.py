@@ -63,10 +63,12 @@ def test_wrong_gqa_head_mapping_is_localized_to_layer0_attention():
         attn = layer.self_attn
 
         def wrong(bufs, attn=attn):  # query head h read against KV head h % kv_heads
-            b, s, d = bufs.batch, bufs.seq, attn.head_dim
-            return bufs.q.view(b, s, attn.group, attn.num_kv_heads, d).permute(0, 3, 2, 1, 4)
+            b, s, d, w = bufs.batch, bufs.seq, attn.head_dim, bufs.qkv.shape[1]
+            return bufs.qkv.as_strided((b, s, attn.group, attn.num_kv_heads, d),
+                                       (s * w, w, attn.num_kv_heads * d, d, 1)
+                                       ).permute(0, 3, 2, 1, 4)
 
-        attn._query_heads = wrong
+        attn.query_heads = wrong
     _, first = localize(model, ids())
     assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
 

@@ -163,3 +163,42 @@ def test_planted_defect_is_caught_and_localized(tmp_path, plant):
     if phase == "decode":  # a decode-only defect: the prefill check cannot see it
         prefill = [r for r in doc["results"] if r["check"] == "model_activations"]
         assert prefill and all(r["status"] == "passed" for r in prefill)
+
+
+def test_nan_is_localized_where_it_appears(tmp_path):
+    """A NaN in layer 1's attention output: every model check fails (generation included),
+    and the localization names layer 1 attention, not an earlier deviation."""
+    # bf16: on the CPU build an f32 gemm with beta = 0 reads its output buffer (known
+    # defect cpu-gemm-f32-beta0-reads-c), so the NaN left in a reused buffer would poison
+    # the next forward's layer 0 as well.
+    status, doc, _ = suite(tmp_path, "nan_layer1_attention", MODEL.format("activations"),
+                           MODEL.format("generation"), MODEL.format("logits"), "--model",
+                           "tiny-sharded", "--dtype", "bf16", "-n", "2")
+    assert status == 1
+    assert all(r["status"] == "failed" for r in doc["results"]), \
+        [(r["nodeid"], r["status"]) for r in doc["results"]]
+    first = locs(doc, "model_activations")[0]
+    assert (first["layer"], first["submodule"]) == (1, "attention"), first["description"]
+    assert "non-finite" in first["description"]
+
+
+def test_checkpoint_with_a_nan_weight_is_an_error_naming_the_tensor(tmp_path):
+    """A poisoned checkpoint: ours refuses it at load (naming the file and tensor), so
+    every model check of it is an error; none passes, generation included."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from infinilm_fixtures.tiny import ensure
+
+    model = tmp_path / "poisoned"
+    shutil.copytree(ensure("gqa"), model)
+    weights = load_file(str(model / "model.safetensors"))
+    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = np.nan
+    save_file(weights, str(model / "model.safetensors"))
+    _, doc, run = suite(tmp_path, None, MODEL.format("generation"), MODEL.format("logits"),
+                        "--model", str(model), "--dtype", "f32", "-n", "2")
+    assert doc["results"] and all(r["status"] == "error" for r in doc["results"])
+    assert all("model.layers.1.mlp.down_proj.weight" in r["message"] for r in doc["results"])
+    assert (run / "index.html").is_file()

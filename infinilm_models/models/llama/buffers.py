@@ -20,16 +20,18 @@ class Buffers:
     seq: int
     hidden: Tensor  # [T, hidden] the residual stream (T = batch * seq)
     normed: Tensor  # [T, hidden]
-    q: Tensor  # [T, heads * head_dim]
-    k: Tensor  # [T, kv_heads * head_dim]
-    v: Tensor  # [T, kv_heads * head_dim]
+    qkv: Tensor  # [T, (heads + 2 kv_heads) * head_dim]: one gemm over the fused q|k|v weight
+    q: Tensor  # [T, heads * head_dim] view of qkv
+    k: Tensor  # [T, kv_heads * head_dim] view of qkv
+    v: Tensor  # [T, kv_heads * head_dim] view of qkv
     q_heads: Tensor  # [batch * kv_heads, group * seq, head_dim]
     scores: Tensor  # [batch * kv_heads, group * seq, max_len]
     attn: Tensor  # [batch * kv_heads, group * seq, head_dim]
     attn_tokens: Tensor  # [T, heads * head_dim]
     attn_out: Tensor  # [T, hidden]
-    gate: Tensor  # [T, intermediate]
-    up: Tensor  # [T, intermediate]
+    gate_up: Tensor  # [T, 2 * intermediate]: one gemm over the fused gate|up weight
+    gate: Tensor  # [T, intermediate] view of gate_up
+    up: Tensor  # [T, intermediate] view of gate_up
     act: Tensor  # [T, intermediate]
     mlp_out: Tensor  # [T, hidden]
     pos_ids: Tensor  # [T] int32
@@ -71,18 +73,21 @@ class BufferPool:
         def z(*shape: int, dtype: DType | None = None) -> Tensor:
             return Tensor.zeros(shape, dtype or self.dtype, self.device)
 
+        qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        qkv = z(t, qd + 2 * kvd)
+        gate_up = z(t, 2 * c.intermediate_size)
         return Buffers(
             batch=batch, seq=seq,
             hidden=z(t, c.hidden_size), normed=z(t, c.hidden_size),
-            q=z(t, c.num_attention_heads * c.head_dim),
-            k=z(t, c.num_key_value_heads * c.head_dim),
-            v=z(t, c.num_key_value_heads * c.head_dim),
+            qkv=qkv, q=qkv.narrow(1, 0, qd), k=qkv.narrow(1, qd, kvd),
+            v=qkv.narrow(1, qd + kvd, kvd),
             q_heads=z(rows, group * seq, c.head_dim),
-            scores=z(rows, group * seq, self.max_len),
+            scores=z(rows, group * seq, self.max_len + 1),
             attn=z(rows, group * seq, c.head_dim),
             attn_tokens=z(t, c.num_attention_heads * c.head_dim),
             attn_out=z(t, c.hidden_size),
-            gate=z(t, c.intermediate_size), up=z(t, c.intermediate_size),
+            gate_up=gate_up, gate=gate_up.narrow(1, 0, c.intermediate_size),
+            up=gate_up.narrow(1, c.intermediate_size, c.intermediate_size),
             act=z(t, c.intermediate_size), mlp_out=z(t, c.hidden_size),
             pos_ids=z(t, dtype=DType.I32),
             last_normed=z(batch, c.hidden_size), logits=z(batch, c.vocab_size),

@@ -1,4 +1,15 @@
-"""LlamaDecoderLayer: pre-norm attention and MLP blocks, each with a residual add."""
+"""LlamaDecoderLayer: pre-norm attention and MLP blocks, each with a residual add.
+
+    hidden += self_attn(input_layernorm(hidden))
+    hidden += mlp(post_attention_layernorm(hidden))
+
+On the fast path the residual adds are folded into the o_proj and down_proj gemms
+(beta = 1 over the residual stream). While intermediates are captured or replaced (the
+conformance suite's capture points), each block writes its own output first, so the
+attention and MLP outputs exist as tensors of their own, and the add is a separate op.
+Under tensor parallelism `all_reduce` sums the row-parallel partial outputs of the ranks
+(only rank 0 adds the residual, so it is counted once).
+"""
 
 from __future__ import annotations
 
@@ -27,26 +38,41 @@ class LlamaDecoderLayer:
              if k.startswith("self_attn.")})
         self.mlp = LlamaMLP({k.removeprefix("mlp."): v for k, v in weights.items()
                              if k.startswith("mlp.")})
+        # Tensor parallelism: set by the parallel model (None: one rank).
+        self.all_reduce: Callable[[Tensor], None] | None = None
+        self.adds_residual = True  # False on TP ranks other than 0
 
     def forward(self, bufs: Buffers, cache: KVCache, start: int, rope: LlamaRotaryEmbedding,
                 rope_algo: ops.RoPEAlgo, capture: Capture | None = None) -> None:
         """Updates the residual stream bufs.hidden in place."""
         name = f"layers.{self.layer_idx}"
         ops.rms_norm(bufs.normed, bufs.hidden, self.input_layernorm, self.eps)
-        attn_out = self.self_attn.forward(bufs.normed, bufs, cache, start, rope, rope_algo)
-        if capture:
+        if capture is None:
+            self.self_attn.forward(bufs.normed, bufs, cache, start, rope, rope_algo,
+                                   bufs.hidden, self.adds_residual)
+            self._reduce(bufs.hidden)
+        else:
+            attn_out = self.self_attn.forward(bufs.normed, bufs, cache, start, rope, rope_algo,
+                                              bufs.attn_out, False)
+            self._reduce(attn_out)
             capture(f"{name}.self_attn", attn_out)
-        self._residual(bufs.hidden, attn_out)
-        if capture:
+            self._residual(bufs.hidden, attn_out)
             capture(f"{name}.residual_attn", bufs.hidden)
 
         ops.rms_norm(bufs.normed, bufs.hidden, self.post_attention_layernorm, self.eps)
-        mlp_out = self.mlp.forward(bufs.normed, bufs)
-        if capture:
+        if capture is None:
+            self.mlp.forward(bufs.normed, bufs, bufs.hidden, self.adds_residual)
+            self._reduce(bufs.hidden)
+        else:
+            mlp_out = self.mlp.forward(bufs.normed, bufs, bufs.mlp_out, False)
+            self._reduce(mlp_out)
             capture(f"{name}.mlp", mlp_out)
-        self._residual(bufs.hidden, mlp_out)
-        if capture:
+            self._residual(bufs.hidden, mlp_out)
             capture(name, bufs.hidden)
+
+    def _reduce(self, t: Tensor) -> None:
+        if self.all_reduce is not None:
+            self.all_reduce(t)
 
     @staticmethod
     def _residual(hidden: Tensor, block_out: Tensor) -> None:

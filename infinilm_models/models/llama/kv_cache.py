@@ -1,11 +1,20 @@
-"""The KV cache: per layer, K and V preallocated on the device up to a maximum length.
+"""The KV cache: K and V of every layer preallocated on the device up to a maximum length,
+plus what the attention needs to mask and position padded rows.
 
-Layout [batch, kv_heads, max_len, head_dim] makes (batch, kv_head) one uniform stride,
-so attention runs as a single batched gemm over batch x kv_heads, and the first `length`
-positions of every head are a zero-copy narrow.
+Layout [layers, batch, kv_heads, max_len + 1, head_dim], one allocation for K and one for
+V: (batch, kv_head) is one uniform stride, so attention runs as a single batched gemm
+over batch x kv_heads; the first `length` positions of every head are a zero-copy view;
+and one copy over the layer axis moves a position of every layer at once. Position
+`max_len` is the decode slot of a captured decode step (its pointers never move; the
+step writes the new token's K/V there and it is copied to its place afterwards).
+
+Padding (left-padded prompts of unequal length) is kept per row: which positions hold
+padding (never attended to), and each row's next RoPE position.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from ...runtime import Device, DType, Tensor
 from .configuration import LlamaConfig
@@ -13,6 +22,14 @@ from .configuration import LlamaConfig
 
 class CacheOverflowError(ValueError):
     pass
+
+
+def mask_value(dtype: DType) -> float:
+    """Added to the scores of positions that must not be attended to. Finite (half the
+    dtype's range): a row of padding sees only padding, and -inf there would make its
+    softmax NaN; a score plus this is still finite and its exp is 0 next to any real key."""
+    return -0.5 * float(np.finfo(dtype.numpy if dtype != DType.BF16 else np.float32).max) \
+        if dtype != DType.F16 else -32768.0
 
 
 class KVCache:
@@ -23,21 +40,39 @@ class KVCache:
                              f"got {batch_size} and {max_len}")
         self.batch_size = batch_size
         self.max_len = max_len
+        self.num_layers = config.num_hidden_layers
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        shape = (batch_size, self.num_kv_heads, max_len, self.head_dim)
-        self.keys = [Tensor.zeros(shape, dtype, device) for _ in range(config.num_hidden_layers)]
-        self.values = [Tensor.zeros(shape, dtype, device) for _ in range(config.num_hidden_layers)]
+        self.device, self.dtype = device, dtype
+        shape = (self.num_layers, batch_size, self.num_kv_heads, max_len + 1, self.head_dim)
+        self.k_all = Tensor.zeros(shape, dtype, device)
+        self.v_all = Tensor.zeros(shape, dtype, device)
+        self.keys = [self.k_all.select(0, i).narrow(2, 0, max_len)
+                     for i in range(self.num_layers)]
+        self.values = [self.v_all.select(0, i).narrow(2, 0, max_len)
+                       for i in range(self.num_layers)]
         self.length = 0
+        self.positions = np.zeros(batch_size, dtype=np.int64)  # next RoPE position per row
+        self.padding = np.zeros((batch_size, max_len + 1), dtype=bool)
+        self.masked = False  # any padding: attention adds `mask` to its scores
+        self._mask: Tensor | None = None
 
     def reset(self) -> None:
         self.length = 0
+        self.positions[:] = 0
+        self.padding[:] = False
+        self.masked = False
 
     def truncate(self, length: int) -> None:
         """Forget positions from `length` on (e.g. to re-run a step); the data stays."""
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
         self.length = length
+        self.padding[:, length:] = False
+        self.positions = (~self.padding[:, :length]).sum(axis=1)
+        self.masked = bool(self.padding.any())
+        if self.masked:
+            self._upload_mask()
 
     def reserve(self, batch_size: int, new_tokens: int) -> int:
         """Check that `new_tokens` more fit; return the position they start at."""
@@ -50,6 +85,37 @@ class KVCache:
                 f"{self.max_len}; create the model/cache with a larger max_cache_len")
         return self.length
 
+    def admit(self, start: int, seq: int, attention_mask: np.ndarray | None) -> np.ndarray:
+        """Record which of the `seq` new tokens at `start` are padding (attention_mask 0)
+        and return their RoPE positions [batch, seq]: each row counts its real tokens only,
+        as transformers' generate does for left-padded batches (padding gets position 1,
+        which nothing attends to)."""
+        if attention_mask is None or attention_mask.all():
+            pos = self.positions[:, None] + np.arange(seq)[None, :]
+            self.positions += seq
+            return pos
+        real = attention_mask.astype(bool)
+        pos = np.where(real, self.positions[:, None] + np.cumsum(real, axis=1) - 1, 1)
+        self.positions += real.sum(axis=1)
+        self.padding[:, start:start + seq] = ~real
+        self.masked = True
+        self._upload_mask()
+        return pos
+
+    @property
+    def mask(self) -> Tensor:
+        """[batch, max_len + 1] additive mask: 0 where a key may be attended to."""
+        if self._mask is None:
+            self._upload_mask()
+        return self._mask
+
+    def _upload_mask(self) -> None:
+        host = np.where(self.padding, mask_value(self.dtype), 0.0)
+        if self._mask is None:
+            self._mask = Tensor.from_numpy(host, self.device, self.dtype)
+        else:
+            self._mask.copy_from_numpy(host)
+
     def slot(self, layer: int, start: int, seq: int) -> tuple[Tensor, Tensor]:
         """Where the K/V of `seq` new tokens go: [batch, kv_heads, seq, head_dim] views."""
         return (self.keys[layer].narrow(2, start, seq), self.values[layer].narrow(2, start, seq))
@@ -58,5 +124,5 @@ class KVCache:
         """The first `total` positions as [batch * kv_heads, total, head_dim] views."""
         k, v = self.keys[layer], self.values[layer]
         shape = (self.batch_size * self.num_kv_heads, total, self.head_dim)
-        strides = (self.max_len * self.head_dim, self.head_dim, 1)
+        strides = (k.strides[1], k.strides[2], 1)
         return (k.as_strided(shape, strides), v.as_strided(shape, strides))

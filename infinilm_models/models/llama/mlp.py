@@ -1,23 +1,31 @@
-"""LlamaMLP: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+"""LlamaMLP: down_proj(silu(gate_proj(x)) * up_proj(x)).
+
+    gate_up  = x @ [gate_proj; up_proj].T      one gemm over the fused weight
+    act      = swiglu(up, gate)                 = up * silu(gate)
+    hidden  += act @ down_proj.T                the residual folded in (beta = 1)
+"""
 
 from __future__ import annotations
 
 from ...runtime import Tensor, ops
+from .attention import fused
 from .buffers import Buffers
 
 
 class LlamaMLP:
     def __init__(self, weights: dict[str, Tensor]) -> None:
-        self.gate_proj = weights["gate_proj.weight"]
-        self.up_proj = weights["up_proj.weight"]
+        self.gate_up_proj = fused(weights, "gate_up_proj.weight",
+                                  ("gate_proj.weight", "up_proj.weight"))
+        inter = self.gate_up_proj.shape[0] // 2
+        self.gate_proj = self.gate_up_proj.narrow(0, 0, inter)
+        self.up_proj = self.gate_up_proj.narrow(0, inter, inter)
         self.down_proj = weights["down_proj.weight"]
-        self._gate_t, self._up_t, self._down_t = (
-            w.transpose(0, 1) for w in (self.gate_proj, self.up_proj, self.down_proj))
+        self._gate_up_t, self._down_t = (self.gate_up_proj.transpose(0, 1),
+                                         self.down_proj.transpose(0, 1))
 
-    def forward(self, x: Tensor, bufs: Buffers) -> Tensor:
-        """x [T, hidden] (normed) -> bufs.mlp_out [T, hidden]."""
-        ops.gemm(bufs.gate, x, self._gate_t)
-        ops.gemm(bufs.up, x, self._up_t)
+    def forward(self, x: Tensor, bufs: Buffers, out: Tensor, residual: bool) -> Tensor:
+        """x [T, hidden] (normed) -> `out` [T, hidden] (out += mlp with `residual`)."""
+        ops.gemm(bufs.gate_up, x, self._gate_up_t)
         ops.swiglu(bufs.act, bufs.up, bufs.gate)
-        ops.gemm(bufs.mlp_out, bufs.act, self._down_t)
-        return bufs.mlp_out
+        ops.gemm(out, bufs.act, self._down_t, 1.0, 1.0 if residual else 0.0)
+        return out

@@ -167,12 +167,16 @@ class LlamaForCausalLM:
 
     def forward(self, input_ids: Sequence[Sequence[int]] | np.ndarray,
                 position_ids: np.ndarray | None = None, *, cache: KVCache | None = None,
+                attention_mask: Sequence[Sequence[int]] | np.ndarray | None = None,
                 all_logits: bool = False, capture: dict[str, np.ndarray] | None = None,
                 inject: Mapping[str, np.ndarray] | None = None) -> Tensor:
         """Logits of the last token [batch, 1, vocab] (or of every token, [batch, seq, vocab]).
 
         With `cache`, the tokens are appended after the cached ones; without, the call is
-        a full recompute. `position_ids` default to cache position + 0..seq-1. The returned
+        a full recompute. `attention_mask` [batch, seq] (1 = token, 0 = padding, as in
+        transformers) marks left padding: padding is never attended to, and each row's
+        positions count its real tokens only. `position_ids` default to those positions
+        (cache position + 0..seq-1 without padding). The returned
         tensor is a reused buffer: read it before the next call. `capture`, if given, is
         filled with host copies of the named intermediates of capture.py's capture points,
         in execution order; copying does not change the numerics. `inject` replaces the
@@ -181,11 +185,13 @@ class LlamaForCausalLM:
         """
         ids = token_ids(input_ids, "input_ids", vocab_size=self.config.vocab_size)
         batch, seq = ids.shape
+        mask = None if attention_mask is None else padding_mask(attention_mask, ids.shape)
         if cache is None:
             cache = self._scratch_cache(batch, seq)
         start = cache.reserve(batch, seq)
+        auto = cache.admit(start, seq, mask)
         if position_ids is None:
-            pos = np.broadcast_to(np.arange(start, start + seq), (batch, seq))
+            pos = auto
         else:
             pos = token_ids(position_ids, "position_ids")
             if pos.shape != ids.shape:
@@ -260,3 +266,16 @@ class LlamaForCausalLM:
                 t.copy_from_numpy(value.reshape(t.shape))
 
         return record
+
+
+def padding_mask(mask: Sequence[Sequence[int]] | np.ndarray, shape: tuple[int, int]
+                 ) -> np.ndarray:
+    """An attention_mask as transformers takes it: [batch, seq] of 0 (padding) and 1."""
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise ValueError(f"attention_mask shape {m.shape} != input_ids shape {shape}")
+    if m.dtype.kind not in "biu" or not np.isin(m, (0, 1)).all():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    if not m.any(axis=1).all():
+        raise ValueError("attention_mask: a row without any token (all 0)")
+    return m.astype(bool)
