@@ -166,6 +166,43 @@ def _declare_rt(rt: ctypes.CDLL) -> None:
     _declare(rt, "infinirtMemcpy", P, P, c_size_t, c_int)
 
 
+def _declare_ccl(ccl: ctypes.CDLL) -> None:
+    """The three functions of InfiniCCL 0.1.0 (include/infiniccl.h). Every build exports
+    them; without a CCL backend for the device they answer DEVICE_TYPE_NOT_SUPPORTED."""
+    _declare(ccl, "infinicclCommInitAll", c_int, PP, c_int, POINTER(c_int))
+    _declare(ccl, "infinicclCommDestroy", P)
+    # sendbuf, recvbuf, count, infiniDtype_t, infinicclReduceOp_t, comm, stream
+    _declare(ccl, "infinicclAllReduce", P, P, c_size_t, c_int, c_int, P, P)
+
+
+INFINICCL_UNIQUE_ID_BYTES = 128
+
+
+class InfinicclUniqueId(ctypes.Structure):
+    """infinicclUniqueId_t of newer InfiniCore (not 0.1.0): 128 opaque bytes, the same
+    size as ncclUniqueId, passed by value to infinicclCommInitRank."""
+
+    _fields_ = [("internal", ctypes.c_char * INFINICCL_UNIQUE_ID_BYTES)]
+
+
+# One process per rank: exported by InfiniCore after 0.1.0 (commit 1ba15fe0), not by 0.1.0.
+CCL_INIT_RANK_SYMBOLS = ("infinicclGetUniqueId", "infinicclCommInitRank")
+
+
+def has_ccl_init_rank(ccl: object | None) -> bool:
+    """Whether `ccl` (the loaded libinfiniccl, or a stand-in) exports the one-process-per-
+    rank API. hasattr on a CDLL looks the symbol up (dlsym) without declaring anything."""
+    return ccl is not None and all(hasattr(ccl, name) for name in CCL_INIT_RANK_SYMBOLS)
+
+
+def declare_ccl_init_rank(ccl: ctypes.CDLL) -> None:
+    """Declare infinicclGetUniqueId and infinicclCommInitRank; only where
+    has_ccl_init_rank(ccl), since 0.1.0 lacks them."""
+    _declare(ccl, "infinicclGetUniqueId", POINTER(InfinicclUniqueId))
+    # comm out, nranks, unique id BY VALUE, rank
+    _declare(ccl, "infinicclCommInitRank", PP, c_int, InfinicclUniqueId, c_int)
+
+
 # (name, argtypes after the descriptor for the compute call) of every op we bind.
 _WS = [P, c_size_t]  # workspace, workspace_size
 OP_SIGNATURES: dict[str, tuple[int, list]] = {
@@ -231,6 +268,8 @@ def load() -> Library:
         try:
             _declare_rt(rt)
             _declare_op(op)
+            if ccl is not None:
+                _declare_ccl(ccl)
         except AttributeError as e:
             raise LibraryNotFound(
                 f"{libdir} lacks a symbol this binding needs ({e}); is it InfiniCore 0.1.0?"
