@@ -456,3 +456,14 @@ def test_bf16_reference_helper_rounds_like_infinicore() -> None:
     a = np.array([1.0], ml_dtypes.bfloat16)
     b = np.array([2.0 ** -8], ml_dtypes.bfloat16)  # half an ulp of 1.0: a tie, to even
     assert rank_order([a, b], "sum")[0] == 1.0
+
+
+def test_infiniccl_that_did_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build with InfiniCCL whose NCCL is gone still runs ops; a communicator says why."""
+    lib = load()
+    broken = library.Library(root=lib.root, rt=lib.rt, op=lib.op, ccl=None,
+                             ccl_error="libnccl.so.2: cannot open shared object file")
+    monkeypatch.setattr(library, "_lib", broken)
+    with pytest.raises(MissingSymbol, match="did not load: libnccl.so.2") as info:
+        InfiniCCLCommunicator(["cpu"])
+    assert info.value.unsupported

@@ -57,12 +57,13 @@ class CommError(RuntimeError):
 
 
 class MissingSymbol(InfiniError):
-    """The loaded InfiniCore lacks a C function (an older release): unsupported, as a
-    status NOT_IMPLEMENTED would be, though nothing was called."""
+    """The loaded InfiniCore lacks a C function or library (an older release, a build
+    without it): unsupported, as a status NOT_IMPLEMENTED would be, though nothing was
+    called."""
 
-    def __init__(self, call: str, where: str, hint: str) -> None:
+    def __init__(self, call: str, message: str) -> None:
         super().__init__(call, 2)
-        self.args = (f"{call}: not exported by {where}; {hint}",)
+        self.args = (f"{call}: {message}",)
 
 
 @dataclass
@@ -183,8 +184,9 @@ class Communicator:
 def _ccl_library():
     lib = load()
     if lib.ccl is None:
-        raise MissingSymbol("libinfiniccl.so", str(lib.root / "lib"),
-                            "this InfiniCore install has no InfiniCCL library")
+        why = (f"it did not load: {lib.ccl_error}" if lib.ccl_error
+               else "this InfiniCore install has no InfiniCCL library")
+        raise MissingSymbol("libinfiniccl.so", f"in {lib.root / 'lib'}: {why}")
     return lib.ccl
 
 
@@ -243,11 +245,13 @@ class InfiniCCLCommunicator(Communicator):
         env = os.environ if environ is None else environ
         lib = _ccl_library() if ccl is None else ccl
         if not has_ccl_init_rank(lib):
+            where = getattr(lib, "_name", None) or "libinfiniccl.so"
             raise MissingSymbol(
-                "infinicclCommInitRank", getattr(lib, "_name", None) or "libinfiniccl.so",
-                "one process per rank needs an InfiniCore newer than 0.1.0 (infinicclGetUniqueId"
-                "/infinicclCommInitRank); with 0.1.0 drive every device from one process: "
-                "InfiniCCLCommunicator(devices), one thread per rank")
+                "infinicclCommInitRank",
+                f"not exported by {where}; one process per rank needs an InfiniCore newer "
+                "than 0.1.0 (infinicclGetUniqueId/infinicclCommInitRank); with 0.1.0 drive "
+                "every device from one process: InfiniCCLCommunicator(devices), one thread "
+                "per rank")
         rank = _env_int(env, "RANK") if rank is None else rank
         world_size = _env_int(env, "WORLD_SIZE") if world_size is None else world_size
         if not 0 <= rank < world_size:

@@ -130,6 +130,7 @@ class Library:
     rt: ctypes.CDLL
     op: ctypes.CDLL
     ccl: ctypes.CDLL | None
+    ccl_error: str | None = None  # why libinfiniccl.so is there but did not load
 
     def path(self, name: str) -> Path:
         return self.root / "lib" / name
@@ -254,8 +255,6 @@ def load() -> Library:
         mode = ctypes.RTLD_LOCAL
         try:
             rt = ctypes.CDLL(str(libdir / "libinfinirt.so"), mode=mode)
-            ccl_path = libdir / "libinfiniccl.so"
-            ccl = ctypes.CDLL(str(ccl_path), mode=mode) if ccl_path.is_file() else None
             op = ctypes.CDLL(str(libdir / "libinfiniop.so"), mode=mode)
         except OSError as e:
             hint = ""
@@ -265,6 +264,15 @@ def load() -> Library:
                         f"LD_LIBRARY_PATH={libdir} (InfiniCore's own setup), or rebuild with "
                         "`python -m infinilm_models.runtime.build`.")
             raise LibraryNotFound(f"failed to load InfiniCore from {libdir}: {e}{hint}") from e
+        # InfiniCCL is optional: a build with it needs NCCL (libnccl.so.2, on its RUNPATH);
+        # if that is gone, the ops still work and only a communicator reports why.
+        ccl, ccl_error = None, None
+        ccl_path = libdir / "libinfiniccl.so"
+        if ccl_path.is_file():
+            try:
+                ccl = ctypes.CDLL(str(ccl_path), mode=mode)
+            except OSError as e:
+                ccl_error = str(e)
         try:
             _declare_rt(rt)
             _declare_op(op)
@@ -275,5 +283,5 @@ def load() -> Library:
                 f"{libdir} lacks a symbol this binding needs ({e}); is it InfiniCore 0.1.0?"
             ) from e
         check(rt.infinirtInit(), "infinirtInit")
-        _lib = Library(root=root, rt=rt, op=op, ccl=ccl)
+        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error)
         return _lib
