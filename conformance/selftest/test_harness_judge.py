@@ -153,7 +153,7 @@ def test_exact_copy_envelope_by_fraction():
 
 def test_tolerance_table_is_complete():
     for check in ("gemm", "rms_norm", "rope", "causal_softmax", "swiglu", "add", "mul",
-                  "attention"):
+                  "attention", "allreduce"):
         for dtype in DTYPES:
             assert isinstance(POLICY.get(check, dtype), Tolerance)
     for check in ("model_activations", "model_activations_gate", "model_logits",

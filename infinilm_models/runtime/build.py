@@ -1,6 +1,7 @@
 """Build InfiniCore's C libraries from the PyPI sdist, offline, into a prefix.
 
     python -m infinilm_models.runtime.build --backend cpu [--prefix DIR]
+    python -m infinilm_models.runtime.build --backend nvidia --ccl   # with InfiniCCL (NCCL)
 
 The sdist (`infinicore` 0.1.0) is a source tree built with xmake. Three traps are
 handled here so that a clean machine with only PyPI reachable gets a working build:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -53,6 +55,12 @@ BACKEND_FLAGS: dict[str, list[str]] = {
 # without LD_LIBRARY_PATH the loader cannot find it. $ORIGIN makes the prefix relocatable.
 COMMON_FLAGS = ["--shflags=-Wl,-rpath,$ORIGIN"]
 BACKEND_TOOLS: dict[str, list[str]] = {"cpu": ["c++"], "nvidia": ["c++", "nvcc"]}
+# InfiniCCL (xmake option --ccl=y, the ENABLE_CCL define): the backends whose collective
+# library we know how to provide. NVIDIA: NCCL, found through NCCL_ROOT (xmake/nvidia.lua:
+# $NCCL_ROOT/include and $NCCL_ROOT/lib/libnccl.so). InfiniCCL has no CPU backend at all.
+CCL_BACKENDS = ("nvidia",)
+# The pip packages of NCCL, newest CUDA first; any NCCL 2 links (headers and ABI are stable).
+NCCL_DISTRIBUTIONS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12")
 
 _HERE = Path(__file__).resolve().parent
 
@@ -109,11 +117,13 @@ def check_cuda_arch(arch: str) -> str:
     return arch
 
 
-def _recipe_digest(backend: str, cuda_arch: str = "native") -> str:
+def _recipe_digest(backend: str, cuda_arch: str = "native", ccl: bool = False) -> str:
     h = hashlib.sha256()
     parts = [RECIPE_VERSION, BACKEND_FLAGS[backend], COMMON_FLAGS, C_API_TARGETS]
     if backend == "nvidia" and cuda_arch != "native":
         parts.append(cuda_arch)
+    if ccl:  # only when on: stamps of builds without InfiniCCL keep their digest
+        parts.append("ccl")
     h.update(json.dumps(parts).encode())
     for p in sorted((_HERE / "xmake_repo").rglob("*.lua")):
         h.update(p.read_bytes())
@@ -152,6 +162,90 @@ def check_tools(backend: str) -> str:
             + "; ".join(hint.get(t, t) for t in missing)
         )
     return find_xmake()
+
+
+@dataclass(frozen=True)
+class Nccl:
+    """Where NCCL is: the folder holding nccl.h, the shared library, and where from."""
+
+    include: Path
+    library: Path
+    source: str
+
+    def describe(self) -> dict[str, str]:
+        return {"include": str(self.include), "library": str(self.library),
+                "source": self.source}
+
+
+def find_nccl(search_path: list[str] | None = None,
+              environ: dict[str, str] | None = None) -> Nccl:
+    """NCCL for an InfiniCCL build on NVIDIA: $NCCL_ROOT if set (include/nccl.h and
+    lib/libnccl.so, xmake's own convention), else the pip package nvidia-nccl-cu13 or
+    -cu12 of this environment (`search_path`: where to look instead of sys.path), found
+    from its file list with importlib.metadata: nothing is imported."""
+    env = os.environ if environ is None else environ
+    root = env.get("NCCL_ROOT")
+    if root:
+        inc, lib = Path(root) / "include", Path(root) / "lib" / "libnccl.so"
+        if not (inc / "nccl.h").is_file() or not lib.is_file():
+            raise BuildError(f"NCCL_ROOT={root} lacks include/nccl.h or lib/libnccl.so; unset "
+                             "it to use the pip package nvidia-nccl-cu13/-cu12")
+        return Nccl(inc, lib.resolve(), f"NCCL_ROOT={root}")
+    for name in NCCL_DISTRIBUTIONS:
+        dist = next(iter(importlib.metadata.distributions(
+            name=name, **({"path": search_path} if search_path is not None else {}))), None)
+        if dist is None:
+            continue
+        found: dict[str, Path] = {}
+        for f in dist.files or ():
+            if f.name in ("nccl.h", "libnccl.so.2"):
+                found[f.name] = Path(str(dist.locate_file(f)))
+        # Without a file list (RECORD), the layout of every release so far.
+        found.setdefault("nccl.h", Path(str(dist.locate_file("nvidia/nccl/include/nccl.h"))))
+        found.setdefault("libnccl.so.2",
+                         Path(str(dist.locate_file("nvidia/nccl/lib/libnccl.so.2"))))
+        header, lib = found["nccl.h"], found["libnccl.so.2"]
+        if header.is_file() and lib.is_file():
+            return Nccl(header.parent.resolve(), lib.resolve(), f"{name} {dist.version}")
+        raise BuildError(f"{name} {dist.version} is installed but {header} or {lib} is "
+                         "missing; reinstall it")
+    raise BuildError(
+        "--ccl on nvidia needs NCCL: install the pip package into this environment ("
+        + sys.executable + "): pip install nvidia-nccl-cu13 (CUDA 13) or nvidia-nccl-cu12 "
+        "(CUDA 12); or set NCCL_ROOT to a folder with include/nccl.h and lib/libnccl.so")
+
+
+def nccl_root(nccl: Nccl, dest: Path) -> Path:
+    """A scratch NCCL_ROOT in xmake's layout: include -> the package's include folder,
+    lib/libnccl.so -> its libnccl.so.2 (the pip package ships no unversioned name)."""
+    (dest / "lib").mkdir(parents=True, exist_ok=True)
+    for link, target in ((dest / "include", nccl.include),
+                         (dest / "lib" / "libnccl.so", nccl.library)):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return dest
+
+
+def link_flags(nccl: Nccl | None) -> list[str]:
+    """COMMON_FLAGS, and with InfiniCCL the folder of libnccl.so.2 on the RUNPATH too:
+    libinfiniccl.so needs it, and a pip package's folder is on no default search path
+    (torch finds it through its own RUNPATH; this project imports no torch)."""
+    if nccl is None:
+        return list(COMMON_FLAGS)
+    libdir = str(nccl.library.parent)
+    if any(c in libdir for c in ": \t\n$,"):
+        raise BuildError(f"NCCL folder {libdir!r}: a character that cannot go on a RUNPATH")
+    return [COMMON_FLAGS[0] + ":" + libdir]
+
+
+def check_ccl(backend: str, ccl: bool) -> None:
+    if ccl and backend not in CCL_BACKENDS:
+        raise BuildError(
+            f"--ccl: InfiniCCL has no {backend} backend (InfiniCore 0.1.0 builds it for "
+            "nvidia/iluvatar, ascend, cambricon, metax and moore; this recipe for "
+            f"{', '.join(CCL_BACKENDS)}). Ranks sharing the CPU use "
+            "infinilm_models.runtime.comm.LoopbackCommunicator, which needs no InfiniCCL.")
 
 
 def fetch_sdist(dest: Path) -> Path:
@@ -243,27 +337,44 @@ def read_stamp(prefix: Path) -> dict | None:
         return None
 
 
-def is_up_to_date(prefix: Path, backend: str, cuda_arch: str = "native") -> bool:
+def is_up_to_date(prefix: Path, backend: str, cuda_arch: str = "native",
+                  ccl: bool = False) -> bool:
+    """The prefix holds what this request builds. A build with InfiniCCL also satisfies a
+    request without (it is the same build plus the collectives), so that a plain
+    `--backend nvidia` (tox, CI) does not rebuild it away; its NCCL must still be there."""
     stamp = read_stamp(prefix)
-    return bool(
-        stamp
-        and stamp.get("backend") == backend
-        and stamp.get("recipe") == _recipe_digest(backend, cuda_arch)
-        and all((prefix / "lib" / lib).is_file() for lib in LIBRARIES)
-    )
+    if not stamp or stamp.get("backend") != backend:
+        return False
+    accepted = {_recipe_digest(backend, cuda_arch, ccl)}
+    if not ccl:
+        accepted.add(_recipe_digest(backend, cuda_arch, True))
+    if stamp.get("recipe") not in accepted:
+        return False
+    if stamp.get("ccl"):  # linked against this NCCL, found through the RUNPATH
+        nccl = stamp.get("nccl") or {}
+        if not Path(nccl.get("library", "")).is_file():
+            return False
+    return all((prefix / "lib" / lib).is_file() for lib in LIBRARIES)
 
 
 def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | None = None,
           force: bool = False, keep_build_dir: bool = False,
-          cuda_arch: str = "native") -> Path:
-    """Build and install InfiniCore for `backend` into `prefix`; return the prefix."""
+          cuda_arch: str = "native", ccl: bool = False) -> Path:
+    """Build and install InfiniCore for `backend` into `prefix`; return the prefix.
+    `ccl`: with InfiniCCL (NVIDIA: NCCL from `find_nccl`)."""
     if backend not in BACKEND_FLAGS:
         raise BuildError(f"unknown backend {backend!r}; choose from {sorted(BACKEND_FLAGS)}")
     check_cuda_arch(cuda_arch)
+    check_ccl(backend, ccl)
     prefix = prefix.resolve()
-    if not force and is_up_to_date(prefix, backend, cuda_arch):
-        _log(f"up to date: {prefix} (backend {backend}); use --force to rebuild")
+    if not force and is_up_to_date(prefix, backend, cuda_arch, ccl):
+        with_ccl = " with InfiniCCL" if (read_stamp(prefix) or {}).get("ccl") else ""
+        _log(f"up to date: {prefix} (backend {backend}{with_ccl}); use --force to rebuild")
         return prefix
+    nccl = find_nccl() if ccl else None
+    if nccl is not None:
+        _log(f"InfiniCCL with NCCL from {nccl.source}: {nccl.library}")
+    flags = BACKEND_FLAGS[backend] + (["--ccl=y"] if ccl else []) + link_flags(nccl)
     xmake = check_tools(backend)
     started = time.monotonic()
     sdist = sdist.resolve() if sdist else fetch_sdist(cache_home() / "sdist")
@@ -296,6 +407,8 @@ def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | 
             XMAKE_ROOT="y",  # xmake refuses to run as root (CI and containers) without it
         )
         env.pop("XMAKE_CONFIGDIR", None)
+        if nccl is not None:
+            env["NCCL_ROOT"] = str(nccl_root(nccl, work / "nccl-root"))
         try:
             import pybind11  # noqa: F401  (optional: only the unbuilt Python module uses it)
 
@@ -308,8 +421,7 @@ def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | 
         _run([xmake, "g", "--network=private"], src, env, "xmake global config", log)
         _run([xmake, "repo", "-a", "-g", "infinilm-offline", str(_HERE / "xmake_repo")], src, env,
              "xmake local package repository", log)
-        _run([xmake, "f", "-c", "-y", "-m", "release", *BACKEND_FLAGS[backend],
-                 *COMMON_FLAGS], src, env,
+        _run([xmake, "f", "-c", "-y", "-m", "release", *flags], src, env,
              "xmake configure", log)
         _log(f"[4/5] compiling ({backend})")
         _run([xmake, "build", "-y", *xjobs, "infinicore_c_api"], src, env, "xmake build", log)
@@ -324,10 +436,13 @@ def build(backend: str, prefix: Path, *, sdist: Path | None = None, jobs: int | 
         stamp = {
             "infinicore_version": INFINICORE_VERSION,
             "backend": backend,
-            "recipe": _recipe_digest(backend, cuda_arch),
+            "recipe": _recipe_digest(backend, cuda_arch, ccl),
             "cuda_arch": cuda_arch if backend == "nvidia" else None,
+            # InfiniCCL on or off (stamps from before this key: off), and which NCCL
+            "ccl": ccl,
+            "nccl": nccl.describe() if nccl is not None else None,
             "sdist_sha256": sha256_file(sdist),
-            "flags": BACKEND_FLAGS[backend] + COMMON_FLAGS,
+            "flags": flags,
             "patches": [p.path for p in PATCHES if backend in p.backends],
             "build_seconds": round(time.monotonic() - started, 1),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -379,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: $INFINILM_CUDA_ARCH or 'native', xmake's probe of the local "
                         "GPU; where that probe fails, only PTX is built and each process JITs "
                         "its kernels for about a minute)")
+    parser.add_argument("--ccl", action="store_true",
+                        help="also build InfiniCCL, the collectives for tensor parallelism "
+                        "(nvidia only: NCCL from the pip package nvidia-nccl-cu13 or -cu12 of "
+                        "this Python, or $NCCL_ROOT); a build with it also serves requests "
+                        "without")
     parser.add_argument("--unless-infini-root", action="store_true",
                         help="do nothing when INFINI_ROOT names an existing InfiniCore install "
                         "(a vendor's own build); used by tox and CI")
@@ -393,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.prefix or default_prefix(args.backend)
     try:
         out = build(args.backend, prefix, sdist=args.sdist, jobs=args.jobs, force=args.force,
-                    keep_build_dir=args.keep_build_dir, cuda_arch=args.cuda_arch)
+                    keep_build_dir=args.keep_build_dir, cuda_arch=args.cuda_arch,
+                    ccl=args.ccl)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -22,7 +22,18 @@ DEVICE_TYPES: dict[str, int] = {
 }
 _ALIASES = {"cuda": "nvidia", "gpu": "nvidia", "mlu": "cambricon", "npu": "ascend"}
 
-_current: tuple[int, int] | None = None
+
+
+class _ThreadState(threading.local):
+    """infinirt keeps the current device in a C++ thread_local that starts as the CPU on
+    every thread (src/infinirt/infinirt.cc), so our record of it is per thread too: a
+    rank's thread must activate its own device, and one thread's switch must never make
+    another skip its infinirtSetDevice."""
+
+    current: tuple[int, int] | None = None  # (infiniDevice_t, index) set on this thread
+
+
+_state = _ThreadState()
 _handles: dict[tuple[int, int], ctypes.c_void_p] = {}
 _lock = threading.Lock()
 
@@ -62,10 +73,10 @@ class Device:
         return f"{self.type}:{self.index}"
 
     def activate(self) -> None:
-        """Make this the current device for infinirt calls (malloc, memcpy, handles)."""
-        global _current
+        """Make this the current device of the calling thread for infinirt calls (malloc,
+        memcpy, handles, ops); each thread has its own, the CPU until it activates one."""
         key = (self.code, self.index)
-        if _current == key:
+        if _state.current == key:
             return
         count = device_count(self.type)
         if self.index >= count:
@@ -75,18 +86,18 @@ class Device:
             )
         lib = load()
         check(lib.rt.infinirtSetDevice(self.code, self.index), "infinirtSetDevice", str(self))
-        _current = key
+        _state.current = key
 
     def free(self, ptr: int) -> None:
         """Release device memory without disturbing the current device: buffers are freed
-        from garbage collection, which may run in the middle of work on another device."""
-        global _current
-        previous = _current
+        from garbage collection, which may run in the middle of work on another device
+        (on whichever thread the collector runs: the device it restores is that thread's)."""
+        previous = _state.current
         self.activate()
         load().rt.infinirtFree(ctypes.c_void_p(ptr))
-        if previous is not None and previous != _current:
+        if previous is not None and previous != _state.current:
             load().rt.infinirtSetDevice(*previous)
-            _current = previous
+            _state.current = previous
 
     def synchronize(self) -> None:
         self.activate()
@@ -105,6 +116,13 @@ class Device:
                       str(self))
                 _handles[key] = h
         return h
+
+
+def forget_current() -> None:
+    """Forget which device the calling thread activated, so that its next activate()
+    calls infinirtSetDevice again: for after a foreign library (NCCL's ncclCommInitAll)
+    may have switched the thread's device behind infinirt's back."""
+    _state.current = None
 
 
 def device_count(device_type: str) -> int:

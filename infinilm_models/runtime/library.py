@@ -130,6 +130,7 @@ class Library:
     rt: ctypes.CDLL
     op: ctypes.CDLL
     ccl: ctypes.CDLL | None
+    ccl_error: str | None = None  # why libinfiniccl.so is there but did not load
 
     def path(self, name: str) -> Path:
         return self.root / "lib" / name
@@ -164,6 +165,43 @@ def _declare_rt(rt: ctypes.CDLL) -> None:
     _declare(rt, "infinirtMallocHost", PP, c_size_t)
     _declare(rt, "infinirtFreeHost", P)
     _declare(rt, "infinirtMemcpy", P, P, c_size_t, c_int)
+
+
+def _declare_ccl(ccl: ctypes.CDLL) -> None:
+    """The three functions of InfiniCCL 0.1.0 (include/infiniccl.h). Every build exports
+    them; without a CCL backend for the device they answer DEVICE_TYPE_NOT_SUPPORTED."""
+    _declare(ccl, "infinicclCommInitAll", c_int, PP, c_int, POINTER(c_int))
+    _declare(ccl, "infinicclCommDestroy", P)
+    # sendbuf, recvbuf, count, infiniDtype_t, infinicclReduceOp_t, comm, stream
+    _declare(ccl, "infinicclAllReduce", P, P, c_size_t, c_int, c_int, P, P)
+
+
+INFINICCL_UNIQUE_ID_BYTES = 128
+
+
+class InfinicclUniqueId(ctypes.Structure):
+    """infinicclUniqueId_t of newer InfiniCore (not 0.1.0): 128 opaque bytes, the same
+    size as ncclUniqueId, passed by value to infinicclCommInitRank."""
+
+    _fields_ = [("internal", ctypes.c_char * INFINICCL_UNIQUE_ID_BYTES)]
+
+
+# One process per rank: exported by InfiniCore after 0.1.0 (commit 1ba15fe0), not by 0.1.0.
+CCL_INIT_RANK_SYMBOLS = ("infinicclGetUniqueId", "infinicclCommInitRank")
+
+
+def has_ccl_init_rank(ccl: object | None) -> bool:
+    """Whether `ccl` (the loaded libinfiniccl, or a stand-in) exports the one-process-per-
+    rank API. hasattr on a CDLL looks the symbol up (dlsym) without declaring anything."""
+    return ccl is not None and all(hasattr(ccl, name) for name in CCL_INIT_RANK_SYMBOLS)
+
+
+def declare_ccl_init_rank(ccl: ctypes.CDLL) -> None:
+    """Declare infinicclGetUniqueId and infinicclCommInitRank; only where
+    has_ccl_init_rank(ccl), since 0.1.0 lacks them."""
+    _declare(ccl, "infinicclGetUniqueId", POINTER(InfinicclUniqueId))
+    # comm out, nranks, unique id BY VALUE, rank
+    _declare(ccl, "infinicclCommInitRank", PP, c_int, InfinicclUniqueId, c_int)
 
 
 # (name, argtypes after the descriptor for the compute call) of every op we bind.
@@ -217,8 +255,6 @@ def load() -> Library:
         mode = ctypes.RTLD_LOCAL
         try:
             rt = ctypes.CDLL(str(libdir / "libinfinirt.so"), mode=mode)
-            ccl_path = libdir / "libinfiniccl.so"
-            ccl = ctypes.CDLL(str(ccl_path), mode=mode) if ccl_path.is_file() else None
             op = ctypes.CDLL(str(libdir / "libinfiniop.so"), mode=mode)
         except OSError as e:
             hint = ""
@@ -228,13 +264,24 @@ def load() -> Library:
                         f"LD_LIBRARY_PATH={libdir} (InfiniCore's own setup), or rebuild with "
                         "`python -m infinilm_models.runtime.build`.")
             raise LibraryNotFound(f"failed to load InfiniCore from {libdir}: {e}{hint}") from e
+        # InfiniCCL is optional: a build with it needs NCCL (libnccl.so.2, on its RUNPATH);
+        # if that is gone, the ops still work and only a communicator reports why.
+        ccl, ccl_error = None, None
+        ccl_path = libdir / "libinfiniccl.so"
+        if ccl_path.is_file():
+            try:
+                ccl = ctypes.CDLL(str(ccl_path), mode=mode)
+            except OSError as e:
+                ccl_error = str(e)
         try:
             _declare_rt(rt)
             _declare_op(op)
+            if ccl is not None:
+                _declare_ccl(ccl)
         except AttributeError as e:
             raise LibraryNotFound(
                 f"{libdir} lacks a symbol this binding needs ({e}); is it InfiniCore 0.1.0?"
             ) from e
         check(rt.infinirtInit(), "infinirtInit")
-        _lib = Library(root=root, rt=rt, op=op, ccl=ccl)
+        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error)
         return _lib

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import threading
 
 from .device import Device
 from .library import check, load
@@ -20,6 +21,9 @@ class MemcpyKind(enum.IntEnum):
 # infinirt has no allocator statistics, and benchmarks report peak device memory.
 _live: dict[Device, int] = {}
 _peak: dict[Device, int] = {}
+# Threads of one device (ranks sharing the CPU) update the same entries. Reentrant: a
+# buffer's __del__ may run from a garbage collection on a thread inside the lock.
+_count_lock = threading.RLock()
 
 
 def allocated_bytes(device: Device) -> int:
@@ -53,15 +57,17 @@ class DeviceBuffer:
         check(self._lib.rt.infinirtMalloc(ctypes.byref(p), max(nbytes, 1)), "infinirtMalloc",
               lambda: f"{nbytes} bytes on {device}")
         self.ptr: int = p.value or 0
-        live = _live[device] = _live.get(device, 0) + nbytes
-        if live > _peak.get(device, 0):
-            _peak[device] = live
+        with _count_lock:
+            live = _live[device] = _live.get(device, 0) + nbytes
+            if live > _peak.get(device, 0):
+                _peak[device] = live
 
     def __del__(self) -> None:
         ptr, self.ptr = getattr(self, "ptr", 0), 0
         if ptr:
             try:
-                _live[self.device] = _live.get(self.device, 0) - self.nbytes
+                with _count_lock:
+                    _live[self.device] = _live.get(self.device, 0) - self.nbytes
                 self.device.free(ptr)
             except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
                 pass

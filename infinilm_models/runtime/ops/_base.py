@@ -3,14 +3,22 @@
 A descriptor depends on the device and on each tensor's dtype, shape and strides (and
 on scalar creation parameters such as epsilon), never on the data pointers, so one is
 created the first time a signature is seen and reused on every later call.
+
+Threads (one per rank of a tensor-parallel model; ctypes releases the GIL during a call,
+so their ops overlap): descriptors are shared by every thread of a device, since they hold
+shapes and strides only, no pointers and no per-call state (the CPU and CUDA compute calls
+only read them); the workspace is per (device, thread), since two threads on one device
+(ranks sharing the CPU) would otherwise write the same scratch memory at the same time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from threading import get_ident
 
 from ..device import Device
 from ..library import InfiniError, check, load
@@ -41,20 +49,27 @@ def tensor_descriptor(t: Tensor) -> ctypes.c_void_p:
 
 
 class Workspace:
-    """One scratch buffer per device, grown on demand and shared by all ops: calls are
-    issued in order on one stream, so no two ops use it at the same time."""
+    """One scratch buffer per (device, thread), grown on demand and shared by the ops of
+    that thread: a thread issues its calls in order on one stream, so no two of its ops
+    use it at the same time. Kept in thread-local storage, so a thread's workspaces are
+    released when the thread ends."""
 
-    _by_device: dict[Device, Workspace] = {}
+    _local = threading.local()  # .by_device: dict[Device, Workspace] of the calling thread
 
     def __init__(self, device: Device) -> None:
         self.device = device
+        self.thread = get_ident()  # the thread that owns it (CachedOp._compute checks this)
         self.buffer: DeviceBuffer | None = None
 
     @classmethod
     def of(cls, device: Device) -> Workspace:
-        ws = cls._by_device.get(device)
+        """The calling thread's workspace of `device`."""
+        by_device = getattr(cls._local, "by_device", None)
+        if by_device is None:
+            by_device = cls._local.by_device = {}
+        ws = by_device.get(device)
         if ws is None:
-            ws = cls._by_device[device] = cls(device)
+            ws = by_device[device] = cls(device)
         return ws
 
     def get(self, nbytes: int) -> tuple[int | None, int]:
@@ -89,10 +104,16 @@ class CachedOp:
         self.name = name
         self.tensor_names = tuple(tensor_names)
         self.has_workspace = has_workspace
-        self._cache: OrderedDict[tuple, tuple[ctypes.c_void_p, int]] = OrderedDict()
+        # One LRU cache per device: with one thread per device (tensor parallelism) no
+        # thread ever evicts, or destroys, a descriptor another thread is using, and each
+        # device keeps MAX_CACHED_DESCRIPTORS of its own however many devices there are.
+        self._caches: dict[Device, OrderedDict[tuple, tuple[ctypes.c_void_p, int]]] = {}
+        # Creation and eviction (rare) are serialized, so that two threads missing on one
+        # signature at once (ranks sharing a device) create it once and leak nothing.
+        self._lock = threading.Lock()
         self.created = 0  # descriptors created so far (tests and benchmarks watch this)
         self._fn = None  # the compute entry point, looked up once
-        self._workspace: Workspace | None = None  # of the device last used
+        self._workspace: Workspace | None = None  # of the (device, thread) last used
 
     def descriptor(self, tensors: Sequence[Tensor], *params) -> tuple[ctypes.c_void_p, int]:
         # Runs on every op call of a forward (hundreds per decode step): identity checks
@@ -106,16 +127,29 @@ class CachedOp:
         # ctypes scalars are unhashable; their values are what the descriptor depends on.
         pkey = tuple(p.value if isinstance(p, ctypes._SimpleCData) else p
                      for p in params) if params else ()
-        key = (device, tuple([(t.dtype, t.shape, t.strides) for t in tensors]), pkey)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        hit = self._create(device, tensors, params)
-        self._cache[key] = hit
-        if len(self._cache) > MAX_CACHED_DESCRIPTORS:
-            _, (old, _) = self._cache.popitem(last=False)
-            self._destroy(old)
+        key = (tuple([(t.dtype, t.shape, t.strides) for t in tensors]), pkey)
+        cache = self._caches.get(device)
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                try:
+                    cache.move_to_end(key)
+                except KeyError:  # evicted by another thread of this device meanwhile
+                    pass
+                return hit
+        with self._lock:
+            cache = self._caches.get(device)
+            if cache is None:
+                cache = self._caches[device] = OrderedDict()
+            hit = cache.get(key)
+            if hit is None:  # not created by another thread while this one waited
+                hit = cache[key] = self._create(device, tensors, params)
+                if len(cache) > MAX_CACHED_DESCRIPTORS:
+                    # The least recently used one. Only threads of this device can be using
+                    # it, and they would have moved it to the end: in the case that shares
+                    # a device (ranks on the CPU) they run the same signatures in lockstep.
+                    _, (old, _) = cache.popitem(last=False)
+                    self._destroy(old)
         return hit
 
     def _create(self, device: Device, tensors: Sequence[Tensor],
@@ -170,7 +204,9 @@ class CachedOp:
         ptrs = [t.buffer.ptr + t.offset * t.dtype.itemsize for t in tensors]
         if self.has_workspace:
             ws = self._workspace
-            if ws is None or ws.device is not device:
+            # One attribute read, then checks on the local: another thread may replace
+            # self._workspace meanwhile, never the object this thread checked.
+            if ws is None or ws.device is not device or ws.thread != get_ident():
                 ws = self._workspace = Workspace.of(device)
             status = fn(desc, *ws.get(ws_size), *ptrs, *compute_args, None)
         else:
@@ -190,9 +226,12 @@ class CachedOp:
                        f"{sorted(op.name for op in cls.instances)}")
 
     def clear(self) -> None:
-        while self._cache:
-            _, (desc, _) = self._cache.popitem()
-            self._destroy(desc)
+        """Destroy every cached descriptor (no op of this wrapper may be running)."""
+        with self._lock:
+            for cache in self._caches.values():
+                while cache:
+                    _, (desc, _) = cache.popitem()
+                    self._destroy(desc)
 
 
 def descriptors_created() -> int:
