@@ -21,6 +21,9 @@ CASES = {
     "strided": ((PREFILL, HIDDEN), "strided"),
     "batched_3d": ((2, PREFILL, HIDDEN), "plain"),
     "odd": ((7, 73), "plain"),
+    # a [T, 1] view of a wider buffer (the gate or up half of a fused buffer with one
+    # intermediate feature): strided rows of a single element
+    "strided_last_dim_1": ((7, 1), "strided"),
 }
 OPS = {"add": (ops.add, np.add), "mul": (ops.mul, np.multiply)}
 

@@ -102,7 +102,7 @@ def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
     defect = defects.defect_for(config, crashitem)
     if defect is not None:
         planned.known_defect = DefectRef(**defect.ref())
-        if defect.kind == "crash":
+        if defect.crash:
             planned.status = "known_defect"
             report.outcome = "skipped"
             report.wasxfail = f"known defect {defect.id}: {defect.reason}"

@@ -43,6 +43,11 @@ class KnownDefect:
     applies_to: tuple[str, ...] = ("*",)
     strict: str = "each"
     derivation: str = ""
+    crash: bool = False  # explains a crash of the check (kind "crash", or merged with one)
+
+    def __post_init__(self) -> None:
+        if self.kind == "crash":
+            object.__setattr__(self, "crash", True)
 
     def matches(self, nodeid: str) -> bool:
         return any(_matches(p, nodeid) for p in self.checks)
@@ -109,7 +114,31 @@ def active(config: pytest.Config) -> list[KnownDefect]:
 
 
 def defect_for(config: pytest.Config, nodeid: str) -> KnownDefect | None:
-    for d in active(config):
-        if d.matches(nodeid):
-            return d
-    return None
+    """The defect covering this check; where several do (an f16 check of a case that has
+    a defect of its own on a backend whose f16 conversion has another), one entry whose
+    envelope is the union of theirs, so each explains what it explains."""
+    found = [d for d in active(config) if d.matches(nodeid)]
+    if len(found) <= 1:
+        return found[0] if found else None
+    return merge(found)
+
+
+def merge(found: list[KnownDefect]) -> KnownDefect:
+    envelope: dict[str, Any] = {}
+    for d in found:
+        for k, v in d.envelope.items():
+            if isinstance(v, bool) or isinstance(v, str):
+                envelope.setdefault(k, v)
+            else:
+                envelope[k] = max(float(v), float(envelope.get(k, v)))
+    kinds = [d.kind for d in found]
+    kind = next((k for k in kinds if k != "crash"), "crash")
+    applies = tuple(dict.fromkeys(p for d in found for p in d.applies_to))
+    return KnownDefect(
+        id=" + ".join(d.id for d in found), device=found[0].device, kind=kind,
+        checks=tuple(p for d in found for p in d.checks),
+        reason="; ".join(d.reason for d in found),
+        evidence="\n\n".join(d.evidence for d in found), envelope=envelope,
+        applies_to=applies, strict="each" if any(d.strict == "each" for d in found) else "any",
+        derivation="\n\n".join(d.derivation for d in found if d.derivation),
+        crash="crash" in kinds)

@@ -189,7 +189,7 @@ class Supervisor:
         defect = defects.defect_for(self.config, item.nodeid)
         if defect is not None:
             record.known_defect = DefectRef(**defect.ref())
-            if defect.kind == "crash":
+            if defect.crash:
                 record.status = "known_defect"
             else:
                 message += (f" (known defect {defect.id} is an {defect.kind} defect, so it "

@@ -29,7 +29,7 @@ class Buffers:
     attn: Tensor  # [batch * kv_heads, group * seq, head_dim]
     attn_tokens: Tensor  # [T, heads * head_dim]
     attn_out: Tensor  # [T, hidden]
-    gate_up: Tensor  # [T, 2 * intermediate]: one gemm over the fused gate|up weight
+    gate_up: Tensor | None  # [T, 2 * intermediate]: one gemm over the fused gate|up weight
     gate: Tensor  # [T, intermediate] view of gate_up
     up: Tensor  # [T, intermediate] view of gate_up
     act: Tensor  # [T, intermediate]
@@ -75,7 +75,12 @@ class BufferPool:
 
         qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
         qkv = z(t, qd + 2 * kvd)
-        gate_up = z(t, 2 * c.intermediate_size)
+        inter = c.intermediate_size
+        # InfiniCore 0.1.0's CPU elementwise ops read a strided [T, 1] view as if it were
+        # contiguous (known defect cpu-elementwise-strided-last-dim-1): with one
+        # intermediate feature the gate and up halves of the fused buffer would be such
+        # views, so they get buffers of their own (and two gemms) there.
+        gate_up = z(t, 2 * inter) if inter > 1 else None
         return Buffers(
             batch=batch, seq=seq,
             hidden=z(t, c.hidden_size), normed=z(t, c.hidden_size),
@@ -86,8 +91,9 @@ class BufferPool:
             attn=z(rows, group * seq, c.head_dim),
             attn_tokens=z(t, c.num_attention_heads * c.head_dim),
             attn_out=z(t, c.hidden_size),
-            gate_up=gate_up, gate=gate_up.narrow(1, 0, c.intermediate_size),
-            up=gate_up.narrow(1, c.intermediate_size, c.intermediate_size),
+            gate_up=gate_up,
+            gate=gate_up.narrow(1, 0, inter) if gate_up is not None else z(t, 1),
+            up=gate_up.narrow(1, inter, inter) if gate_up is not None else z(t, 1),
             act=z(t, c.intermediate_size), mlp_out=z(t, c.hidden_size),
             pos_ids=z(t, dtype=DType.I32),
             last_normed=z(batch, c.hidden_size), logits=z(batch, c.vocab_size),

@@ -71,6 +71,25 @@ _REQUIRED_KEYS = (
 
 _DEFAULT_ROPE_THETA = 10000.0
 
+# transformers' LlamaConfig plans, in its spelling: how each projection is split across
+# tensor-parallel ranks ("colwise": the output features, "rowwise": the input features,
+# followed by an all-reduce of the partial outputs) and which modules form the pipeline.
+DEFAULT_TP_PLAN: Mapping[str, str] = MappingProxyType({
+    "layers.*.self_attn.q_proj": "colwise",
+    "layers.*.self_attn.k_proj": "colwise",
+    "layers.*.self_attn.v_proj": "colwise",
+    "layers.*.self_attn.o_proj": "rowwise",
+    "layers.*.mlp.gate_proj": "colwise",
+    "layers.*.mlp.up_proj": "colwise",
+    "layers.*.mlp.down_proj": "rowwise",
+})
+DEFAULT_PP_PLAN: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType({
+    "embed_tokens": (("input_ids",), ("inputs_embeds",)),
+    "layers": (("hidden_states", "attention_mask"), ("hidden_states",)),
+    "norm": (("hidden_states",), ("hidden_states",)),
+})
+TP_STYLES = ("colwise", "rowwise")
+
 
 class ConfigError(ValueError):
     """A config.json this implementation cannot (or must not) run."""
@@ -223,6 +242,10 @@ class LlamaConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     model_type: str = "llama"
+    base_model_tp_plan: Mapping[str, str] = field(default_factory=lambda: DEFAULT_TP_PLAN,
+                                                  hash=False)
+    base_model_pp_plan: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_PP_PLAN,
+                                                  hash=False)
     # Only for messages: two configs with the same contents are equal wherever they came from.
     source: str = field(default="<dict>", compare=False)
 
@@ -266,6 +289,7 @@ class LlamaConfig:
         put("rope_theta", _positive_float(src, "rope_theta", self.rope_theta))
         put("rope_scaling", _normalize_rope(src, self.rope_scaling, self.rope_theta))
         self._check_rope_range()
+        self._check_plans()
 
         if self.hidden_act != "silu":
             raise _fail(src, f"hidden_act ({self.hidden_act!r}) is not supported; only "
@@ -287,6 +311,28 @@ class LlamaConfig:
             put("eos_token_id", ids or None)
         elif eos is not None:
             put("eos_token_id", _token_id(src, "eos_token_id", eos))
+
+    def _check_plans(self) -> None:
+        src = self.source
+        tp = self.base_model_tp_plan
+        if not isinstance(tp, Mapping) or not all(isinstance(k, str) for k in tp):
+            raise _fail(src, f"base_model_tp_plan ({tp!r}) must be an object of module "
+                             "pattern -> 'colwise' | 'rowwise'")
+        for k, v in tp.items():
+            if v not in TP_STYLES:
+                raise _fail(src, f"base_model_tp_plan[{k!r}] ({v!r}) is not supported; "
+                                 f"expected one of {TP_STYLES}")
+        object.__setattr__(self, "base_model_tp_plan", MappingProxyType(dict(tp)))
+        pp = self.base_model_pp_plan
+        if not isinstance(pp, Mapping) or set(pp) != {"embed_tokens", "layers", "norm"}:
+            raise _fail(src, f"base_model_pp_plan ({pp!r}) must name the stages embed_tokens, "
+                             "layers and norm (transformers' LlamaConfig plan)")
+        try:
+            norm = {k: (tuple(v[0]), tuple(v[1])) for k, v in pp.items()}
+        except (TypeError, IndexError):
+            raise _fail(src, f"base_model_pp_plan ({dict(pp)!r}): each stage must be "
+                             "[[inputs], [outputs]]") from None
+        object.__setattr__(self, "base_model_pp_plan", MappingProxyType(norm))
 
     def _check_rope_range(self) -> None:
         """Refuse a config whose RoPE angles overflow float32 (NaN sin/cos, NaN logits).
@@ -349,6 +395,8 @@ class LlamaConfig:
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
             model_type=opt("model_type", "llama"),
+            base_model_tp_plan=opt("base_model_tp_plan", None) or DEFAULT_TP_PLAN,
+            base_model_pp_plan=opt("base_model_pp_plan", None) or DEFAULT_PP_PLAN,
             source=source,
         )
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -291,13 +291,21 @@ def _inventory(layout: _Layout, handles: Mapping[Path, Any]) -> dict[str, _Tenso
     return present
 
 
-def _read_tensor(handle: Any, path: Path, name: str, info: _TensorInfo) -> np.ndarray:
+def _read_tensor(handle: Any, path: Path, name: str, info: _TensorInfo,
+                 part: tuple[int, int, int] | None = None) -> np.ndarray:
+    index = None
+    if part is not None:
+        dim, start, stop = part
+        index = (slice(None),) * dim + (slice(start, stop),)
     try:
+        if index is not None:
+            return np.ascontiguousarray(handle.get_slice(name)[index])
         return _library_get_tensor(handle, name)
     except Exception as exc:
         if info.dtype == "BF16":
             # Older safetensors cannot hand BF16 to numpy; the bytes themselves are fine.
-            return _read_raw(path, name, info)
+            raw = _read_raw(path, name, info)
+            return np.ascontiguousarray(raw[index]) if index is not None else raw
         raise CheckpointError(f"{path}: cannot read tensor {name!r} ({exc})") from exc
 
 
@@ -467,8 +475,15 @@ def load_state_dict(
     tie_word_embeddings: bool,
     progress: bool = True,
     allow_nonfinite: bool = False,
+    select: Callable[[str], bool] | None = None,
+    shard: Callable[[str, tuple[int, ...]], tuple[int, int, int] | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Load every expected tensor of an HF LLaMA checkpoint as a C-contiguous numpy array.
+
+    For one rank of a parallel layout: ``select(name)`` keeps only the tensors the rank
+    holds, and ``shard(name, shape)`` gives the (dim, start, stop) slice of a tensor the
+    rank holds a part of; only that slice is read from the file (safetensors reads slices
+    without the whole tensor). The whole checkpoint is still checked against ``expected``.
 
     ``expected`` maps HF tensor names to shapes (``LlamaConfig.expected_weight_shapes()``);
     the checkpoint must hold exactly those, except that ``lm_head.weight`` may be absent
@@ -494,7 +509,8 @@ def load_state_dict(
         present = _inventory(layout, handles)
         _check(layout, present, expected, tie_word_embeddings)
 
-        to_read = [name for name in expected if name in present]
+        to_read = [name for name in expected if name in present
+                   and (select is None or select(name))]
         tied_lm_head_stored = (
             tie_word_embeddings and LM_HEAD_WEIGHT in present and LM_HEAD_WEIGHT not in expected
         )
@@ -508,7 +524,8 @@ def load_state_dict(
         loaded: dict[str, np.ndarray] = {}
         for name in tqdm(to_read, desc="loading weights", unit="tensor", disable=not progress):
             info = present[name]
-            raw = _read_tensor(handles[info.file], info.file, name, info)
+            part = shard(name, info.shape) if shard is not None else None
+            raw = _read_tensor(handles[info.file], info.file, name, info, part)
             _check_finite(raw, info.file, name, allow_nonfinite)
             loaded[name] = _convert(raw, target, info.file, name)
             del raw

@@ -25,7 +25,11 @@ class LlamaMLP:
 
     def forward(self, x: Tensor, bufs: Buffers, out: Tensor, residual: bool) -> Tensor:
         """x [T, hidden] (normed) -> `out` [T, hidden] (out += mlp with `residual`)."""
-        ops.gemm(bufs.gate_up, x, self._gate_up_t)
+        if bufs.gate_up is not None:
+            ops.gemm(bufs.gate_up, x, self._gate_up_t)
+        else:  # one intermediate feature: see buffers.py
+            ops.gemm(bufs.gate, x, self.gate_proj.transpose(0, 1))
+            ops.gemm(bufs.up, x, self.up_proj.transpose(0, 1))
         ops.swiglu(bufs.act, bufs.up, bufs.gate)
         ops.gemm(out, bufs.act, self._down_t, 1.0, 1.0 if residual else 0.0)
         return out
