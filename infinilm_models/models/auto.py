@@ -45,7 +45,17 @@ class AutoLlamaModel:
     """Picks the implementation from config.json's model_type and loads the checkpoint."""
 
     @staticmethod
-    def from_pretrained(model_path: str | os.PathLike[str], device: str | Device = "cpu",
-                        dtype: str | DType | None = None, **kwargs: Any) -> LlamaForCausalLM:
-        """`model_class(model_path).from_pretrained(...)`; see LlamaForCausalLM's."""
-        return model_class(model_path).from_pretrained(model_path, device, dtype, **kwargs)
+    def from_pretrained(model_path: str | os.PathLike[str], device: Any = "cpu",
+                        dtype: str | DType | None = None, *, tp: int = 1, pp: int = 1,
+                        **kwargs: Any) -> Any:
+        """`model_class(model_path).from_pretrained(...)`; see LlamaForCausalLM's. With
+        `tp` x `pp` > 1, a ParallelLlamaForCausalLM over that many ranks (`device`: a
+        device type, whose first tp x pp devices are used, "cpu" for ranks sharing the
+        CPU, or a list of devices)."""
+        cls = model_class(model_path)
+        if tp != 1 or pp != 1:
+            from .llama.parallel import ParallelLlamaForCausalLM
+
+            return ParallelLlamaForCausalLM.from_pretrained(model_path, device, dtype, tp=tp,
+                                                            pp=pp, **kwargs)
+        return cls.from_pretrained(model_path, device, dtype, **kwargs)

@@ -27,8 +27,13 @@ Capture = Callable[[str, Tensor], None]
 
 
 class LlamaDecoderLayer:
-    def __init__(self, config: LlamaConfig, layer_idx: int, weights: dict[str, Tensor]) -> None:
+    def __init__(self, config: LlamaConfig, layer_idx: int, weights: dict[str, Tensor],
+                 name_index: int | None = None) -> None:
+        """`layer_idx` indexes this model's cache; `name_index` (default: the same) is the
+        layer's index in the whole model, used in capture names (a pipeline stage holds
+        layers from the middle of the model)."""
         self.layer_idx = layer_idx
+        self.name_index = layer_idx if name_index is None else name_index
         self.eps = config.rms_norm_eps
         self.input_layernorm = weights["input_layernorm.weight"]
         self.post_attention_layernorm = weights["post_attention_layernorm.weight"]
@@ -45,7 +50,7 @@ class LlamaDecoderLayer:
     def forward(self, bufs: Buffers, cache: KVCache, start: int, rope: LlamaRotaryEmbedding,
                 rope_algo: ops.RoPEAlgo, capture: Capture | None = None) -> None:
         """Updates the residual stream bufs.hidden in place."""
-        name = f"layers.{self.layer_idx}"
+        name = f"layers.{self.name_index}"
         ops.rms_norm(bufs.normed, bufs.hidden, self.input_layernorm, self.eps)
         if capture is None:
             self.self_attn.forward(bufs.normed, bufs, cache, start, rope, rope_algo,

@@ -126,3 +126,20 @@ class KVCache:
         shape = (self.batch_size * self.num_kv_heads, total, self.head_dim)
         strides = (k.strides[1], k.strides[2], 1)
         return (k.as_strided(shape, strides), v.as_strided(shape, strides))
+
+    def rows(self, first: int, count: int) -> KVCache:
+        """Rows [first, first + count) of this cache as a cache of their own, sharing its
+        memory and its per-row state (a micro-batch of a pipeline stage)."""
+        if not (0 <= first and count >= 1 and first + count <= self.batch_size):
+            raise ValueError(f"rows({first}, {count}) of a cache of {self.batch_size} rows")
+        view = object.__new__(KVCache)
+        view.__dict__.update(self.__dict__)
+        view.batch_size = count
+        view.k_all = self.k_all.narrow(1, first, count)
+        view.v_all = self.v_all.narrow(1, first, count)
+        view.keys = [k.narrow(0, first, count) for k in self.keys]
+        view.values = [v.narrow(0, first, count) for v in self.values]
+        view.positions = self.positions[first:first + count]  # numpy views: shared state
+        view.padding = self.padding[first:first + count]
+        view._mask = self.mask.narrow(0, first, count) if self.masked else None
+        return view

@@ -35,16 +35,19 @@ class LlamaModel:
     """embed_tokens -> N x LlamaDecoderLayer -> (the final norm lives in the head class,
     which applies it only to the positions whose logits are wanted)."""
 
-    def __init__(self, config: LlamaConfig, weights: dict[str, Tensor]) -> None:
+    def __init__(self, config: LlamaConfig, weights: dict[str, Tensor],
+                 first_layer: int = 0) -> None:
+        """`first_layer`: the global index of this model's layer 0 (a pipeline stage holds
+        a range of layers; a stage without the embedding or the final norm has none)."""
         self.config = config
-        self.embed_tokens = weights["model.embed_tokens.weight"]
+        self.embed_tokens = weights.get("model.embed_tokens.weight")
         self.layers = []
         for i in range(config.num_hidden_layers):
-            prefix = f"model.layers.{i}."
+            prefix = f"model.layers.{first_layer + i}."
             self.layers.append(LlamaDecoderLayer(
                 config, i, {k.removeprefix(prefix): v for k, v in weights.items()
-                            if k.startswith(prefix)}))
-        self.norm = weights["model.norm.weight"]
+                            if k.startswith(prefix)}, name_index=first_layer + i))
+        self.norm = weights.get("model.norm.weight")
         self._host_table: np.ndarray | None = None  # embed_tokens read back on first use
 
     def embed(self, input_ids: np.ndarray, out: Tensor) -> None:
@@ -78,13 +81,15 @@ def _max_cache_len(value: int | None) -> int:
 class LlamaForCausalLM:
     def __init__(self, config: LlamaConfig, weights: dict[str, Tensor], device: Device,
                  dtype: DType, max_cache_len: int | None = None,
-                 generation_config: GenerationConfig | None = None) -> None:
+                 generation_config: GenerationConfig | None = None,
+                 first_layer: int = 0) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
-        self.model = LlamaModel(config, weights)
-        self.lm_head = weights["lm_head.weight"]
-        self._lm_head_t = self.lm_head.transpose(0, 1)
+        self.model = LlamaModel(config, weights, first_layer)
+        # None on a pipeline stage that does not end the model (parallel.py)
+        self.lm_head = weights.get("lm_head.weight")
+        self._lm_head_t = self.lm_head.transpose(0, 1) if self.lm_head is not None else None
         # A cache cannot hold a position the model does not accept.
         self.max_cache_len = min(_max_cache_len(max_cache_len), config.max_position_embeddings)
         # Tables for the positions a cache can hold; a forward with explicit position ids
@@ -183,13 +188,26 @@ class LlamaForCausalLM:
         value of the named points right after they are produced (as [batch, seq, hidden]
         arrays), so what follows computes on the given values (an isolated run).
         """
+        ids, bufs, cache, start, record = self.begin(input_ids, position_ids, cache,
+                                                     attention_mask, capture, inject)
+        self.embed(ids, bufs, record)
+        self.run_layers(bufs, cache, start, record)
+        cache.length = start + ids.shape[1]
+        return self._head(bufs, all_logits, record)
+
+    def begin(self, input_ids, position_ids, cache: KVCache | None, attention_mask,
+              capture: dict | None = None, inject: Mapping | None = None, *,
+              admitted: bool = False) -> tuple:
+        """Check the arguments, reserve the cache, upload the positions: what every
+        pipeline stage does before its part of a forward. `admitted`: the caller already
+        recorded the tokens' padding in the cache and passes their positions."""
         ids = token_ids(input_ids, "input_ids", vocab_size=self.config.vocab_size)
         batch, seq = ids.shape
         mask = None if attention_mask is None else padding_mask(attention_mask, ids.shape)
         if cache is None:
             cache = self._scratch_cache(batch, seq)
         start = cache.reserve(batch, seq)
-        auto = cache.admit(start, seq, mask)
+        auto = None if admitted else cache.admit(start, seq, mask)
         if position_ids is None:
             pos = auto
         else:
@@ -200,17 +218,19 @@ class LlamaForCausalLM:
             raise ValueError(f"position ids must be in [0, {self.rotary_emb.max_positions}), "
                              f"got [{pos.min()}, {pos.max()}]")
         self.rotary_emb.ensure(int(pos.max()) + 1)
-
         bufs = self.buffers.get(batch, seq)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
-        record = self._recorder(capture, inject, batch, seq)
+        return ids, bufs, cache, start, self._recorder(capture, inject, batch, seq)
+
+    def embed(self, ids: np.ndarray, bufs: Buffers, record: Capture | None) -> None:
         self.model.embed(ids, bufs.hidden)
         if record:
             record("embed_tokens", bufs.hidden)
+
+    def run_layers(self, bufs: Buffers, cache: KVCache, start: int,
+                   record: Capture | None) -> None:
         for layer in self.model.layers:
             layer.forward(bufs, cache, start, self.rotary_emb, self.rope_algo, record)
-        cache.length = start + seq
-        return self._head(bufs, all_logits, record)
 
     __call__ = forward
 
