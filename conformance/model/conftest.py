@@ -59,3 +59,40 @@ def prompt_ids(model_path: Path, batch: int, seq: int, verify=None) -> np.ndarra
     if len(ids) < batch * seq:
         ids = ids * (batch * seq // len(ids) + 1)
     return np.array(ids[: batch * seq], dtype=np.int64).reshape(batch, seq)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parallel layouts: (model, layout) pairs whose shapes split, from each model's
+    config (the tiny fixtures' from their table, without generating them). On the CPU the
+    30-layer SmolLM2 is left to the GPU runs (its only layout there, pp2, would cost the
+    CI minutes; tp needs a divisor of its 9 heads, 3)."""
+    if "layout" not in metafunc.fixturenames:
+        return
+    from conformance.model.harness import model_names
+    from conformance.model.test_model_parallel import LAYOUTS, applicable
+
+    cpu = str(metafunc.config.getoption("--infini-device")).startswith("cpu")
+    pairs = []
+    for name in model_names(metafunc.config.getoption("--model")):
+        if name == "smollm2" and cpu:
+            continue
+        config = _config_of(name)
+        pairs += [(name, lay) for lay, (tp, pp) in LAYOUTS.items() if applicable(config, tp, pp)]
+    metafunc.parametrize("model_name,layout", pairs, ids=[f"{m}-{lay}" for m, lay in pairs])
+
+
+def _config_of(name: str) -> dict:
+    import json
+    from dataclasses import asdict
+
+    if name.startswith("tiny-"):
+        from infinilm_fixtures.tiny import VARIANTS
+
+        return asdict(VARIANTS[name.removeprefix("tiny-")])
+    if name == "smollm2":
+        return {"num_attention_heads": 9, "num_key_value_heads": 3,
+                "intermediate_size": 1536, "num_hidden_layers": 30}
+    try:
+        return json.loads((Path(name).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return {"num_attention_heads": 1, "intermediate_size": 1, "num_hidden_layers": 1}

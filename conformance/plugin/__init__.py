@@ -117,7 +117,8 @@ def pytest_testnodedown(node, error) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "model_name" in metafunc.fixturenames and not _explicit(metafunc, "model_name"):
+    if "model_name" in metafunc.fixturenames and "layout" not in metafunc.fixturenames \
+            and not _explicit(metafunc, "model_name"):
         from ..model.harness import model_names
 
         metafunc.parametrize("model_name", model_names(metafunc.config.getoption("--model")))

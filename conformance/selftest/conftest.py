@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST_OPS = ("conformance/ops/test_op_elementwise.py", "conformance/ops/test_op_rms_norm.py")
+# The CPU build's known defect case (a known_defect cell) is left out: these runs are
+# meant to show passed and failed cells only.
+FAST_OPS = ("conformance/ops/test_op_elementwise.py", "conformance/ops/test_op_rms_norm.py",
+            "-k", "not strided_last_dim_1")
 # Real checks failing for real: a zero tolerance on rms_norm f32, and a localization bound
 # of zero on the activations so their first divergence is recorded (the gate still passes).
 STRICT_TOLERANCES = """

@@ -208,6 +208,7 @@ class ParallelLlamaForCausalLM:
                  comms: list[Communicator], stages: list[range],
                  generation_config: GenerationConfig) -> None:
         self.config, self.tp, self.pp = config, tp, pp
+        self.shapes = split_heads(config, tp)  # what rank t of every stage holds
         self.ranks, self.comms, self.stages = ranks, comms, stages
         self.generation_config = generation_config
         last = ranks[(pp - 1) * tp]
