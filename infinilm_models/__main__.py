@@ -123,9 +123,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({gen.max_new_tokens}) "
                          f"exceeds the cache length ({cache_len}); raise --max-cache-len")
 
+    for flag, value in (("--tp", args.tp), ("--pp", args.pp)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.tp * args.pp > 1:
+        from .models.llama.parallel import ParallelLlamaForCausalLM, split_heads, split_layers
+
+        try:  # a layout the model cannot be split into: a usage error, before the weights
+            split_heads(config, args.tp)
+            split_layers(config.num_hidden_layers, args.pp)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     t0 = time.perf_counter()
-    model = cls.from_pretrained(model_dir, device, args.dtype, max_cache_len=args.max_cache_len,
-                                progress=not args.quiet)
+    if args.tp * args.pp > 1:
+        model = ParallelLlamaForCausalLM.from_pretrained(
+            model_dir, device, args.dtype, tp=args.tp, pp=args.pp,
+            max_cache_len=args.max_cache_len, progress=not args.quiet)
+    else:
+        model = cls.from_pretrained(model_dir, device, args.dtype,
+                                    max_cache_len=args.max_cache_len, progress=not args.quiet)
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     out = generate(model, [ids], gen)
@@ -177,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
     g.add_argument("--max-cache-len", type=int, default=None)
+    g.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks (heads and MLP features split across devices; "
+                        "on cpu the ranks share it); default 1")
+    g.add_argument("--pp", type=int, default=1,
+                   help="pipeline stages (layers split across devices); default 1. tp x pp "
+                        "devices are used: --device nvidia takes nvidia:0..tp*pp-1")
     g.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     g.set_defaults(func=cmd_generate)
     return parser
