@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..runtime import Device, DType
+from ..runtime import DType
 from .llama.configuration import ConfigError
 from .llama.modeling_llama import LlamaForCausalLM
 
