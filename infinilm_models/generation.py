@@ -148,7 +148,7 @@ class GenerationOutput:
 
 def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
              config: GenerationConfig | None = None, *, return_logits: bool = False,
-             **kwargs: Any) -> GenerationOutput:
+             graph: bool | str = "auto", **kwargs: Any) -> GenerationOutput:
     """Prefill the prompt, then decode one token per step.
 
     ``config`` defaults to the model's ``generation_config`` (from the checkpoint, see
@@ -156,7 +156,9 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
     (``max_new_tokens=...``, ``eos_token_ids=()``, ...) override fields of either.
     Prompts of unequal length are left-padded (with the pad id, else the first eos id,
     else 0) under an attention mask, as transformers' batched generation does: padding is
-    never attended to and each row's positions count its own tokens only.
+    never attended to and each row's positions count its own tokens only. ``graph``:
+    decode steps as a captured device graph where the backend has graphs ("auto"), always
+    (True: an error where it has none) or never (False: the plain eager step).
     """
     if config is None:
         config = getattr(model, "generation_config", None) or GenerationConfig()
@@ -192,7 +194,14 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
         mask[b, prompt_len - len(row):] = 1
     step_logits: list[np.ndarray] = []
     logits = model.forward(ids, cache=cache, attention_mask=None if mask.all() else mask)
-    model.prepare_decode(cache, cfg.max_new_tokens - 1)
+    decoder = None
+    if graph is not False and hasattr(model, "fixed_decoder"):
+        from .runtime.graph import graph_backend
+
+        if graph is True or graph_backend(model.device) is not None:
+            decoder = model.fixed_decoder(cache, graph=graph)
+    if decoder is None:
+        model.prepare_decode(cache, cfg.max_new_tokens - 1)
     for step in range(cfg.max_new_tokens):
         if return_logits:
             step_logits.append(logits.numpy().reshape(batch, vocab))
@@ -205,5 +214,10 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
         if done.all() or step + 1 == cfg.max_new_tokens:
             out = out[:, : step + 1]
             break
-        logits = model.forward(out[:, step:step + 1], cache=cache)
+        if decoder is not None:
+            logits = decoder.step(out[:, step])
+        else:
+            logits = model.forward(out[:, step:step + 1], cache=cache)
+    if decoder is not None:
+        decoder.close()
     return GenerationOutput(tokens=out, logits=step_logits, prompt_length=prompt_len)

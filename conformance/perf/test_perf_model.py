@@ -214,14 +214,27 @@ def test_perf_prefill(benchmark, kind, seq, impl, dtype, infini_device, bench_sc
              **_peak_info(impl, infini_device, tdev)})
 
 
-@pytest.mark.parametrize("impl", ["hf", "ours"])
+@pytest.mark.parametrize("impl", ["hf", "hf_compiled", "ours", "ours_graph"])
 def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_scale,
                      perf_checkpoint, verify, tolerances):
     """`decode_tokens` single-token steps after a prefill; tokens/s and the per-step split
-    between host issue time and synchronized step time."""
+    between host issue time and synchronized step time.
+
+    hf: transformers eager with a DynamicCache. hf_compiled: transformers' fastest path on
+    CUDA, a StaticCache and torch.compile(mode="reduce-overhead", fullgraph=True) (its
+    decode step replayed as one CUDA graph), compile and warm-up outside the timing and
+    recorded. ours: the eager step. ours_graph: the fixed-shape step replayed as a
+    captured graph (decode_step.py), with the time from from_pretrained to the first
+    replayed token recorded."""
     import torch
 
+    from infinilm_models.runtime.graph import graph_backend
+
     path, spec = perf_checkpoint
+    if impl == "ours_graph" and graph_backend(infini_device) is None:
+        verify.unsupported(RuntimeError(f"{infini_device.type}: no graph API"))
+    if impl == "hf_compiled" and not torch_device_for(infini_device).startswith("cuda"):
+        verify.unsupported(RuntimeError("torch.compile's CUDA graphs need a CUDA device"))
     batch, prompt_len, steps = decode_batch, bench_scale.decode_prompt, bench_scale.decode_tokens
     tdev = torch_device_for(infini_device)
     prompt = _ids(spec, batch, prompt_len)
@@ -230,25 +243,32 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
     issue: list[float] = []
     step: list[float] = []
     state: dict = {}
-    if impl == "ours":
+    if impl in ("ours", "ours_graph"):
         model = ours_model(path, dtype, infini_device)
         cache = model.new_cache(batch, prompt_len + steps)
         results = Tensor.zeros((batch,), "i32", infini_device)
         picked = np.zeros(batch, np.int64)
+        if impl == "ours_graph":
+            state["decoder"] = model.fixed_decoder(cache, graph=True)
+            state["first_replay_s"] = _first_replayed_token_s(path, dtype, infini_device,
+                                                              prompt, feed)
 
         def setup():
             cache.reset()
             model.forward(prompt, cache=cache)
-            model.prepare_decode(cache, steps)  # as generate() does: no descriptor in the loop
+            if impl == "ours":
+                model.prepare_decode(cache, steps)  # as generate(): no descriptor in the loop
             infini_sync(infini_device)()
             issue.clear()
             step.clear()
             state["desc0"] = descriptors_created()
 
         def fn():
+            decoder = state.get("decoder")
             for i in range(steps):
                 t0 = time.perf_counter()
-                logits = model.forward(feed[:, i:i + 1], cache=cache)
+                logits = decoder.step(feed[:, i]) if decoder is not None else \
+                    model.forward(feed[:, i:i + 1], cache=cache)
                 t1 = time.perf_counter()
                 _pick_tokens(logits, results, picked)  # D2H of the ids: the step's sync
                 t2 = time.perf_counter()
@@ -256,6 +276,8 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
                 step.append(t2 - t0)
             state["logits"] = logits
             state["desc"] = descriptors_created() - state["desc0"]
+    elif impl == "hf_compiled":
+        fn, setup = _compiled_hf(path, dtype, tdev, prompt, feed, state, issue, step)
     else:
         from transformers import DynamicCache
 
@@ -292,10 +314,10 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
     full = np.concatenate([prompt, feed], axis=1)
     golden = _golden(path, full, tdev)
     ref = _hf_logits(hf_model(str(path), dtype, tdev), full, tdev)
-    if impl == "ours":
+    if impl in ("ours", "ours_graph"):
         last = state["logits"].numpy().reshape(batch, -1).astype(np.float64)
         gate(verify, tolerances, dtype, last, ref, golden, "decode")
-        assert (picked == last.argmax(-1)).all()
+        verify.exact(picked, last.argmax(-1), "picked ids", standard="integer output")
     else:
         last = state["logits"][:, -1].to("cpu", torch.float64).numpy()
         gate(verify, tolerances, dtype, last, ref, golden, "decode")
@@ -306,10 +328,104 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
              "host_issue_ms": 1e3 * statistics.median(issue),
              "step_ms": 1e3 * statistics.median(step),
              **_peak_info(impl, infini_device, tdev)}
-    if impl == "ours":
+    if impl in ("ours", "ours_graph"):
         # Attention shapes grow with the cache: a non-zero count means descriptor creation
         # inside the decode loop (measured over the last timed round).
         extra["descriptors_created_in_loop"] = state["desc"]
+        extra["op_calls_per_step"] = _calls_per_step(model, cache, feed[:, :1], state)
+    if impl == "ours_graph":
+        d = state["decoder"]
+        extra.update(graphs_per_step=d.captured.graphs if d.captured else 0,
+                     eager_calls_in_step=d.captured.eager_calls if d.captured else 0,
+                     first_replayed_token_s_after_load=state["first_replay_s"])
+    if impl == "hf_compiled":
+        extra.update(compile_and_warmup_s=state.get("compile_s"))
     if info:
         extra["tokens_per_s"] = batch * steps / info["mean_s"]
     _finish(benchmark, verify, info, group, impl, extra)
+
+
+def _first_replayed_token_s(path, dtype: str, device, prompt, feed) -> float:
+    """Seconds from from_pretrained returning to the first token of a replayed graph (the
+    prefill, one eager step, the capture and one replay included)."""
+    from infinilm_models import AutoLlamaModel
+
+    m = AutoLlamaModel.from_pretrained(path, device, dtype, progress=False)
+    t0 = time.perf_counter()
+    cache = m.new_cache(prompt.shape[0], prompt.shape[1] + 2)
+    m.forward(prompt, cache=cache)
+    d = m.fixed_decoder(cache, graph=True)
+    d.step(feed[:, 0])
+    logits = d.step(feed[:, 1])
+    logits.numpy()
+    seconds = time.perf_counter() - t0
+    d.close()
+    return seconds
+
+
+def _calls_per_step(model, cache, token, state) -> int:
+    """InfiniCore op calls in one decode step (a replayed graph counts as its eager calls
+    plus one launch per graph): counted with an op hook on one extra step."""
+    from infinilm_models.runtime.ops._base import CachedOp
+
+    d = state.get("decoder")
+    if d is not None and d.captured is not None:
+        return d.captured.eager_calls + d.captured.graphs
+    count = [0]
+
+    def hook(*_):
+        count[0] += 1
+
+    cache.truncate(cache.length - 1) if cache.length else None
+    CachedOp.hooks = CachedOp.hooks + (hook,)
+    try:
+        model.forward(token, cache=cache)
+    finally:
+        CachedOp.hooks = tuple(h for h in CachedOp.hooks if h is not hook)
+    return count[0]
+
+
+def _compiled_hf(path, dtype: str, tdev: str, prompt, feed, state, issue, step):
+    """transformers with a StaticCache and torch.compile(mode="reduce-overhead",
+    fullgraph=True): a manual loop marking each step, the argmax cloned out of the graph's
+    memory. Compilation and warm-up happen here, outside the timing."""
+    import torch
+    from transformers import StaticCache
+
+    hf = hf_model(str(path), dtype, tdev)
+    batch, prompt_len = prompt.shape
+    steps = feed.shape[1]
+    cache = StaticCache(config=hf.config, max_cache_len=prompt_len + steps)
+    compiled = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
+    prompt_t, feed_t = torch.tensor(prompt, device=tdev), torch.tensor(feed, device=tdev)
+
+    def setup():
+        cache.reset()
+        with torch.inference_mode():
+            hf(prompt_t, past_key_values=cache, use_cache=True,
+               cache_position=torch.arange(prompt_len, device=tdev))
+        torch.cuda.synchronize(tdev)
+        issue.clear()
+        step.clear()
+
+    def fn():
+        with torch.inference_mode():
+            for i in range(steps):
+                t0 = time.perf_counter()
+                torch.compiler.cudagraph_mark_step_begin()
+                out = compiled(feed_t[:, i:i + 1], past_key_values=cache, use_cache=True,
+                               cache_position=torch.tensor([prompt_len + i], device=tdev))
+                t1 = time.perf_counter()
+                out.logits[:, -1].argmax(-1).clone()
+                torch.cuda.synchronize(tdev)
+                t2 = time.perf_counter()
+                issue.append(t1 - t0)
+                step.append(t2 - t0)
+            state["logits"] = out.logits.clone()
+
+    t0 = time.perf_counter()
+    for _ in range(3):  # compile, record the graphs, replay
+        setup()
+        fn()
+    state["compile_s"] = time.perf_counter() - t0
+    return fn, setup

@@ -31,6 +31,9 @@ class _ThreadState(threading.local):
     another skip its infinirtSetDevice."""
 
     current: tuple[int, int] | None = None  # (infiniDevice_t, index) set on this thread
+    # The stream this thread's ops are issued on (an infinirtStream_t as an int); None is
+    # the device's default stream. Captured steps need a stream of their own.
+    stream: int | None = None
 
 
 _state = _ThreadState()
@@ -140,3 +143,49 @@ def device_count(device_type: str) -> int:
 
 def available_devices() -> list[str]:
     return [name for name in DEVICE_TYPES if device_count(name) > 0]
+
+
+def current_stream() -> int | None:
+    """The stream this thread's op calls go to (None: the default stream)."""
+    return _state.stream
+
+
+class stream_scope:
+    """`with stream_scope(s):` issue this thread's ops on stream `s` (an int from
+    `Stream`), then restore the previous one."""
+
+    def __init__(self, stream: int | None) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> int | None:
+        self.previous, _state.stream = _state.stream, self.stream
+        return self.stream
+
+    def __exit__(self, *exc) -> None:
+        _state.stream = self.previous
+
+
+class Stream:
+    """An infinirt stream of a device (infinirtStreamCreate), destroyed when collected."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        device.activate()
+        handle = ctypes.c_void_p()
+        check(load().rt.infinirtStreamCreate(ctypes.byref(handle)), "infinirtStreamCreate",
+              str(device))
+        self.handle: int = handle.value or 0
+
+    def synchronize(self) -> None:
+        self.device.activate()
+        check(load().rt.infinirtStreamSynchronize(ctypes.c_void_p(self.handle)),
+              "infinirtStreamSynchronize", str(self.device))
+
+    def __del__(self) -> None:
+        h, self.handle = getattr(self, "handle", 0), 0
+        if h:
+            try:
+                self.device.activate()
+                load().rt.infinirtStreamDestroy(ctypes.c_void_p(h))
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass

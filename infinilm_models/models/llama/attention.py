@@ -65,6 +65,31 @@ class LlamaAttention:
         ops.gemm(out, v.attn_tokens, self._o_t, 1.0, 1.0 if residual else 0.0)
         return out
 
+    def forward_fixed(self, x: Tensor, bufs: Buffers, cache: KVCache,
+                      rope: LlamaRotaryEmbedding, rope_algo: ops.RoPEAlgo, out: Tensor,
+                      residual: bool, step: FixedStep) -> Tensor:
+        """One decode token per row with shapes and pointers that do not depend on the
+        cache length (a captured graph replays it at every step): the new K/V go to the
+        cache's fixed slot, and the scores span all max_len + 1 positions, with the
+        step's additive mask copied in first and the product added (beta = 1)."""
+        v = self._cached_views(bufs)
+        ops.gemm(bufs.qkv, x, self._qkv_t)
+        ops.rope(v.qk3, v.qk3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
+        k_slot, v_slot = cache.decode_slot(self.layer_idx)
+        ops.copy(k_slot, v.k_src)
+        ops.copy(v_slot, v.v_src)
+        if v.q_src is not None:
+            ops.copy(v.q_dst, v.q_src)
+        keys, values = cache.full(self.layer_idx)
+        ops.copy(step.scores, step.mask)
+        ops.gemm(step.scores, v.q_heads, keys.transpose(1, 2), self.scaling, 1.0)
+        ops.causal_softmax(step.probs, step.probs)  # one row per matrix: nothing masked
+        ops.gemm(bufs.attn, step.scores, values)
+        if v.attn_src is not None:
+            ops.copy(v.attn_dst, v.attn_src)
+        ops.gemm(out, v.attn_tokens, self._o_t, 1.0, 1.0 if residual else 0.0)
+        return out
+
     def _append(self, cache: KVCache, start: int, s: int, v: _Views) -> None:
         k_slot, v_slot = cache.slot(self.layer_idx, start, s)  # [b, nkv, s, d]
         if s > 1 and cache.batch_size > 1:
@@ -129,6 +154,17 @@ class LlamaAttention:
     # The regrouping of the query heads: query head h belongs to KV head h // group, as
     # HF's repeat_kv lays them out. Replaced by the self-tests to plant a wrong mapping.
     query_heads: Callable[[LlamaAttention, Buffers], Tensor] | None = None
+
+
+class FixedStep:
+    """The buffers of a fixed-shape decode step that the attention of every layer shares:
+    the scores over all positions and the step's mask in the same layout."""
+
+    def __init__(self, scores: Tensor, mask: Tensor) -> None:
+        self.scores, self.mask = scores, mask
+        rows, group, n = scores.shape
+        # every query row its own softmax of one row (group rows are heads, not tokens)
+        self.probs = scores.view(rows * group, 1, n)
 
 
 class _Views:

@@ -75,6 +75,17 @@ class LlamaDecoderLayer:
             self._residual(bufs.hidden, mlp_out)
             capture(name, bufs.hidden)
 
+    def forward_fixed(self, bufs: Buffers, cache: KVCache, rope: LlamaRotaryEmbedding,
+                      rope_algo: ops.RoPEAlgo, step) -> None:
+        """The fixed-shape decode step (attention.forward_fixed); residuals folded."""
+        ops.rms_norm(bufs.normed, bufs.hidden, self.input_layernorm, self.eps)
+        self.self_attn.forward_fixed(bufs.normed, bufs, cache, rope, rope_algo, bufs.hidden,
+                                     self.adds_residual, step)
+        self._reduce(bufs.hidden)
+        ops.rms_norm(bufs.normed, bufs.hidden, self.post_attention_layernorm, self.eps)
+        self.mlp.forward(bufs.normed, bufs, bufs.hidden, self.adds_residual)
+        self._reduce(bufs.hidden)
+
     def _reduce(self, t: Tensor) -> None:
         if self.all_reduce is not None:
             self.all_reduce(t)

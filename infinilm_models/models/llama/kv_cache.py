@@ -142,4 +142,46 @@ class KVCache:
         view.positions = self.positions[first:first + count]  # numpy views: shared state
         view.padding = self.padding[first:first + count]
         view._mask = self.mask.narrow(0, first, count) if self.masked else None
+        view._fixed = None
         return view
+
+    # -- the fixed-shape decode step (captured graphs) ----------------------------------
+
+    def decode_slot(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Where a fixed-shape decode step writes the new token's K/V: position max_len,
+        the same pointers at every step."""
+        return (self.k_all.select(0, layer).narrow(2, self.max_len, 1),
+                self.v_all.select(0, layer).narrow(2, self.max_len, 1))
+
+    def full(self, layer: int) -> tuple[Tensor, Tensor]:
+        """All max_len + 1 positions (the slot included) as [batch * kv_heads, ., d]."""
+        k, v = self.k_all.select(0, layer), self.v_all.select(0, layer)
+        shape = (self.batch_size * self.num_kv_heads, self.max_len + 1, self.head_dim)
+        strides = (k.strides[1], k.strides[2], 1)
+        return k.as_strided(shape, strides), v.as_strided(shape, strides)
+
+    def fixed_mask(self, group: int) -> Tensor:
+        """The additive mask of a fixed-shape decode step, expanded to the scores' layout
+        [batch * kv_heads, group, max_len + 1]: 0 at the cached positions (padding
+        excepted) and at the slot, mask_value beyond the cache's length. Uploaded again
+        at every step into the same buffer."""
+        b, nkv, n = self.batch_size, self.num_kv_heads, self.max_len + 1
+        row = np.where(self.padding[:, :n], True, False)
+        row[:, self.length:self.max_len] = True
+        row[:, self.max_len] = False
+        host = np.broadcast_to(np.where(row, mask_value(self.dtype), 0.0)[:, None, None, :],
+                               (b, nkv, group, n)).reshape(b * nkv, group, n)
+        t = getattr(self, "_fixed", None)
+        if t is None or t.shape[1] != group:
+            t = self._fixed = Tensor.from_numpy(host, self.device, self.dtype)
+        else:
+            t.copy_from_numpy(host)
+        return t
+
+    def commit_slot(self, position: int) -> None:
+        """After a fixed-shape step: the slot's K/V of every layer to `position` (two
+        copies over the layer axis of the one allocation)."""
+        from ...runtime import ops
+
+        for t in (self.k_all, self.v_all):
+            ops.copy(t.narrow(3, position, 1), t.narrow(3, self.max_len, 1))

@@ -160,6 +160,13 @@ class LlamaForCausalLM:
                    else check_int(max_len, "max_len", minimum=1))
         return KVCache(self.config, batch_size, max_len, self.device, self.dtype)
 
+    def fixed_decoder(self, cache: KVCache, *, graph: bool | str = "auto"):
+        """A decoder of one token per row per step with fixed shapes, replayed as a
+        captured graph where the backend has graphs (decode_step.py)."""
+        from .decode_step import FixedDecoder
+
+        return FixedDecoder(self, cache, graph=graph)
+
     def prepare_decode(self, cache: KVCache, new_tokens: int) -> None:
         """Create, before a decode loop, the op descriptors its steps will need: the
         attention's shapes change with every new cache length (the other ops' do not, and

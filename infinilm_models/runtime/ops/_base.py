@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from threading import get_ident
 
 from ..device import Device
+from ..device import _state as _thread
 from ..library import InfiniError, check, load
 from ..memory import DeviceBuffer, zero_fill
 from ..tensor import Tensor
@@ -72,12 +73,19 @@ class Workspace:
             ws = by_device[device] = cls(device)
         return ws
 
+    # Captured graphs hold the pointers they were captured with: while any exists, a
+    # buffer that is outgrown is kept alive (retired) instead of being freed.
+    pinned = 0
+    retired: list[DeviceBuffer] = []
+
     def get(self, nbytes: int) -> tuple[int | None, int]:
         """(pointer, size) for a compute call; plain ints, which the c_void_p argtypes
         convert, so the hot path builds no ctypes object per op call."""
         if nbytes == 0:
             return None, 0
         if self.buffer is None or self.buffer.nbytes < nbytes:
+            if Workspace.pinned and self.buffer is not None:
+                Workspace.retired.append(self.buffer)
             self.buffer = None  # release before allocating the larger one
             self.buffer = DeviceBuffer(self.device, nbytes)
             # InfiniCore 0.1.0's CPU f32 gemm reads C even when beta == 0 (a known defect),
@@ -208,10 +216,10 @@ class CachedOp:
             # self._workspace meanwhile, never the object this thread checked.
             if ws is None or ws.device is not device or ws.thread != get_ident():
                 ws = self._workspace = Workspace.of(device)
-            status = fn(desc, *ws.get(ws_size), *ptrs, *compute_args, None)
+            status = fn(desc, *ws.get(ws_size), *ptrs, *compute_args, _thread.stream)
         else:
-            # The trailing None is the stream: the device's default stream.
-            status = fn(desc, *ptrs, *compute_args, None)
+            # The trailing argument is the stream: None is the device's default stream.
+            status = fn(desc, *ptrs, *compute_args, _thread.stream)
         if status != 0:
             raise InfiniError(f"infiniop{self.name}", status,
                               describe(tensors, self.tensor_names) + f", device={device}")

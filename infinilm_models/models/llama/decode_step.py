@@ -1,0 +1,99 @@
+"""The fixed-shape decode step: one token per row, with shapes and pointers that do not
+depend on how long the cache is, so that a device graph can be captured once and replayed
+at every step.
+
+    decoder = FixedDecoder(model, cache)          # graph="auto": captured where possible
+    logits = decoder.step(next_ids)               # [batch, 1, vocab], one step
+
+What moves from step to step goes into fixed buffers before the step (host-side work, not
+captured): the token's embedding rows and positions (one copy each) and the step's mask
+(0 at the cached positions and at the slot, a large negative value beyond the length).
+The new token's K/V are written to the cache's fixed slot, attended there, and copied to
+their position after the step by one copy over all layers (two calls: K and V); keeping
+that copy outside the graph is what lets one graph serve every cache length.
+
+On a backend without a graph API (the CPU) the same step runs eagerly; it is the plain
+decode path's numbers (the extra positions get zero probability) and the CI checks so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...runtime import Tensor
+from ...runtime.device import Stream, stream_scope
+from ...runtime.graph import CapturedStep, graph_backend
+from .attention import FixedStep
+from .kv_cache import KVCache
+
+# Ops that cannot be captured per backend, as the capturability check found them: they
+# run eagerly between captured segments. InfiniCore 0.1.0's NVIDIA elementwise ops (add,
+# mul, swiglu) copy their input pointer array from pageable host memory inside the call.
+EAGER_OPS: dict[str, tuple[str, ...]] = {"nvidia": ("SwiGLU", "Add", "Mul")}
+
+
+class FixedDecoder:
+    def __init__(self, model, cache: KVCache, *, graph: bool | str = "auto",
+                 eager_ops: tuple[str, ...] | None = None) -> None:
+        if graph not in (True, False, "auto"):
+            raise ValueError(f"graph must be True, False or 'auto', got {graph!r}")
+        self.model, self.cache = model, cache
+        b, c = cache.batch_size, model.config
+        self.group = c.num_attention_heads // c.num_key_value_heads
+        self.bufs = model.buffers.get(b, 1)  # held: the graph points at these buffers
+        rows, n = b * c.num_key_value_heads, cache.max_len + 1
+        self.fixed = FixedStep(Tensor.zeros((rows, self.group, n), model.dtype, model.device),
+                               cache.fixed_mask(self.group))
+        has_graphs = graph_backend(model.device) is not None
+        if graph is True and not has_graphs:
+            raise ValueError(f"graph=True: {model.device.type} has no graph API here")
+        self.use_graph = bool(graph) and has_graphs
+        self.eager_ops = eager_ops if eager_ops is not None else \
+            EAGER_OPS.get(model.device.type, ())
+        self.stream = Stream(model.device) if self.use_graph else None
+        self.captured: CapturedStep | None = None
+        self._tables = None
+        self.steps = 0
+
+    def _device_step(self) -> Tensor:
+        m = self.model
+        for layer in m.model.layers:
+            layer.forward_fixed(self.bufs, self.cache, m.rotary_emb, m.rope_algo, self.fixed)
+        return m._head(self.bufs, False, None)
+
+    def step(self, token_ids: np.ndarray) -> Tensor:
+        """Logits [batch, 1, vocab] of one new token per row (read before the next step)."""
+        cache, m, bufs = self.cache, self.model, self.bufs
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(cache.batch_size, 1)
+        start = cache.reserve(cache.batch_size, 1)
+        pos = cache.admit(start, 1, None)
+        m.rotary_emb.ensure(int(pos.max()) + 1)
+        m.model.embed(ids, bufs.hidden)
+        bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
+        cache.fixed_mask(self.group)
+        if not self.use_graph:
+            out = self._device_step()
+        else:
+            tables = (m.rotary_emb.sin.data_ptr, m.rotary_emb.cos.data_ptr)
+            if self.captured is not None and tables != self._tables:
+                self.captured.close()  # the RoPE tables grew: their pointers moved
+                self.captured = None
+            if self.captured is None and self.steps > 0:
+                self.captured = CapturedStep(m.device, self.stream, self._device_step,
+                                             self.eager_ops).capture()
+                self._tables = tables
+            with stream_scope(self.stream.handle):
+                if self.captured is None:  # the first step eagerly: handles, descriptors
+                    self._device_step()
+                else:
+                    self.captured.replay()
+            out = bufs.logits.view(cache.batch_size, 1, m.config.vocab_size)
+        cache.commit_slot(start)
+        cache.length = start + 1
+        self.steps += 1
+        return out
+
+    def close(self) -> None:
+        if self.captured is not None:
+            self.captured.close()
+            self.captured = None
