@@ -17,8 +17,12 @@ class CrashedCheck(AssertionError):
     """The code under test killed its process (signal) or hung (timeout)."""
 
 
-def _child(conn, func, args) -> None:
+def _child(conn, func, args, backend=None) -> None:
     try:
+        if backend:  # the parent's choice of InfiniCore build (spawn starts afresh)
+            from infinilm_models.runtime.library import set_default_backend
+
+            set_default_backend(backend)
         conn.send(("ok", func(*args)))
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
         conn.send(("error", (type(e).__name__, str(e), traceback.format_exc())))
@@ -36,9 +40,12 @@ class ChildError(RuntimeError):
 
 def run_isolated(func, *args, timeout: float = 600.0):
     """`func(*args)` in a fresh process; `func` must be importable at module level."""
+    from infinilm_models.runtime.library import default_backend
+
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, func, args), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, func, args, default_backend()),
+                       daemon=True)
     proc.start()
     child.close()
     try:

@@ -477,7 +477,10 @@ def with_envelope(c: Comparison, envelope: Mapping[str, Any], defect: str) -> Co
                           Bound("limit", defect, metric="non-finite values"), defect)
     if b.kind == "calibrated":
         k = max(b.k or 0.0, float(envelope.get("k", 0.0)))
-        floor = max(b.floor or 0.0, float(envelope.get("floor", 0.0)))
+        # a floor per metric ("floor.rel_delta") where one defect moves metrics of
+        # different scales
+        floor = max(b.floor or 0.0, float(envelope.get(f"floor.{b.metric}",
+                                                       envelope.get("floor", 0.0))))
         ref = m.get("reference_" + (b.metric or "nmse"), b.reference or 0.0)
         env = replace(b, source=defect, k=k, floor=floor, reference=ref,
                       threshold=k * ref + floor)

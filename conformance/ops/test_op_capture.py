@@ -81,7 +81,7 @@ def test_op_capture(case, dtype, infini_device, verify):
     call()  # direct call: the expected output, and handles/descriptors created
     infini_device.synchronize()
     want = out.numpy().astype(np.float64)
-    out.copy_from_numpy(before)  # back to the inputs' state (beta = 1 reads it)
+    out.copy_from_numpy(np.asarray(before).reshape(out.shape))  # beta = 1 reads it
     stream = Stream(infini_device)
     try:
         step = CapturedStep(infini_device, stream, call).capture()

@@ -400,8 +400,8 @@ def _compiled_hf(path, dtype: str, tdev: str, prompt, feed, state, issue, step):
     prompt_t, feed_t = torch.tensor(prompt, device=tdev), torch.tensor(feed, device=tdev)
 
     def setup():
-        cache.reset()
-        with torch.inference_mode():
+        with torch.inference_mode():  # the cache's tensors are inference tensors
+            cache.reset()
             hf(prompt_t, past_key_values=cache, use_cache=True,
                cache_position=torch.arange(prompt_len, device=tdev))
         torch.cuda.synchronize(tdev)

@@ -32,9 +32,9 @@ def _gemm(dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_correct_gemm_passes(dtype, infini_device):
+def test_correct_gemm_passes(dtype, infini_device, verify):
     got, ref = _gemm(dtype, infini_device)
-    assert compare(got, ref, POLICY.get("gemm", dtype)).passed
+    verify.close(got, ref, "gemm", dtype)  # judged (and known defects applied) as a check
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
