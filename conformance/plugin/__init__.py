@@ -50,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     global _controller
     _controller = config
+    _interrupt_on_sigterm()
     device = config.getoption("--infini-device")
     root = config.getoption("--report-dir") or Path(config.rootpath) / "reports"
     run_id = new_run_id(device)
@@ -62,6 +63,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if not getattr(config.option, "xmlpath", None):
         # CI systems read JUnit XML; every run gets one next to its results.json.
         config.option.xmlpath = str(config._infinilm_run_dir / "junit.xml")
+
+
+def _interrupt_on_sigterm() -> None:
+    """A CI job's timeout or a runner's stop sends SIGTERM: end the session as an
+    interruption (as Ctrl-C does), so results.json and the report are still written and
+    the checks that did not run are recorded as not_run."""
+    import signal
+    import threading
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _select_backend(config: pytest.Config) -> None:
@@ -146,9 +161,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtestloop(session: pytest.Session):
-    try:
-        yield
-    finally:
-        sup = getattr(session.config, "_infinilm_supervisor", None)
-        if sup:
-            sup.shutdown()
+    outcome = yield
+    sup = getattr(session.config, "_infinilm_supervisor", None)
+    if sup:
+        # interrupted (Ctrl-C, SIGTERM): the check in flight is abandoned at once
+        sup.shutdown(kill=outcome.excinfo is not None)

@@ -220,8 +220,15 @@ class Supervisor:
         return str(target.relative_to(self.run_dir)) if (target / "calls.json").is_file() \
             else None
 
-    def shutdown(self) -> None:
+    def shutdown(self, kill: bool = False) -> None:
         if self.pid is None:
+            return
+        if kill:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._reap(grace=5)
             return
         try:
             self.conn.send(None)

@@ -203,3 +203,37 @@ def test_many(i, verify):
     not_run = [r for r in doc["results"] if r["status"] == "not_run"]
     assert all(r["not_run_reason"] for r in not_run)
     result.stdout.fnmatch_lines(["*NOT RUN: * of 6 planned checks have no result*"])
+
+
+def test_a_terminated_run_still_writes_its_record(pytester):
+    """SIGTERM in the middle (a CI timeout): the run ends as interrupted, results.json and
+    the report are written, and the checks that did not run are not_run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytester.makepyfile(test_inner='''
+import time
+import pytest
+
+@pytest.mark.parametrize("i", range(5))
+def test_slow(i, verify):
+    if i == 2:
+        time.sleep(60)
+    verify.close([1.0], [1.0], "add", "f32")
+''')
+    reports = pytester.path / "reports"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                             "-p", "no:xdist", f"--report-dir={reports}"], cwd=pytester.path)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(reports.glob("*/parts/*.jsonl")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    doc = json.loads((reports / "latest" / "results.json").read_text())
+    assert doc["planned"] == 5 and len(doc["results"]) == 5
+    assert doc["counts"]["not_run"] >= 1 and doc["verdict"] == "fail"
+    assert any("interrupted" in (r["not_run_reason"] or "") for r in doc["results"])
+    assert (reports / "latest" / "index.html").is_file()

@@ -86,6 +86,8 @@ class Tensor:
         if not self.is_contiguous():
             raise ValueError("copy_from_numpy needs a contiguous destination; use ops.rearrange")
         host = np.ascontiguousarray(array, dtype=self.dtype.numpy)
+        if self.shape == () and host.shape == (1,) and np.ndim(array) == 0:
+            host = host.reshape(())  # ascontiguousarray makes a 0-d array 1-d
         if host.shape != self.shape:
             raise ValueError(f"shape mismatch: tensor {self.shape}, array {host.shape}")
         memcpy(self.data_ptr, host.ctypes.data, host.nbytes, MemcpyKind.H2D, self.device)
