@@ -5,6 +5,7 @@ and the one-process-per-rank launcher wiring (symbol detection, TCP rendezvous).
 from __future__ import annotations
 
 import ctypes
+import gc
 import itertools
 import os
 import socket
@@ -303,10 +304,28 @@ class FakeCCL:
 @pytest.fixture
 def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Four nvidia devices for Device.activate (its infinirtSetDevice does nothing)."""
-    lib = SimpleNamespace(rt=SimpleNamespace(infinirtSetDevice=lambda code, index: 0))
+    # Garbage of earlier tests (real CPU buffers) is freed with the real library first: a
+    # buffer collected on a rank's thread in the middle of a check switches that thread's
+    # device (Device.free), which the fake library must then also allow.
+    gc.collect()
+    lib = SimpleNamespace(rt=SimpleNamespace(infinirtSetDevice=lambda code, index: 0,
+                                             infinirtFree=lambda ptr: 0))
     monkeypatch.setattr(device._state, "current", None)
     monkeypatch.setattr(device, "load", lambda: lib)
     monkeypatch.setattr(device, "device_count", lambda kind: 4 if kind == "nvidia" else 1)
+
+
+def test_a_failed_free_keeps_the_threads_device(fake_gpus, monkeypatch) -> None:
+    """A buffer freed by the garbage collector on a rank's thread must not leave that
+    thread on the buffer's device, even when the free itself fails."""
+    def failing_free(ptr):
+        raise OSError("infinirtFree failed")
+
+    monkeypatch.setattr(device.load().rt, "infinirtFree", failing_free)
+    Device("nvidia", 2).activate()
+    with pytest.raises(OSError):
+        Device("cpu").free(0x1000)
+    assert device._state.current == (Device("nvidia", 2).code, 2)
 
 
 def gpu_tensor(dev: str, shape: tuple[int, ...], dtype: str = "bf16") -> Tensor:

@@ -97,10 +97,12 @@ class Device:
         (on whichever thread the collector runs: the device it restores is that thread's)."""
         previous = _state.current
         self.activate()
-        load().rt.infinirtFree(ctypes.c_void_p(ptr))
-        if previous is not None and previous != _state.current:
-            load().rt.infinirtSetDevice(*previous)
-            _state.current = previous
+        try:
+            load().rt.infinirtFree(ctypes.c_void_p(ptr))
+        finally:  # also when the free fails: the interrupted thread keeps its device
+            if previous is not None and previous != _state.current:
+                load().rt.infinirtSetDevice(*previous)
+                _state.current = previous
 
     def synchronize(self) -> None:
         self.activate()
