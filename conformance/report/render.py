@@ -261,6 +261,11 @@ def where_label(phase: str, step: int | None) -> str:
     return phase + (f" step {step}" if step not in (None, 0) else "")
 
 
+# The check whose records say whether an op can be captured into a device graph
+# (conformance/ops/test_op_capture.py): a column of the op matrix, not a dtype cell.
+CAPTURE_CHECK = "op_capture"
+
+
 class OpAnchors:
     """Anchors of the op-level sections that exist in this report, per dtype."""
 
@@ -550,7 +555,9 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
     for r in model_recs:
         by_cell.setdefault(("model", r.model, r.check, dtype_of(r)), []).append(r)
     for r in op_recs:
-        by_cell.setdefault(("op", r.op, dtype_of(r)), []).append(r)
+        # Capturability is a property of the op on this backend, one column for all dtypes.
+        key = ("capture", r.op) if r.check == CAPTURE_CHECK else ("op", r.op, dtype_of(r))
+        by_cell.setdefault(key, []).append(r)
     for r in other_recs:
         by_cell.setdefault(("other", r.check, dtype_of(r)), []).append(r)
 
@@ -565,10 +572,28 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
     model_matrix = [{"model": m, "anchors": {d: slug("cmp", m, d) for d in model_dtypes},
                      "cells": {c: {d: cell_of("model", m, c, d) for d in model_dtypes}
                                for c in model_checks}} for m in models]
-    op_matrix = [{"op": o, "checks": sorted({r.check for r in op_recs if r.op == o}),
+    captured = {}  # op -> the anchor of the first op section holding its capture checks
+    for r in op_recs:
+        if r.check == CAPTURE_CHECK:
+            captured.setdefault(r.op, OpAnchors.anchor(dtype_of(r), r.op))
+    op_matrix = [{"op": o, "checks": sorted({r.check for r in op_recs
+                                             if r.op == o and r.check != CAPTURE_CHECK}),
                   "cells": {d: cell_of("op", o, d) for d in op_dtypes},
-                  "anchors": {d: OpAnchors.anchor(d, o) for d in op_dtypes}}
+                  "anchors": {d: OpAnchors.anchor(d, o) for d in op_dtypes},
+                  "capture": cell_of("capture", o), "capture_anchor": captured.get(o)}
                  for o in op_names]
+    # Parallel layouts (tp/pp) across the checks that run them, summed over models.
+    par_recs = [r for r in records if isinstance(r.params.get("layout"), str)]
+    par_layouts = list(dict.fromkeys(r.params["layout"] for r in par_recs))
+    par_checks = sorted({r.check for r in par_recs})
+    par_dtypes = ordered_dtypes(run, par_recs)
+    par_cells: dict[tuple, list[str]] = {}
+    for r in par_recs:
+        par_cells.setdefault((r.params["layout"], r.check, dtype_of(r)), []).append(r.status)
+    parallel_matrix = [{"layout": lay,
+                        "cells": {c: {d: cell(par_cells.get((lay, c, d), []))
+                                      for d in par_dtypes} for c in par_checks}}
+                       for lay in par_layouts]
     other_checks = sorted({r.check for r in other_recs})
     other_matrix = [{"check": c, "cells": {d: cell_of("other", c, d) for d in other_dtypes}}
                     for c in other_checks]
@@ -614,7 +639,10 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
         "not_run_total": run.counts.get("not_run", 0),
         "model_dtypes": model_dtypes, "op_dtypes": op_dtypes, "other_dtypes": other_dtypes,
         "models": models, "model_checks": model_checks, "model_matrix": model_matrix,
-        "op_matrix": op_matrix, "other_matrix": other_matrix, "sections": sections,
+        "op_matrix": op_matrix, "op_capture_column": bool(captured),
+        "parallel_matrix": parallel_matrix, "parallel_checks": par_checks,
+        "parallel_dtypes": par_dtypes,
+        "other_matrix": other_matrix, "sections": sections,
         "failures": cards(FAILING - {"not_run"}), "known": cards({"known_defect"}),
         "not_run": [{"reason": reason, "records": [
             {"nodeid": r.nodeid, "model": r.model, "op": r.op, "dtype": r.dtype,

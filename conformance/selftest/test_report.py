@@ -70,7 +70,7 @@ def _matrix_cells(page: str, table_id: str) -> dict[tuple[str, str], str]:
     """(row head, column) -> the cell's status class, for a one-header-row matrix."""
     table = _table(page, table_id)
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
-    columns = [_text(c) for c in re.findall(r"<th>(.*?)</th>", rows[0], re.S)][1:]
+    columns = [_text(c) for c in re.findall(r"<th[^>]*>(.*?)</th>", rows[0], re.S)][1:]
     out = {}
     for row in rows[1:]:
         head = _text(re.search(r'<td class="rowhead">(.*?)</td>', row, re.S).group(1))
@@ -292,6 +292,52 @@ def test_crashed_record_lands_in_its_op_cell(tmp_path):
            "infiniopGemm (_base.py:88)" in _text(card)
     assert "<details><summary>traceback of the crashed process</summary>" in card
     assert 'href="#op-bf16-gemm"' in card
+
+
+def test_capturability_is_a_column_of_the_op_matrix(tmp_path):
+    """test_op_capture records carry the op they capture: one 'graph capture' cell per
+    op (all dtypes), apart from the op's accuracy cells."""
+    cap = "conformance/ops/test_op_capture.py::test_op_capture"
+    records = [_op("conformance/ops/test_op_gemm.py::test_op_gemm[bf16-c]", "gemm", "bf16"),
+               _op("conformance/ops/test_op_swiglu.py::test_op_swiglu[bf16-c]", "swiglu",
+                   "bf16")]
+    for d in ("f32", "bf16"):
+        for op, status in (("gemm", "passed"), ("swiglu", "crashed")):
+            r = _op(f"{cap}[{d}-{op}]", op, d, status)
+            r.check, r.test = "op_capture", "test_op_capture"
+            records.append(r)
+    page = _render(_with(synthetic_run(), records), tmp_path / "run", plots=False)
+    cells = _matrix_cells(page, "op-matrix")
+    assert cells[("gemm", "graph capture")] == "s-passed"
+    assert cells[("swiglu", "graph capture")] == "s-crashed"
+    # The accuracy cells hold only the op's own checks: f32 had capture checks alone.
+    assert cells[("gemm", "bf16")] == "s-passed" and cells[("swiglu", "bf16")] == "s-passed"
+    assert cells[("gemm", "f32")] == "s-none"
+    row = re.search(r'<tr data-op="swiglu">(.*?)</tr>', _table(page, "op-matrix"), re.S)
+    assert "2 crash" in _text(row.group(1))
+
+
+def test_parallel_layouts_get_their_own_matrix(tmp_path):
+    base = "conformance/model/test_model_parallel.py::test_model_parallel"
+    records = []
+    for model in ("tiny-gqa", "tiny-mha"):
+        for layout, status in (("tp2", "passed"), ("pp2", "passed"), ("tp4", "unsupported")):
+            records.append(CheckRecord(
+                nodeid=f"{base}[{model}-bf16-{layout}]", check="model_parallel",
+                test="test_model_parallel", status=status,
+                params={"dtype": "bf16", "model_name": model, "layout": layout},
+                dtype="bf16", model=model))
+    records[0].status = "failed"  # tiny-gqa tp2
+    page = _render(_with(synthetic_run(), records), tmp_path / "run", plots=False)
+    rows = {_text(m.group(1)): _text(m.group(2)) for m in re.finditer(
+        r'<tr><td class="rowhead">(.*?)</td>(.*?)</tr>', _table(page, "parallel-matrix"))}
+    assert rows == {"tp2": "1 fail · 1 pass", "pp2": "2 pass", "tp4": "2 unsup"}
+
+
+def test_a_report_without_capture_checks_has_no_capture_column(tmp_path):
+    run = _with(synthetic_run(), [_op("conformance/ops/test_op_gemm.py::test_op_gemm[f32-c]",
+                                      "gemm", "f32")])
+    assert "graph capture" not in _render(run, tmp_path / "run", plots=False)
 
 
 def test_failing_checks_show_bounds_defects_bundles_and_localization(tmp_path):
