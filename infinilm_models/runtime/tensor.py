@@ -76,7 +76,7 @@ class Tensor:
                    dtype: DType | str | None = None) -> Tensor:
         """Copy a host array to a new contiguous device tensor (converting dtype if asked)."""
         dt = DType.parse(dtype) if dtype is not None else DType.parse(array.dtype)
-        host = np.ascontiguousarray(array, dtype=dt.numpy)
+        host = _contiguous(array, dt)
         t = cls.empty(host.shape, dt, device)
         memcpy(t.data_ptr, host.ctypes.data, host.nbytes, MemcpyKind.H2D, t.device)
         return t
@@ -85,9 +85,7 @@ class Tensor:
         """Overwrite this (contiguous) tensor in place; reuses the allocation."""
         if not self.is_contiguous():
             raise ValueError("copy_from_numpy needs a contiguous destination; use ops.rearrange")
-        host = np.ascontiguousarray(array, dtype=self.dtype.numpy)
-        if self.shape == () and host.shape == (1,) and np.ndim(array) == 0:
-            host = host.reshape(())  # ascontiguousarray makes a 0-d array 1-d
+        host = _contiguous(array, self.dtype)
         if host.shape != self.shape:
             raise ValueError(f"shape mismatch: tensor {self.shape}, array {host.shape}")
         memcpy(self.data_ptr, host.ctypes.data, host.nbytes, MemcpyKind.H2D, self.device)
@@ -234,3 +232,9 @@ class Tensor:
             else:
                 raise ValueError(f"cannot expand {list(self.shape)} to {list(shape)}")
         return Tensor(self.buffer, self.dtype, shape, strides, self.offset)
+
+
+def _contiguous(array: np.ndarray, dtype: DType) -> np.ndarray:
+    """`array` as a C-contiguous host array of `dtype`, 0-d kept 0-d (np.ascontiguousarray
+    would make it 1-d: a scalar output such as random_sample's index is shape ())."""
+    return np.asarray(array, dtype=dtype.numpy, order="C")
