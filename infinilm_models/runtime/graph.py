@@ -13,9 +13,9 @@ their eager path.
 An op that cannot be captured on a backend (one that copies from pageable host memory or
 synchronizes inside its call) splits the step: the ops before it form one graph, it runs
 eagerly at its place on replay, and capture resumes after it. Which ops those are is
-measured, not assumed: `capturable(op, tensors...)` captures one call and compares its
-replay with a direct call (the conformance suite records that per op), and the model
-passes the names that failed as `eager_ops`.
+measured, not assumed: the conformance suite captures each op's call alone and compares
+its replay with a direct call (conformance/ops/test_op_capture.py), and the model passes
+the names that failed as `eager_ops`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterable
 
 from .device import Device, stream_scope
-from .library import InfiniError
 from .ops._base import CachedOp, Workspace
 
 CAPTURE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal: other threads may use CUDA
@@ -158,6 +157,7 @@ class CapturedStep:
         self._segments: list[tuple[str, object]] = []
         self._capturing = False
         self._recording = False
+        self._pinned = False  # holds one count of Workspace.pinned while graphs exist
 
     @property
     def graphs(self) -> int:
@@ -183,7 +183,9 @@ class CapturedStep:
         eager ops seen here are garbage and overwritten at the first replay."""
         if CachedOp.hooks.count(_hook) == 0:
             CachedOp.hooks = CachedOp.hooks + (_hook,)
-        Workspace.pinned += 1  # graphs keep pointing at this workspace
+        if not self._pinned:  # graphs keep pointing at this workspace
+            Workspace.pinned += 1
+            self._pinned = True
         _session.step, self._recording = self, True
         try:
             with stream_scope(self.stream.handle):
@@ -196,6 +198,7 @@ class CapturedStep:
                     self.backend.end(self.stream.handle)
                 except GraphError:
                     pass
+            self.close()  # the segments captured so far, and the workspace pin
             raise
         finally:
             _session.step, self._recording = None, False
@@ -214,9 +217,12 @@ class CapturedStep:
         for kind, item in self._segments:
             if kind == "graph":
                 self.backend.destroy(*item)
-        if self._segments:
-            Workspace.pinned -= 1
         self._segments = []
+        if self._pinned:
+            self._pinned = False
+            Workspace.pinned -= 1
+            if Workspace.pinned == 0:  # no graph points at an outgrown workspace any more
+                Workspace.retired.clear()
 
     def __del__(self) -> None:
         try:
@@ -224,16 +230,3 @@ class CapturedStep:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-
-def capturable(device: Device, stream, call: Callable[[], None]) -> tuple[bool, str]:
-    """Can `call` (one op call on fixed tensors) be captured and replayed here? The caller
-    compares the replayed output with a direct call's. (False, why) when capture fails."""
-    try:
-        step = CapturedStep(device, stream, call)
-        step.capture()
-        step.replay()
-        stream.synchronize()
-        step.close()
-        return True, "captured and replayed"
-    except (GraphError, InfiniError) as e:
-        return False, str(e)
