@@ -49,3 +49,30 @@ def test_generate_with_the_fixed_step_matches_plain():
     finally:
         model.fixed_decoder = real
     np.testing.assert_array_equal(a, b)  # token ids
+
+
+def test_fixed_mask_updated_in_place_equals_a_rebuilt_one():
+    """The mask is built once and then updated at the position each step committed; after
+    steps, a truncation and new padding it must equal one built from scratch (exact: it
+    holds only 0 and the mask value)."""
+    from infinilm_models.models.llama.kv_cache import KVCache
+
+    model = AutoLlamaModel.from_pretrained(ensure("gqa"), "cpu", "bf16", progress=False)
+    group = model.config.num_attention_heads // model.config.num_key_value_heads
+
+    def fresh(cache: KVCache) -> np.ndarray:
+        other = model.new_cache(cache.batch_size, cache.max_len)
+        other.length, other.padding[:] = cache.length, cache.padding
+        return other.fixed_mask(group).numpy()
+
+    cache = model.new_cache(2, 12)
+    model.forward(np.array([[0, 0, 5, 6], [1, 2, 3, 4]]), cache=cache,
+                  attention_mask=np.array([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    decoder = model.fixed_decoder(cache, graph=False)
+    for _ in range(4):
+        decoder.step(np.array([7, 8]))
+        np.testing.assert_array_equal(cache.fixed_mask(group).numpy(), fresh(cache))
+    cache.truncate(5)
+    np.testing.assert_array_equal(cache.fixed_mask(group).numpy(), fresh(cache))
+    decoder.step(np.array([7, 8]))
+    np.testing.assert_array_equal(cache.fixed_mask(group).numpy(), fresh(cache))

@@ -56,12 +56,17 @@ class KVCache:
         self.padding = np.zeros((batch_size, max_len + 1), dtype=bool)
         self.masked = False  # any padding: attention adds `mask` to its scores
         self._mask: Tensor | None = None
+        self._padding_version = 0  # bumped whenever `padding` changes other than by decode
+        self._fixed: Tensor | None = None  # fixed_mask's device buffer, its host copy and
+        self._fixed_host: np.ndarray | None = None  # the (group, padding version, length)
+        self._fixed_state: tuple[int, int, int] | None = None  # it was built for
 
     def reset(self) -> None:
         self.length = 0
         self.positions[:] = 0
         self.padding[:] = False
         self.masked = False
+        self._padding_version += 1
 
     def truncate(self, length: int) -> None:
         """Forget positions from `length` on (e.g. to re-run a step); the data stays."""
@@ -69,6 +74,7 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
         self.length = length
         self.padding[:, length:] = False
+        self._padding_version += 1
         self.positions = (~self.padding[:, :length]).sum(axis=1)
         self.masked = bool(self.padding.any())
         if self.masked:
@@ -99,6 +105,7 @@ class KVCache:
         self.positions += real.sum(axis=1)
         self.padding[:, start:start + seq] = ~real
         self.masked = True
+        self._padding_version += 1
         self._upload_mask()
         return pos
 
@@ -142,7 +149,7 @@ class KVCache:
         view.positions = self.positions[first:first + count]  # numpy views: shared state
         view.padding = self.padding[first:first + count]
         view._mask = self.mask.narrow(0, first, count) if self.masked else None
-        view._fixed = None
+        view._fixed = view._fixed_host = view._fixed_state = None
         return view
 
     # -- the fixed-shape decode step (captured graphs) ----------------------------------
@@ -163,15 +170,25 @@ class KVCache:
     def fixed_mask(self, group: int) -> Tensor:
         """The additive mask of a fixed-shape decode step, expanded to the scores' layout
         [batch * kv_heads, group, max_len + 1]: 0 at the cached positions (padding
-        excepted) and at the slot, mask_value beyond the cache's length. Uploaded again
-        at every step into the same buffer."""
+        excepted) and at the slot, mask_value beyond the cache's length. Uploaded at every
+        step into the same buffer; from one decode step to the next only the position the
+        last step committed changes, so the host copy is built once and updated there."""
         b, nkv, n = self.batch_size, self.num_kv_heads, self.max_len + 1
-        row = np.where(self.padding[:, :n], True, False)
-        row[:, self.length:self.max_len] = True
-        row[:, self.max_len] = False
-        host = np.broadcast_to(np.where(row, mask_value(self.dtype), 0.0)[:, None, None, :],
-                               (b, nkv, group, n)).reshape(b * nkv, group, n)
-        t = getattr(self, "_fixed", None)
+        state = (group, self._padding_version, self.length)
+        last = self._fixed_state
+        host = self._fixed_host
+        if host is not None and last is not None and last[:2] == state[:2] \
+                and self.length == last[2] + 1:
+            host[:, :, last[2]] = 0  # the token the last step committed (never padding)
+        elif host is None or last != state:
+            row = self.padding[:, :n].copy()
+            row[:, self.length:self.max_len] = True
+            row[:, self.max_len] = False
+            full = np.where(row, mask_value(self.dtype), 0.0)[:, None, None, :]
+            host = np.broadcast_to(full, (b, nkv, group, n)).reshape(b * nkv, group, n)
+            host = self._fixed_host = host.astype(self.dtype.numpy)
+        self._fixed_state = state
+        t = self._fixed
         if t is None or t.shape[1] != group:
             t = self._fixed = Tensor.from_numpy(host, self.device, self.dtype)
         else:
