@@ -149,3 +149,18 @@ def test_cli_generates_the_same_tokens_as_the_api(model):
     ids = tok.encode("the water").ids
     want = generate(model, [ids], max_new_tokens=6, eos_token_ids=()).tokens[0].tolist()
     assert out.stdout.rstrip("\n") == "the water" + tok.decode(want, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("layout", [{}, {"tp": 2}, {"pp": 2}])
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"dtype": "f64"}, ValueError, "dtype f64 not supported"),
+    ({"dtype": 3}, TypeError, "dtype must be"),
+    ({"max_cache_len": 0}, ValueError, "max_cache_len"),
+    ({"progress": "no"}, TypeError, "progress"),
+], ids=["f64", "dtype_type", "max_cache_len", "progress"])
+def test_every_layout_checks_load_arguments_alike(layout, kwargs, error, match):
+    """A sharded load refuses what an unsharded one refuses, with the same message."""
+    kwargs = {"dtype": "f32", "progress": False, **kwargs}
+    dtype = kwargs.pop("dtype")
+    with pytest.raises(error, match=match):
+        AutoLlamaModel.from_pretrained(resolve_model(MODEL), "cpu", dtype, **layout, **kwargs)

@@ -24,7 +24,7 @@ from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
 from .decoder_layer import Capture, LlamaDecoderLayer
 from .kv_cache import KVCache
-from .loading import load_state_dict
+from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
 from .rope import LlamaRotaryEmbedding
 
 DEFAULT_MAX_CACHE_LEN = 2048
@@ -121,37 +121,20 @@ class LlamaForCausalLM:
         or CheckpointError (both ValueError) naming the file, ValueError/TypeError naming
         the argument.
         """
-        if not isinstance(model_path, (str, os.PathLike)):
-            raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
+        check_load_arguments(model_path, dtype, max_cache_len, progress, allow_nonfinite)
         if not isinstance(device, (str, Device)):
             raise TypeError(f"device must be a name such as 'cpu' or 'nvidia:0' or a Device, "
                             f"got {device!r}")
-        if dtype is not None and not isinstance(dtype, (str, DType)):
-            raise TypeError(f"dtype must be 'f32', 'f16', 'bf16' or None, got {dtype!r}")
-        _max_cache_len(max_cache_len)
-        check_bool(progress, "progress")
-        check_bool(allow_nonfinite, "allow_nonfinite")
         dev = Device.parse(device)
         path = Path(model_path)
         config = LlamaConfig.from_pretrained(path)
-        if dtype is not None:
-            dt = DType.parse(dtype)
-        elif config.dtype == "float64":
-            dt = DType.F32
-        else:
-            dt = DType.parse(config.dtype or "f32")
-        if dt not in _COMPUTE_DTYPES:
-            raise ValueError(f"dtype {dt.short} not supported; use f32, f16 or bf16")
+        dt = resolve_dtype(config, dtype)
         generation_config = GenerationConfig.from_pretrained(path, config)
         host = load_state_dict(path, config.expected_weight_shapes(), dt.short,
                                tie_word_embeddings=config.tie_word_embeddings,
                                progress=progress, allow_nonfinite=allow_nonfinite)
-        weights: dict[str, Tensor] = {}
-        for name, array in host.items():
-            if name == "lm_head.weight" and array is host.get("model.embed_tokens.weight"):
-                continue  # tied: share the embedding's device tensor below
-            weights[name] = Tensor.from_numpy(array, dev, dt)
-        weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
+        weights = upload_weights(host, dev, dt)
+        weights.setdefault(LM_HEAD_WEIGHT, weights[EMBED_WEIGHT])
         return cls(config, weights, dev, dt, max_cache_len, generation_config)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
@@ -293,6 +276,44 @@ class LlamaForCausalLM:
                 t.copy_from_numpy(value.reshape(t.shape))
 
         return record
+
+
+def check_load_arguments(model_path: object, dtype: object, max_cache_len: object,
+                         progress: object, allow_nonfinite: object) -> None:
+    """The arguments of a from_pretrained (any layout), checked before anything is read."""
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
+    if dtype is not None and not isinstance(dtype, (str, DType)):
+        raise TypeError(f"dtype must be 'f32', 'f16', 'bf16' or None, got {dtype!r}")
+    _max_cache_len(max_cache_len)
+    check_bool(progress, "progress")
+    check_bool(allow_nonfinite, "allow_nonfinite")
+
+
+def resolve_dtype(config: LlamaConfig, dtype: str | DType | None) -> DType:
+    """The compute dtype: the one asked for, else the checkpoint's (float64 checkpoints
+    run in f32, the widest supported)."""
+    if dtype is not None:
+        dt = DType.parse(dtype)
+    elif config.dtype == "float64":
+        dt = DType.F32
+    else:
+        dt = DType.parse(config.dtype or "f32")
+    if dt not in _COMPUTE_DTYPES:
+        raise ValueError(f"dtype {dt.short} not supported; use f32, f16 or bf16")
+    return dt
+
+
+def upload_weights(host: Mapping[str, np.ndarray], device: Device, dtype: DType
+                   ) -> dict[str, Tensor]:
+    """Host weights to `device`; a tied lm_head (the embedding's own array) is not copied:
+    the caller points it at the embedding's device tensor."""
+    weights: dict[str, Tensor] = {}
+    for name, array in host.items():
+        if name == LM_HEAD_WEIGHT and array is host.get(EMBED_WEIGHT):
+            continue
+        weights[name] = Tensor.from_numpy(array, device, dtype)
+    return weights
 
 
 def padding_mask(mask: Sequence[Sequence[int]] | np.ndarray, shape: tuple[int, int]

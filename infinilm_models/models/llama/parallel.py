@@ -39,7 +39,13 @@ from ...runtime.comm import Communicator, make_communicator
 from .configuration import LlamaConfig
 from .kv_cache import KVCache
 from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
-from .modeling_llama import LlamaForCausalLM, padding_mask
+from .modeling_llama import (
+    LlamaForCausalLM,
+    check_load_arguments,
+    padding_mask,
+    resolve_dtype,
+    upload_weights,
+)
 
 
 class PlanError(ValueError):
@@ -241,13 +247,13 @@ class ParallelLlamaForCausalLM:
                         ) -> ParallelLlamaForCausalLM:
         tp = check_int(tp, "tp", minimum=1)
         pp = check_int(pp, "pp", minimum=1)
+        check_load_arguments(model_path, dtype, max_cache_len, progress, allow_nonfinite)
         path = Path(model_path)
         config = LlamaConfig.from_pretrained(path)
         shapes = split_heads(config, tp)
         stages = split_layers(config.num_hidden_layers, pp)
         devices = resolve_devices(device, tp * pp)
-        dt = DType.parse(dtype) if dtype is not None else (
-            DType.F32 if config.dtype in (None, "float64") else DType.parse(config.dtype))
+        dt = resolve_dtype(config, dtype)
         generation_config = GenerationConfig.from_pretrained(path, config)
         ranks: list[LlamaForCausalLM] = []
         for s, layers in enumerate(stages):
@@ -383,11 +389,7 @@ def _load_rank(path: Path, config: LlamaConfig, shape: RankShape, layers: range,
                            tie_word_embeddings=config.tie_word_embeddings, progress=progress,
                            allow_nonfinite=allow_nonfinite, select=keep,
                            shard=slicer(config, shape))
-    weights: dict[str, Tensor] = {}
-    for name, array in host.items():
-        if name == LM_HEAD_WEIGHT and array is host.get(EMBED_WEIGHT):
-            continue
-        weights[name] = Tensor.from_numpy(array, device, dtype)
+    weights = upload_weights(host, device, dtype)
     if last_stage:
         weights.setdefault(LM_HEAD_WEIGHT, weights.get(EMBED_WEIGHT))
     local = rank_config(config, shape, layers)
