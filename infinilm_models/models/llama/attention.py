@@ -27,6 +27,10 @@ from .configuration import LlamaConfig
 from .kv_cache import KVCache
 from .rope import LlamaRotaryEmbedding
 
+# The fused projection weight and its checkpoint parts, stacked by rows in this order
+# (from_pretrained fuses them on the host, `fused` on the device for other callers).
+QKV_WEIGHT = ("qkv_proj.weight", ("q_proj.weight", "k_proj.weight", "v_proj.weight"))
+
 
 class LlamaAttention:
     def __init__(self, config: LlamaConfig, layer_idx: int, weights: dict[str, Tensor]) -> None:
@@ -37,8 +41,7 @@ class LlamaAttention:
         self.head_dim = config.head_dim
         self.scaling = 1.0 / math.sqrt(config.head_dim)
         # HF Linear weights are [out, in]; y = x @ W.T reads the transposed view directly.
-        self.qkv_proj = fused(weights, "qkv_proj.weight",
-                              ("q_proj.weight", "k_proj.weight", "v_proj.weight"))
+        self.qkv_proj = fused(weights, *QKV_WEIGHT)
         qd, kvd = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = self.qkv_proj.narrow(0, 0, qd)
         self.k_proj = self.qkv_proj.narrow(0, qd, kvd)

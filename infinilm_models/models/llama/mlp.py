@@ -11,11 +11,12 @@ from ...runtime import Tensor, ops
 from .attention import fused
 from .buffers import Buffers
 
+GATE_UP_WEIGHT = ("gate_up_proj.weight", ("gate_proj.weight", "up_proj.weight"))
+
 
 class LlamaMLP:
     def __init__(self, weights: dict[str, Tensor]) -> None:
-        self.gate_up_proj = fused(weights, "gate_up_proj.weight",
-                                  ("gate_proj.weight", "up_proj.weight"))
+        self.gate_up_proj = fused(weights, *GATE_UP_WEIGHT)
         inter = self.gate_up_proj.shape[0] // 2
         self.gate_proj = self.gate_up_proj.narrow(0, 0, inter)
         self.up_proj = self.gate_up_proj.narrow(0, inter, inter)

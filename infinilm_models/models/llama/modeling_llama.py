@@ -20,11 +20,13 @@ import numpy as np
 from ...arguments import check_bool, check_int, token_ids
 from ...generation import GenerationConfig
 from ...runtime import Device, DType, Tensor, ops
+from .attention import QKV_WEIGHT
 from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
 from .decoder_layer import Capture, LlamaDecoderLayer
 from .kv_cache import KVCache
 from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
+from .mlp import GATE_UP_WEIGHT
 from .rope import LlamaRotaryEmbedding
 
 DEFAULT_MAX_CACHE_LEN = 2048
@@ -306,13 +308,28 @@ def resolve_dtype(config: LlamaConfig, dtype: str | DType | None) -> DType:
 
 def upload_weights(host: Mapping[str, np.ndarray], device: Device, dtype: DType
                    ) -> dict[str, Tensor]:
-    """Host weights to `device`; a tied lm_head (the embedding's own array) is not copied:
-    the caller points it at the embedding's device tensor."""
+    """Host weights to `device`. q/k/v and gate/up are stacked on the host and uploaded
+    once as the fused weight the modules use (fusing them on the device would hold every
+    layer's weights twice while loading). A tied lm_head (the embedding's own array) is
+    not copied: the caller points it at the embedding's device tensor."""
+    groups = {}  # first part's full name -> (fused full name, every part's full name)
+    for name in host:
+        for prefix, (fused_name, parts) in (("self_attn.", QKV_WEIGHT), ("mlp.", GATE_UP_WEIGHT)):
+            if name.endswith(prefix + parts[0]):
+                base = name[:-len(parts[0])]
+                if all(base + p in host for p in parts):
+                    groups[name] = (base + fused_name, [base + p for p in parts])
+    in_group = {p for _, parts in groups.values() for p in parts}
     weights: dict[str, Tensor] = {}
     for name, array in host.items():
-        if name == LM_HEAD_WEIGHT and array is host.get(EMBED_WEIGHT):
+        if name in groups:
+            fused_name, parts = groups[name]
+            weights[fused_name] = Tensor.from_numpy(np.concatenate([host[p] for p in parts]),
+                                                    device, dtype)
+        elif name in in_group or (name == LM_HEAD_WEIGHT and array is host.get(EMBED_WEIGHT)):
             continue
-        weights[name] = Tensor.from_numpy(array, device, dtype)
+        else:
+            weights[name] = Tensor.from_numpy(array, device, dtype)
     return weights
 
 
