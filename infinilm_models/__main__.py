@@ -83,7 +83,7 @@ def _generation_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import GenerationConfig, generate
-    from .models.auto import model_class
+    from .models.auto import AutoLlamaModel, model_class
     from .models.llama.configuration import LlamaConfig
     from .models.llama.modeling_llama import _max_cache_len
     from .runtime import Device, library
@@ -92,7 +92,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = Device.parse(args.device)
     # --device nvidia finds the nvidia build without INFINILM_BACKEND (INFINI_ROOT wins).
     library.set_default_backend(device.type)
-    cls = model_class(model_dir)
+    model_class(model_dir)  # an unknown model_type is refused before anything else
     config = LlamaConfig.from_pretrained(model_dir)
     base = GenerationConfig.from_pretrained(model_dir, config)
     try:
@@ -123,25 +123,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({gen.max_new_tokens}) "
                          f"exceeds the cache length ({cache_len}); raise --max-cache-len")
 
-    for flag, value in (("--tp", args.tp), ("--pp", args.pp)):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.tp * args.pp > 1:
-        from .models.llama.parallel import ParallelLlamaForCausalLM, split_heads, split_layers
-
-        try:  # a layout the model cannot be split into: a usage error, before the weights
-            split_heads(config, args.tp)
-            split_layers(config.num_hidden_layers, args.pp)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
     t0 = time.perf_counter()
-    if args.tp * args.pp > 1:
-        model = ParallelLlamaForCausalLM.from_pretrained(
-            model_dir, device, args.dtype, tp=args.tp, pp=args.pp,
-            max_cache_len=args.max_cache_len, progress=not args.quiet)
-    else:
-        model = cls.from_pretrained(model_dir, device, args.dtype,
-                                    max_cache_len=args.max_cache_len, progress=not args.quiet)
+    # tp x pp > 1: a parallel model. A layout the model cannot be split into is refused
+    # (ValueError, naming the numbers) before any weight is read.
+    model = AutoLlamaModel.from_pretrained(model_dir, device, args.dtype, tp=args.tp,
+                                           pp=args.pp, max_cache_len=args.max_cache_len,
+                                           progress=not args.quiet)
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     out = generate(model, [ids], gen)

@@ -122,6 +122,12 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], list[str]]] = [
     ("top-p-zero-sampling", None, ["--sample", "--top-p", "0"], ["top_p must be in (0, 1]"]),
     ("dtype-f64", None, ["--dtype", "f64"], ["dtype f64 not supported"]),
     ("unknown-device", None, ["--device", "tpu"], ["unknown device type 'tpu'"]),
+    ("tp-zero", None, ["--tp", "0"], ["tp must be >= 1, got 0"]),
+    # A layout the model cannot be split into is refused before the (here broken) weights.
+    ("tp-not-dividing-heads", _truncate, ["--tp", "3"],
+     ["config.json: tp=3 does not divide num_attention_heads (8)"]),
+    ("pp-beyond-layers", _truncate, ["--pp", "4"],
+     ["pp=4 stages for 3 layers: every stage needs a layer"]),
 ]
 
 
@@ -166,3 +172,15 @@ def test_bad_token_ids_are_usage_errors(tmp_path: Path, bad: str) -> None:
     out = run_cli("--model", ensure("gqa"), "--token-ids", bad)
     assert out.returncode == 2 and "argument --token-ids" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_tensor_and_pipeline_parallel_generate_the_unsharded_tokens(tmp_path: Path) -> None:
+    """--tp/--pp on the CPU (ranks share it through the loopback communicator): the same
+    greedy tokens as the unsharded API (token ids: exact)."""
+    model_dir = _copy(tmp_path, tokenizer=False)
+    want = ",".join(map(str, _api_tokens(model_dir, 4, eos_token_ids=())))
+    for layout in (["--tp", "2"], ["--pp", "2"], ["--tp", "2", "--pp", "2"]):
+        out = run_cli("--model", model_dir, "-q", "--token-ids", ",".join(map(str, PROMPT)),
+                      "--max-new-tokens", "4", "--ignore-eos", "--dtype", "f32", *layout)
+        assert out.returncode == 0, (layout, out.stderr)
+        assert out.stdout.strip() == want, layout
