@@ -16,6 +16,11 @@ import traceback
 class CrashedCheck(AssertionError):
     """The code under test killed its process (signal) or hung (timeout)."""
 
+    def __init__(self, message: str, *, signal: str | None = None,
+                 exit_code: int | None = None, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.signal, self.exit_code, self.timeout = signal, exit_code, timeout
+
 
 def _child(conn, func, args, backend=None) -> None:
     try:
@@ -54,12 +59,13 @@ def run_isolated(func, *args, timeout: float = 600.0):
             proc.join()
             if proc.exitcode is not None and proc.exitcode < 0 and \
                     proc.exitcode != -signal.SIGKILL:
-                raise CrashedCheck(_signal_text(proc.exitcode))
-            raise CrashedCheck(f"no result within {timeout:.0f} s (killed)")
+                raise _crashed(proc.exitcode)
+            raise CrashedCheck(f"no result within {timeout:.0f} s (killed)",
+                               exit_code=proc.exitcode, timeout=True)
         kind, payload = parent.recv()
     except EOFError:
         proc.join()
-        raise CrashedCheck(_signal_text(proc.exitcode)) from None
+        raise _crashed(proc.exitcode) from None
     finally:
         parent.close()
     proc.join()
@@ -68,11 +74,13 @@ def run_isolated(func, *args, timeout: float = 600.0):
     return payload
 
 
-def _signal_text(exitcode: int | None) -> str:
+def _crashed(exitcode: int | None) -> CrashedCheck:
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        return f"process crashed: killed by {name} (exit code {exitcode})"
-    return f"process died without a result (exit code {exitcode})"
+        return CrashedCheck(f"process crashed: killed by {name} (exit code {exitcode})",
+                            signal=name, exit_code=exitcode)
+    return CrashedCheck(f"process died without a result (exit code {exitcode})",
+                        exit_code=exitcode)

@@ -101,7 +101,7 @@ def pytest_configure_node(node) -> None:  # xdist: hand the run directory to eac
 def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
     """xdist without --isolate: a worker died inside a check. The worker could not record
     it, so the controller does, with the check's parameters from the plan."""
-    from ..record import Crash, DefectRef
+    from ..record import Crash
     from ..results import read_records
 
     config = _controller
@@ -115,12 +115,8 @@ def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
     planned.message = str(report.longrepr)[-recording.MESSAGE_LIMIT:]
     planned.crash = Crash(signal=None, exit_code=None, traceback=planned.message)
     defect = defects.defect_for(config, crashitem)
-    if defect is not None:
-        planned.known_defect = DefectRef(**defect.ref())
-        if defect.crash:
-            planned.status = "known_defect"
-            report.outcome = "skipped"
-            report.wasxfail = f"known defect {defect.id}: {defect.reason}"
+    recording.settle_crash(planned, defect)
+    recording.apply_to_report(report, planned.status, planned.message, defect)
     append_part(run_dir, "controller", planned)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ..isolation import CrashedCheck
-from ..record import CheckRecord, Comparison, DefectRef
+from ..record import CheckRecord, Comparison, Crash, DefectRef
 from ..results import append_part, write_plan
 from . import defects
 from .verify import UNSUPPORTED_PREFIX, Verify
@@ -87,6 +87,21 @@ def decide(report: pytest.TestReport, call: pytest.CallInfo, comparisons: list[C
     return "passed", ""
 
 
+def settle_crash(record: CheckRecord, defect: defects.KnownDefect | None) -> None:
+    """The status of a check whose process died (record.status "crashed", record.crash
+    filled): only a crash-kind known defect explains a crash; any other listed defect is
+    named in the message as not explaining it. One rule for every way a crash is seen
+    (the supervisor's child, an xdist worker, an isolated call inside a check)."""
+    if defect is None:
+        return
+    record.known_defect = DefectRef(**defect.ref())
+    if defect.crash:
+        record.status = "known_defect"
+    else:
+        record.message += (f" (known defect {defect.id} is an {defect.kind} defect, so it "
+                           "does not explain a crash)")
+
+
 def apply_to_report(report: pytest.TestReport, status: str, message: str,
                     defect: defects.KnownDefect | None) -> None:
     """Make pytest's own outcome (terminal, JUnit, exit status) say what the record says."""
@@ -113,10 +128,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     defect = verify.defect if verify else defects.defect_for(item.config, item.nodeid)
     comparisons = verify.comparisons if verify else []
     status, message = decide(report, call, comparisons, defect)
-    apply_to_report(report, status, message, defect)
     record = base_record(item)
     record.status = status
     record.message = message[-MESSAGE_LIMIT:]
+    if status == "crashed":  # an isolated call inside the check died (isolation.py)
+        e = call.excinfo.value
+        record.crash = Crash(signal=e.signal, exit_code=e.exit_code, timeout=e.timeout,
+                             traceback=record.message)
+        settle_crash(record, defect)
+        status = record.status
+    apply_to_report(report, status, record.message, defect)
     record.duration_s = round(report.duration, 4)
     record.comparisons = comparisons
     if verify is not None:

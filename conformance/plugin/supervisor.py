@@ -32,10 +32,10 @@ import pytest
 from _pytest.reports import TestReport
 from _pytest.runner import runtestprotocol
 
-from ..record import Crash, DefectRef
+from ..record import Crash
 from ..results import append_part
 from . import defects
-from .recording import MESSAGE_LIMIT, base_record
+from .recording import MESSAGE_LIMIT, base_record, settle_crash
 
 KILL_GRACE_S = 10.0
 
@@ -187,14 +187,8 @@ class Supervisor:
         record.status, record.message, record.crash = "crashed", message, crash
         record.duration_s = round(duration, 4)
         defect = defects.defect_for(self.config, item.nodeid)
-        if defect is not None:
-            record.known_defect = DefectRef(**defect.ref())
-            if defect.crash:
-                record.status = "known_defect"
-            else:
-                message += (f" (known defect {defect.id} is an {defect.kind} defect, so it "
-                            "does not explain a crash)")
-                record.message = message
+        settle_crash(record, defect)
+        message = record.message
         if "/ops/" in item.nodeid.replace("\\", "/") and record.status == "crashed":
             record.bundle = self._crash_bundle(item)
         append_part(self.run_dir, self.worker, record)

@@ -21,6 +21,14 @@ def test_crash_in_isolated_child():
     run_isolated(_boom, timeout=60)
 
 
+def test_known_crash_in_isolated_child():
+    run_isolated(_boom, timeout=60)
+
+
+def test_isolated_crash_under_an_accuracy_defect():
+    run_isolated(_boom, timeout=60)
+
+
 def test_crash_in_the_check_itself():
     os.kill(os.getpid(), signal.SIGSEGV)
 
@@ -101,7 +109,7 @@ evidence = "demo"
 id = "demo-crash"
 device = "*"
 kind = "crash"
-nodeid = "*test_known_crash"
+nodeid = ["*test_known_crash", "*test_known_crash_in_isolated_child"]
 reason = "demo"
 evidence = "demo"
 
@@ -109,7 +117,8 @@ evidence = "demo"
 id = "demo-accuracy"
 device = "*"
 kind = "accuracy"
-nodeid = "*test_crash_under_an_accuracy_defect"
+nodeid = ["*test_crash_under_an_accuracy_defect",
+          "*test_isolated_crash_under_an_accuracy_defect"]
 envelope = { atol = 1.0 }
 reason = "demo"
 evidence = "demo"
@@ -117,6 +126,8 @@ evidence = "demo"
 
 EXPECTED = {
     "test_crash_in_isolated_child": "crashed",
+    "test_known_crash_in_isolated_child": "known_defect",
+    "test_isolated_crash_under_an_accuracy_defect": "crashed",
     "test_crash_in_the_check_itself": "crashed",
     "test_known_crash": "known_defect",
     "test_crash_under_an_accuracy_defect": "crashed",
@@ -150,6 +161,11 @@ def _check(result, doc):
     assert doc["planned"] == len(EXPECTED) and doc["counts"]["not_run"] == 0
     by_test = {r["test"]: r for r in doc["results"]}
     assert "SIGSEGV" in by_test["test_crash_in_isolated_child"]["message"]
+    # A crash seen by an isolated call inside the check follows the supervisor's rules.
+    assert by_test["test_crash_in_isolated_child"]["crash"]["signal"] == "SIGSEGV"
+    assert by_test["test_known_crash_in_isolated_child"]["known_defect"]["id"] == "demo-crash"
+    assert "does not explain a crash" in by_test[
+        "test_isolated_crash_under_an_accuracy_defect"]["message"]
     crash = by_test["test_crash_in_the_check_itself"]["crash"]
     assert crash["signal"] == "SIGSEGV" and "test_crash_in_the_check_itself" in \
         crash["traceback"]
