@@ -18,31 +18,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from conformance.judge import Calibrated, calibrated_series, error_metrics
+from conformance.judge import Calibrated, calibrated_series, token_nmse
 from conformance.record import Comparison, Localization
 from infinilm_models.models.llama.capture import CapturePoint
-
-
-def nmse(a: np.ndarray | None, g: np.ndarray) -> float:
-    """The error statistic of a captured tensor: NMSE per token (each row of the last axis
-    against its own norm), averaged over tokens. A whole-tensor NMSE is decided by its
-    largest rows: where one token carries a massive activation (SmolLM2's token 0 reaches
-    ~150 in some layers) the ratio of two implementations' errors becomes a one-token
-    statistic that swings 10x either way from layer to layer; the mean over tokens does
-    not."""
-    if a is None:
-        return math.nan
-    if a.shape != g.shape or not (np.isfinite(a).all() and np.isfinite(g).all()):
-        return math.inf
-    a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-    signal = np.sum(g2 * g2, axis=1)
-    keep = signal > 0
-    if not keep.any():
-        return error_metrics(a, g)["nmse"]
-    noise = np.sum((a2 - g2) ** 2, axis=1)
-    return float(np.mean(noise[keep] / signal[keep]))
 
 
 def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden: dict,
@@ -57,7 +35,7 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
         g = golden.get(p.name)
         if g is None or p.name not in ours:
             continue
-        a_o, a_r = nmse(ours[p.name], g), nmse(ref.get(p.name), g)
+        a_o, a_r = token_nmse(ours[p.name], g), token_nmse(ref.get(p.name), g)
         acc.append((p, a_o, a_r))
         row = {"phase": phase, "step": step, "tensor": p.name, "layer": p.layer,
                "submodule": p.submodule,
@@ -67,7 +45,7 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
                "isolated": None}
         if p.isolatable and ours_iso is not None and ref_iso is not None and \
                 p.name in ours_iso:
-            i_o, i_r = nmse(ours_iso[p.name], g), nmse(ref_iso.get(p.name), g)
+            i_o, i_r = token_nmse(ours_iso[p.name], g), token_nmse(ref_iso.get(p.name), g)
             iso.append((p, i_o, i_r))
             row["isolated"] = {"nmse": i_o, "reference_nmse": i_r,
                                "threshold": cal.threshold(i_r)}
@@ -134,24 +112,3 @@ def _loc(phase: str, step: int | None, p: CapturePoint, value: float, limit: flo
         isolated=isolated,
         description=f"{when}: {where} ({p.name}) {what}; op-level checks to look at: "
                     f"{', '.join(p.ops)}")
-
-
-def softmax64(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def logits_metrics(ours: np.ndarray, golden: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Over all positions: top-1 agreement, mean top-k overlap, mean KL(golden || ours)."""
-    o = ours.reshape(-1, ours.shape[-1])
-    g = golden.reshape(-1, golden.shape[-1])
-    if not (np.isfinite(o).all() and np.isfinite(g).all()):
-        return {"top1_agreement": math.nan, f"top{k}_overlap": math.nan, "kl": math.inf}
-    top1 = float(np.mean(o.argmax(-1) == g.argmax(-1)))
-    ko = np.argsort(-o, axis=-1)[:, :k]
-    kg = np.argsort(-g, axis=-1)[:, :k]
-    overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ko, kg)]))
-    p, q = softmax64(g), softmax64(o)
-    kl = float(np.mean(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300)), axis=-1)))
-    return {"top1_agreement": top1, f"top{k}_overlap": overlap, "kl": max(kl, 0.0)}

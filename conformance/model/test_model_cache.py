@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from conformance.judge import nmse
+
 from .conftest import prompt_ids
 
 PREFIX, STEPS = 6, 4
@@ -48,18 +50,10 @@ def test_model_cache(model_name, model_path, dtype, runtimes, verify, tolerances
     # the same two computations, or, where its two paths happen to round identically (as
     # on the CPU), its error in this dtype: two results that are each as accurate as
     # transformers' may differ from each other by that much.
-    mine = _nmse(cached, recompute)
-    theirs = max(_nmse(ref_cached, ref_full), _nmse(ref_cached, golden))
+    mine = nmse(cached, recompute)
+    theirs = max(nmse(ref_cached, ref_full), nmse(ref_cached, golden))
     verify.calibrated_value("cached vs recompute (ours)", mine, theirs, "cache_vs_recompute",
                             dtype, "nmse")
     verify.calibrated(cached, ref_cached, golden, "model_logits", dtype,
                       "cached logits vs transformers' cached decoding")
     verify.info.update(cached_vs_recompute_ours=mine, cached_vs_recompute_transformers=theirs)
-
-
-def _nmse(a: np.ndarray, b: np.ndarray) -> float:
-    from conformance.judge import error_metrics
-
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf")
-    return error_metrics(a, b)["nmse"]

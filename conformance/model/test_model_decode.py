@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .checks import compare_capture, nmse
+from conformance.judge import token_nmse
+
+from .checks import compare_capture
 from .conftest import prompt_ids
 from .harness import hf_capture, our_capture, points_of
 
@@ -56,7 +58,7 @@ def test_model_decode(model_name, model_path, dtype, batch, runtimes, verify, to
         verify.keep(c)
     for loc in locs:
         key = "ours_iso" if loc.isolated else "ours"
-        errs = [nmse(r[key][loc.tensor], r["golden"][loc.tensor]) for r in runs]
+        errs = [token_nmse(r[key][loc.tensor], r["golden"][loc.tensor]) for r in runs]
         loc.step = int(np.nanargmax(np.where(np.isfinite(errs), errs, np.inf))) + 1
         loc.description = loc.description.replace("decode:", f"decode (worst at step "
                                                   f"{loc.step} of {steps}):", 1)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conformance.judge import token_nmse
 from infinilm_models import generate
 from infinilm_models.runtime.graph import graph_backend
 
-from .checks import nmse
 from .conftest import prompt_ids
 from .harness import hf_capture
 
@@ -49,7 +49,7 @@ def test_model_graph(model_name, model_path, dtype, batch, runtimes, verify, inf
     a, b = np.stack(fixed.logits), np.stack(plain.logits)  # [steps, batch, vocab]
     verify.finite("fixed-shape step logits", a)
     ref_err = _reference_error(ids, plain.tokens, golden_m, ref_m, NEW)
-    verify.calibrated_value("logits of every step vs the plain path", nmse(a, b), ref_err,
+    verify.calibrated_value("logits of every step vs the plain path", token_nmse(a, b), ref_err,
                             "cache_vs_recompute", dtype, "nmse")
     diverge = np.argwhere(fixed.tokens != plain.tokens)
     step = None if not len(diverge) else int(diverge[0][1])
@@ -68,4 +68,4 @@ def _reference_error(ids, tokens, golden_m, ref_m, n: int) -> float:
     full = np.concatenate([ids, tokens[:, :-1]], axis=1)
     g = hf_capture(golden_m, full)["logits"][:, -n:]
     r = hf_capture(ref_m, full)["logits"][:, -n:]
-    return nmse(r, g)
+    return token_nmse(r, g)

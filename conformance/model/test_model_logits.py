@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .checks import logits_metrics
+from conformance.judge import logits_metrics, nmse
+
 from .conftest import prompt_ids
 from .harness import hf_capture
 
@@ -43,14 +44,8 @@ def test_model_logits(model_name, model_path, dtype, shape, runtimes, verify, in
     # sequence for the same numbers: it must agree with the all-positions path as two
     # correct computations agree (as cached vs recompute).
     verify.calibrated_value("last-token path vs all-positions path (ours)",
-                            nmse_of(ours_last[:, -1], ours_all[:, -1]),
+                            nmse(ours_last[:, -1], ours_all[:, -1]),
                             c.metrics.get("reference_nmse", 0.0), "cache_vs_recompute", dtype,
                             "nmse")
     verify.info["last token"] = {"logits": logits_metrics(ours_last[:, -1], golden[:, -1]),
                                  "reference_logits": logits_metrics(ref[:, -1], golden[:, -1])}
-
-
-def nmse_of(a: np.ndarray, b: np.ndarray) -> float:
-    from .checks import nmse
-
-    return nmse(a, b)

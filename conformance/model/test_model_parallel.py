@@ -21,7 +21,9 @@ import functools
 
 import numpy as np
 
-from .checks import compare_capture, nmse
+from conformance.judge import token_nmse
+
+from .checks import compare_capture
 from .conftest import prompt_ids
 from .harness import hf_capture, our_capture, points_of
 
@@ -75,9 +77,10 @@ def judge_parallel(verify, tolerances, dtype: str, par, ours_m, golden_m, ref_m,
     mine["logits"] = logits.astype(np.float64)
 
     # 1. against the unsharded run of ours
-    ref_err = nmse(ref["logits"], golden["logits"]) if not same else 0.0
-    verify.calibrated_value("logits vs the unsharded model", nmse(mine["logits"], base["logits"]),
-                            ref_err, "parallel_vs_unsharded", dtype, "nmse")
+    ref_err = token_nmse(ref["logits"], golden["logits"]) if not same else 0.0
+    verify.calibrated_value("logits vs the unsharded model",
+                            token_nmse(mine["logits"], base["logits"]), ref_err,
+                            "parallel_vs_unsharded", dtype, "nmse")
     # 2. per layer against transformers: the first layer out of bound is named
     points = [p for p in points_of(ours_m) if not p.cache]
     _, comparisons, locs = compare_capture(
@@ -110,7 +113,7 @@ def rank_caches(par, par_cache, base: dict, dtype: str, tolerances, ref_err: flo
                 mine = held.narrow(2, 0, cache.length).numpy().astype(np.float64)
                 want = base[f"layers.{g}.{kind}_cache"][:, shape.kv_heads[0]:shape.kv_heads[1]]
                 labels.append(f"rank {r} layers.{g}.{kind}_cache")
-                errs.append(nmse(mine, want))
+                errs.append(token_nmse(mine, want))
                 refs.append(ref_err)
     c, _ = calibrated_series("KV cache per rank vs the unsharded cache's heads", labels, errs,
                              refs, tolerances.calibrated("parallel_vs_unsharded", dtype))
