@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 pytest_plugins = ("pytester",)
 
 INNER = '''
@@ -253,3 +255,55 @@ def test_slow(i, verify):
     assert doc["counts"]["not_run"] >= 1 and doc["verdict"] == "fail"
     assert any("interrupted" in (r["not_run_reason"] or "") for r in doc["results"])
     assert (reports / "latest" / "index.html").is_file()
+
+
+ANY_INNER = '''
+import pytest
+
+@pytest.mark.parametrize("case", ["shows", "clean"])
+def test_any(case, verify):
+    verify.close([1.0, 2.01 if case == "shows" else 2.0], [1.0, 2.0], "add", "f32")
+'''
+
+ANY_DEFECT = '''
+[[defect]]
+id = "demo-any"
+device = "*"
+kind = "accuracy"
+strict = "any"
+nodeid = "*test_any*"
+envelope = { atol = 0.05, rtol = 0.0, nmse = 1.0 }
+reason = "demo"
+evidence = "demo"
+'''
+
+
+@pytest.mark.parametrize(("args", "fails"), [
+    ([], False),                    # shows in one of its two checks: fine
+    (["-k", "clean"], False),       # a narrowed run that misses it proves nothing: a note
+])
+def test_strict_any_defect(pytester, args, fails):
+    pytester.makepyfile(test_inner=ANY_INNER)
+    defects = pytester.makefile(".toml", defects=ANY_DEFECT)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:xdist", f"--known-defects={defects}",
+        f"--report-dir={pytester.path / 'reports'}", *args)
+    doc = json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
+    assert result.ret == 0 and doc["verdict"] == "pass"
+    if args:
+        assert "showed in none of the 1 checks" in doc["environment"]["notes"][0]
+        result.stdout.fnmatch_lines(["note: known defect demo-any*-k 'clean'*"])
+
+
+def test_strict_any_defect_that_shows_nowhere_fails_a_full_run(pytester):
+    pytester.makepyfile(test_inner=ANY_INNER.replace('2.01 if case == "shows" else 2.0',
+                                                     "2.0"))
+    defects = pytester.makefile(".toml", defects=ANY_DEFECT)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:xdist", f"--known-defects={defects}",
+        f"--report-dir={pytester.path / 'reports'}")
+    doc = json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
+    assert result.ret == 1 and doc["verdict"] == "fail"
+    failed = [r for r in doc["results"] if r["status"] == "failed"]
+    assert [r["nodeid"] for r in failed] == ["known_defects.toml::demo-any"]
+    assert "XPASS, strict = 'any'" in failed[0]["message"]
