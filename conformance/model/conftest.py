@@ -81,6 +81,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("model_name,layout", pairs, ids=[f"{m}-{lay}" for m, lay in pairs])
 
 
+# Cases the CPU run leaves to the GPU runs (too slow for 2 cores): not collected, so they
+# are neither planned nor counted; pytest's summary counts them as deselected.
+CPU_DESELECTED = ("test_model_logits[smollm2-*-long]",)  # 130 tokens x 30 layers x 3 runs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not str(config.getoption("--infini-device")).startswith("cpu"):
+        return
+    from fnmatch import fnmatchcase
+
+    keep, drop = [], []
+    for item in items:
+        name = item.nodeid.rsplit("::", 1)[-1]
+        (drop if any(fnmatchcase(name, p.replace("[", "[[]")) for p in CPU_DESELECTED)
+         else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _config_of(name: str) -> dict:
     import json
     from dataclasses import asdict
