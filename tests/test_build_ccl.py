@@ -115,6 +115,19 @@ def test_ccl_without_nccl_fails_before_building(tmp_path: Path,
         build.build("nvidia", tmp_path / "prefix", ccl=True)
 
 
+def fake_sdist(tmp_path: Path) -> Path:
+    """An sdist stand-in: PKG-INFO and an xmake.lua at its top directory, no sources."""
+    sdist = tmp_path / f"infinicore-{build.INFINICORE_VERSION}.tar.gz"
+    top = f"infinicore-{build.INFINICORE_VERSION}"
+    files = {"PKG-INFO": f"Name: infinicore\nVersion: {build.INFINICORE_VERSION}\n",
+             "xmake.lua": 'add_requires("pybind11")\n'}
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in files.items():
+            (tmp_path / name).write_text(text)
+            tar.add(tmp_path / name, f"{top}/{name}")
+    return sdist
+
+
 def fake_prefix(prefix: Path, backend: str, ccl: bool, nccl_lib: Path | None = None) -> None:
     (prefix / "lib").mkdir(parents=True)
     for lib in build.LIBRARIES:
@@ -150,12 +163,8 @@ def test_build_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_find = build.find_nccl
     monkeypatch.setattr(build, "find_nccl", lambda: real_find([str(site)], environ={}))
     monkeypatch.setattr(build, "check_tools", lambda backend: "xmake")
-    monkeypatch.setattr(build, "apply_patches", lambda src, backend: [])
-    sdist = tmp_path / f"infinicore-{build.INFINICORE_VERSION}.tar.gz"
-    readme = tmp_path / "README.md"
-    readme.write_text("sdist stand-in\n")
-    with tarfile.open(sdist, "w:gz") as tar:
-        tar.add(readme, f"infinicore-{build.INFINICORE_VERSION}/README.md")
+    monkeypatch.setattr(build, "apply_patches", lambda src, backend, strict=True: [])
+    sdist = fake_sdist(tmp_path)
     steps: list[tuple[str, list[str], dict]] = []
 
     def fake_run(cmd, cwd, env, step, log):

@@ -326,7 +326,8 @@ def _mark_calls(path: Path) -> None:
 
     def mark(op, tensors, *_args) -> None:
         text = (op.name + "|" + ", ".join(f"{n}={t.describe()}" for n, t in
-                                          zip(op.tensor_names, tensors))).encode()
+                                          zip(op.tensor_names, tensors) if t is not None)
+                ).encode()
         text = text[:MARK_BYTES - 1]
         mm[:len(text) + 1] = text + b"\0"
 
@@ -346,19 +347,15 @@ def _read_mark(path: Path) -> tuple[str, str] | None:
 
 def _py_op_name(c_name: str) -> str:
     """The wrapper name of a C op name (RMSNorm -> rms_norm)."""
-    for py in ("gemm", "add", "mul", "rms_norm", "rope", "causal_softmax", "swiglu",
-               "rearrange", "random_sample", "attention"):
-        if py.replace("_", "") == c_name.lower():
-            return py
-    return c_name
+    from infinilm_models.runtime.ops.specs import BY_NAME
+
+    found = BY_NAME.get(c_name)
+    return found.py if found is not None else c_name
 
 
 def _c_op_name(op: str) -> str:
-    from infinilm_models.runtime.ops._base import CachedOp
+    """The C op name of a wrapper (rms_norm -> RMSNorm; copy is a rearrange)."""
+    from infinilm_models.runtime.ops.specs import BY_PY
 
-    key = op.replace("_", "").lower()
-    key = {"copy": "rearrange", "contiguous": "rearrange"}.get(key, key)
-    for inst in CachedOp.instances:
-        if inst.name.lower() == key:
-            return inst.name
-    return op
+    found = BY_PY.get({"copy": "rearrange", "contiguous": "rearrange"}.get(op, op))
+    return found.name if found is not None else op

@@ -9,7 +9,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
-from ctypes import POINTER, c_float, c_int, c_size_t, c_ssize_t, c_void_p
+from ctypes import POINTER, c_int, c_size_t, c_ssize_t, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,20 @@ class InfiniError(RuntimeError):
 
 class LibraryNotFound(RuntimeError):
     pass
+
+
+class NotExported(InfiniError):
+    """The loaded build does not export an op or API function: "unsupported" by this
+    build, not a wrong call (a PyPI 0.1.0 build has none of upstream's fused ops)."""
+
+    def __init__(self, call: str, root: object) -> None:
+        self.call, self.status = call, 2
+        self.status_name = "NOT_EXPORTED"
+        RuntimeError.__init__(self, f"{call}: not exported by this build ({root})")
+
+    @property
+    def unsupported(self) -> bool:
+        return True
 
 
 def check(status: int, call: str, detail: str | Callable[[], str] = "") -> None:
@@ -131,6 +145,7 @@ class Library:
     op: ctypes.CDLL
     ccl: ctypes.CDLL | None
     ccl_error: str | None = None  # why libinfiniccl.so is there but did not load
+    ops: frozenset[str] = frozenset()  # the ops of ops/specs.py this build exports
 
     def path(self, name: str) -> Path:
         return self.root / "lib" / name
@@ -204,36 +219,24 @@ def declare_ccl_init_rank(ccl: ctypes.CDLL) -> None:
     _declare(ccl, "infinicclCommInitRank", PP, c_int, InfinicclUniqueId, c_int)
 
 
-# (name, argtypes after the descriptor for the compute call) of every op we bind.
-_WS = [P, c_size_t]  # workspace, workspace_size
-OP_SIGNATURES: dict[str, tuple[int, list]] = {
-    # op: (number of tensor descriptors at creation, compute-call argtypes)
-    "Gemm": (3, _WS + [P, P, P, c_float, c_float, P]),
-    "RMSNorm": (3, _WS + [P, P, P, P]),
-    "RoPE": (5, _WS + [P, P, P, P, P, P]),
-    "CausalSoftmax": (2, _WS + [P, P, P]),
-    "SwiGLU": (3, _WS + [P, P, P, P]),
-    "Add": (3, _WS + [P, P, P, P]),
-    "Mul": (3, _WS + [P, P, P, P]),
-    "Rearrange": (2, [P, P, P]),
-    "RandomSample": (2, _WS + [P, P, c_float, c_float, c_int, c_float, P]),
-    "Attention": (6, _WS + [P, P, P, P, P, P, P]),
-}
+def _declare_op(op: ctypes.CDLL) -> frozenset[str]:
+    """Declare the handle and tensor-descriptor calls (every build has them) and each op of
+    ops/specs.py whose functions this build exports; returns the names of those ops. An op
+    the build lacks stays undeclared: calling it raises NotExported (an 'unsupported')."""
+    from .ops.specs import SPECS, argtypes
 
-
-def _declare_op(op: ctypes.CDLL) -> None:
     _declare(op, "infiniopCreateHandle", PP)
     _declare(op, "infiniopDestroyHandle", P)
     _declare(op, "infiniopCreateTensorDescriptor", PP, c_size_t, POINTER(c_size_t),
              POINTER(c_ssize_t), c_int)
     _declare(op, "infiniopDestroyTensorDescriptor", P)
-    for name, (ndesc, compute) in OP_SIGNATURES.items():
-        extra = {"RMSNorm": [c_float], "RoPE": [c_int], "Attention": [c_size_t]}.get(name, [])
-        _declare(op, f"infiniopCreate{name}Descriptor", P, PP, *([P] * ndesc), *extra)
-        if name != "Rearrange":
-            _declare(op, f"infiniopGet{name}WorkspaceSize", P, SIZE_P)
-        _declare(op, f"infiniop{name}", P, *compute)
-        _declare(op, f"infiniopDestroy{name}Descriptor", P)
+    declared = set()
+    for s in SPECS:
+        if all(hasattr(op, fn) for fn in s.functions):  # dlsym, nothing declared yet
+            for fn, args in argtypes(s).items():
+                _declare(op, fn, *args)
+            declared.add(s.name)
+    return frozenset(declared)
 
 
 def load() -> Library:
@@ -275,13 +278,13 @@ def load() -> Library:
                 ccl_error = str(e)
         try:
             _declare_rt(rt)
-            _declare_op(op)
+            ops = _declare_op(op)
             if ccl is not None:
                 _declare_ccl(ccl)
         except AttributeError as e:
             raise LibraryNotFound(
-                f"{libdir} lacks a symbol this binding needs ({e}); is it InfiniCore 0.1.0?"
+                f"{libdir} lacks a function every InfiniCore build has ({e}); is it InfiniCore?"
             ) from e
         check(rt.infinirtInit(), "infinirtInit")
-        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error)
+        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error, ops=ops)
         return _lib

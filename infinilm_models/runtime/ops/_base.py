@@ -22,9 +22,10 @@ from threading import get_ident
 
 from ..device import Device
 from ..device import _state as _thread
-from ..library import InfiniError, check, load
+from ..library import InfiniError, NotExported, check, load
 from ..memory import DeviceBuffer, zero_fill
 from ..tensor import Tensor
+from .specs import spec as _spec
 
 # Enough for every shape of a long decode (attention shapes change with the cache length)
 # while keeping a runaway caller from holding descriptors without bound.
@@ -97,8 +98,8 @@ class Workspace:
 
 
 class CachedOp:
-    """An infiniop operator: `infiniopCreate<name>Descriptor`, `infiniopGet<name>WorkspaceSize`,
-    `infiniop<name>`, `infiniopDestroy<name>Descriptor`."""
+    """An infiniop operator, as its row of ops/specs.py describes it: create, workspace
+    size, compute and destroy calls. Tensors named in the row's `optional` may be None."""
 
     instances: list[CachedOp] = []  # every op wrapper, for descriptors_created()
     # Called before every op call with (op, tensors, compute_args, create_params): the
@@ -107,11 +108,12 @@ class CachedOp:
     # where it costs one attribute read.
     hooks: tuple = ()
 
-    def __init__(self, name: str, tensor_names: Sequence[str], has_workspace: bool = True) -> None:
+    def __init__(self, name: str) -> None:
         CachedOp.instances.append(self)
+        self.spec = _spec(name)
         self.name = name
-        self.tensor_names = tuple(tensor_names)
-        self.has_workspace = has_workspace
+        self.tensor_names = self.spec.tensors
+        self.has_workspace = self.spec.workspace
         # One LRU cache per device: with one thread per device (tensor parallelism) no
         # thread ever evicts, or destroys, a descriptor another thread is using, and each
         # device keeps MAX_CACHED_DESCRIPTORS of its own however many devices there are.
@@ -128,6 +130,10 @@ class CachedOp:
         # and one tuple per tensor, no Python-level hashing of Device objects per tensor.
         device = tensors[0].buffer.device
         for n, t in zip(self.tensor_names, tensors):
+            if t is None:
+                if n not in self.spec.optional:
+                    raise ValueError(f"{self.name}: tensor {n} is required, got None")
+                continue
             d = t.buffer.device
             if d is not device and d != device:
                 raise ValueError(
@@ -135,7 +141,8 @@ class CachedOp:
         # ctypes scalars are unhashable; their values are what the descriptor depends on.
         pkey = tuple(p.value if isinstance(p, ctypes._SimpleCData) else p
                      for p in params) if params else ()
-        key = (tuple([(t.dtype, t.shape, t.strides) for t in tensors]), pkey)
+        key = (tuple([None if t is None else (t.dtype, t.shape, t.strides)
+                      for t in tensors]), pkey)
         cache = self._caches.get(device)
         if cache is not None:
             hit = cache.get(key)
@@ -163,30 +170,32 @@ class CachedOp:
     def _create(self, device: Device, tensors: Sequence[Tensor],
                 params: tuple) -> tuple[ctypes.c_void_p, int]:
         lib = load()
+        if self.name not in lib.ops:
+            raise NotExported(self.spec.create_fn, lib.root)
         handle = device.handle
         device.activate()
-        descs = [tensor_descriptor(t) for t in tensors]
+        descs = [None if t is None else tensor_descriptor(t) for t in tensors]
         try:
             op_desc = ctypes.c_void_p()
-            status = getattr(lib.op, f"infiniopCreate{self.name}Descriptor")(
+            status = getattr(lib.op, self.spec.create_fn)(
                 handle, ctypes.byref(op_desc), *descs, *params)
-            check(status, f"infiniopCreate{self.name}Descriptor",
+            check(status, self.spec.create_fn,
                   lambda: describe(tensors, self.tensor_names)
                   + (f", params={params}" if params else "") + f", device={device}")
         finally:
             # The op descriptor keeps its own copy of shapes and strides.
             for d in descs:
-                lib.op.infiniopDestroyTensorDescriptor(d)
+                if d is not None:
+                    lib.op.infiniopDestroyTensorDescriptor(d)
         size = ctypes.c_size_t(0)
-        if self.has_workspace:
-            check(getattr(lib.op, f"infiniopGet{self.name}WorkspaceSize")(op_desc,
-                                                                          ctypes.byref(size)),
-                  f"infiniopGet{self.name}WorkspaceSize")
+        if self.spec.size_fn:
+            check(getattr(lib.op, self.spec.size_fn)(op_desc, ctypes.byref(size)),
+                  self.spec.size_fn)
         self.created += 1
         return op_desc, size.value
 
     def _destroy(self, desc: ctypes.c_void_p) -> None:
-        getattr(load().op, f"infiniopDestroy{self.name}Descriptor")(desc)
+        getattr(load().op, self.spec.free_fn)(desc)
 
     def __call__(self, tensors: Sequence[Tensor], *compute_args, create_params: tuple = ()) -> None:
         """Run the op on `tensors` (in the C API's order), then the scalar arguments."""
@@ -208,8 +217,9 @@ class CachedOp:
         device.activate()  # a no-op unless another device was used since
         fn = self._fn
         if fn is None:
-            fn = self._fn = getattr(load().op, f"infiniop{self.name}")
-        ptrs = [t.buffer.ptr + t.offset * t.dtype.itemsize for t in tensors]
+            fn = self._fn = getattr(load().op, self.spec.compute_fn)
+        ptrs = [None if t is None else t.buffer.ptr + t.offset * t.dtype.itemsize
+                for t in tensors]
         if self.has_workspace:
             ws = self._workspace
             # One attribute read, then checks on the local: another thread may replace
@@ -221,7 +231,7 @@ class CachedOp:
             # The trailing argument is the stream: None is the device's default stream.
             status = fn(desc, *ptrs, *compute_args, _thread.stream)
         if status != 0:
-            raise InfiniError(f"infiniop{self.name}", status,
+            raise InfiniError(self.spec.compute_fn, status,
                               describe(tensors, self.tensor_names) + f", device={device}")
 
     @classmethod
