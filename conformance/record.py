@@ -136,6 +136,10 @@ class DefectRef:
     kind: str
     reason: str
     evidence: str = ""
+    # False: the entry was applied to a build the table has not seen (observed on
+    # `builds`, not verified on the tested one)
+    vouched: bool = True
+    builds: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +163,8 @@ class CheckRecord:
     bundle: str | None = None  # replay bundle, relative to the run directory
     not_run_reason: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # C op names (infiniop<Name>) the check called, including one the build lacks
+    infini_ops: list[str] = field(default_factory=list)
 
     @property
     def findings(self) -> list[Comparison]:
@@ -170,6 +176,22 @@ class CheckRecord:
     @classmethod
     def from_dict(cls, d: Any, where: str = "record") -> CheckRecord:
         return _build(cls, d, where)
+
+
+@dataclass
+class Coverage:
+    """What the build exports against what the run checked (llama.cpp's
+    --show-coverage): per exported op, how many checks called it (`op_checks` of them at
+    op level); exported ops no check called; ops a check wanted that the build does not
+    export; and the checks recorded unsupported, by op."""
+
+    exported: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    op_checks: dict[str, int] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)
+    not_exported: list[str] = field(default_factory=list)
+    unsupported: dict[str, int] = field(default_factory=dict)
+    exports_known: bool = True
 
 
 @dataclass
@@ -189,10 +211,16 @@ class RunRecord:
     tolerances: dict[str, Any] = field(default_factory=dict)
     junit_xml: str | None = None
     perf: dict[str, Any] | None = None
+    coverage: Coverage | None = None
 
     @property
     def not_run(self) -> int:
         return self.counts.get("not_run", 0)
+
+    @property
+    def build_label(self) -> str:
+        """Which InfiniCore ran: the identity's label (results.json's environment)."""
+        return build_label(self.environment)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,6 +266,14 @@ class RunRecord:
         return cls.from_dict(doc, str(p))
 
 
+def build_label(env: dict[str, Any]) -> str:
+    ident = env.get("infinicore") or {}
+    if ident.get("label"):
+        return f"{ident['label']} [{ident.get('key', '?')}]"
+    version = env.get("infinicore_version")
+    return f"InfiniCore {version}" if version else "InfiniCore (unidentified build)"
+
+
 def results_path(path: str | Path) -> Path:
     p = Path(path)
     return p / "results.json" if p.is_dir() else p
@@ -271,7 +307,8 @@ def _jsonable(o: Any) -> Any:
 
 _SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
 _NESTED = {"Bound": Bound, "Comparison": Comparison, "Localization": Localization,
-           "Crash": Crash, "DefectRef": DefectRef, "CheckRecord": CheckRecord}
+           "Crash": Crash, "DefectRef": DefectRef, "CheckRecord": CheckRecord,
+           "Coverage": Coverage}
 _ALLOWED = {
     (CheckRecord, "status"): STATUSES,
     (Comparison, "kind"): COMPARISON_KINDS,
@@ -338,7 +375,7 @@ def _short(value: object) -> str:
 
 
 __all__ = [
-    "Bound", "CheckRecord", "Comparison", "Crash", "DefectRef", "FAILING", "Localization",
+    "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef", "FAILING", "Localization",
     "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "results_path", "summarize",
     "verdict_of",
 ]

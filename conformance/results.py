@@ -107,19 +107,19 @@ def environment(device: str) -> dict:
         "library_sha256": {},
     }
     try:
-        from infinilm_models.runtime.build import LIBRARIES, read_stamp, sha256_file
-        from infinilm_models.runtime.library import find_root
+        from infinilm_models.runtime.capabilities import current_build
 
-        root = find_root()
-        env["infini_root"] = str(root)
-        stamp = read_stamp(root)
+        build = current_build()
+        env["infini_root"] = str(build.root)
+        # Which InfiniCore this is (source, commit, options, patches) and what it exports.
+        env["infinicore"] = build.describe()
+        stamp = build.stamp
         env["infinicore_build"] = stamp
         if stamp:
             env["infinicore_version"] = stamp.get("infinicore_version")
             env["backend"] = stamp.get("backend")
         # Hashes identify the exact binaries, also for a vendor's own build without a stamp.
-        env["library_sha256"] = {lib: sha256_file(root / "lib" / lib) for lib in LIBRARIES
-                                 if (root / "lib" / lib).is_file()}
+        env["library_sha256"] = dict(build.library_sha256)
     except Exception as e:  # noqa: BLE001 - the environment block must never sink a run
         env["infini_root_error"] = str(e)
     if env["backend"] is None:

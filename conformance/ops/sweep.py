@@ -139,6 +139,17 @@ GENERATORS: dict[str, Callable[[random.Random, int], list[dict]]] = {
 }
 
 
+def generator(test: str) -> Callable:
+    """Register a test module's own case generator: `@generator("test_op_topk_sweep")`
+    above `def _topk(r, n) -> list[dict]` (the module is imported before collection asks)."""
+    def register(fn: Callable[[random.Random, int], list[dict]]):
+        if test in GENERATORS:
+            raise ValueError(f"sweep generator for {test} registered twice")
+        GENERATORS[test] = fn
+        return fn
+    return register
+
+
 def cases_for(test: str, seed: int, n: int = 0) -> list[SweepCase]:
     gen = GENERATORS[test]
     r = random.Random(f"{test}:{seed}")

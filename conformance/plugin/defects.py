@@ -1,4 +1,5 @@
-"""Known upstream defects (`known_defects.toml`) as envelopes.
+"""Known upstream defects (`known_defects.toml`) as envelopes, scoped to the builds that
+have them.
 
 A known defect names the checks it shows in and the *expected* deviation: for an
 accuracy or property defect, an envelope that widens the bound of the comparisons it
@@ -8,6 +9,16 @@ Each check still runs: out of its normal bound but inside the envelope it is rec
 another way than the defect's kind, it fails. Strict: with `strict = "each"` (default) a
 listed check in which the defect no longer shows fails as XPASS, so a fix shows up; with
 `strict = "any"` the defect must show in at least one of its checks that ran.
+
+Builds (the rule, also in the file's header): the table lists the builds it has seen,
+per device (`[[build]]`), and each entry the builds it was observed on (`builds`).
+* On a seen build, an entry applies only where its `builds` name that build, strictly:
+  a fix still shows up as XPASS. An entry that does not name it does not apply there
+  (that build never had it, or fixed it): its checks are judged by the normal bounds.
+* On a build the table has not seen (a vendor's tree, a newer commit), every entry of the
+  device applies *unvouched*: inside its envelope a check is `known_defect`, marked as
+  observed elsewhere and not verified here; a defect that does not show is a note, never
+  an XPASS failure (the table cannot know whether this build has it).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +55,8 @@ class KnownDefect:
     strict: str = "each"
     derivation: str = ""
     crash: bool = False  # explains a crash of the check (kind "crash", or merged with one)
+    builds: tuple[str, ...] = ()  # build keys it was observed on (pypi:0.1.0, git:<commit>)
+    vouched: bool = True  # False: applied to a build the table has not seen
 
     def __post_init__(self) -> None:
         if self.kind == "crash":
@@ -58,7 +71,18 @@ class KnownDefect:
 
     def ref(self) -> dict:
         return {"id": self.id, "kind": self.kind, "reason": self.reason,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "vouched": self.vouched,
+                "builds": list(self.builds)}
+
+
+@dataclass(frozen=True)
+class SeenBuild:
+    """A build the table was checked against: on these devices, every entry that applies
+    to it names it in `builds`."""
+
+    key: str
+    name: str
+    devices: tuple[str, ...]
 
 
 def _matches(pattern: str, text: str) -> bool:
@@ -67,17 +91,48 @@ def _matches(pattern: str, text: str) -> bool:
     return re.fullmatch(regex, text) is not None
 
 
-def load(path: Path) -> list[KnownDefect]:
-    """Parse and validate; a bad file is a usage error naming the file and the entry."""
+_BUILD_KEY = re.compile(r"pypi:\S+|(git|sha256):[0-9a-f]{7,64}")
+
+
+def _build_keys(where: str, value: Any) -> tuple[str, ...]:
+    keys = value if isinstance(value, list) else [value]
+    bad = [k for k in keys if not isinstance(k, str) or not _BUILD_KEY.fullmatch(k)]
+    if bad or not keys:
+        raise pytest.UsageError(f"{where}: builds must be a list of build keys such as "
+                                f"'pypi:0.1.0' or 'git:2cec6ce6' (7+ hex digits), got {bad or keys}")
+    return tuple(keys)
+
+
+def load_builds(path: Path) -> list[SeenBuild]:
+    """The `[[build]]` table: the builds this file was checked against, per device."""
+    doc = _read(path)
+    out = []
+    for i, b in enumerate(doc.get("build", [])):
+        where = f"{path}: build #{i + 1}"
+        missing = {"key", "name", "devices"} - set(b)
+        if missing:
+            raise pytest.UsageError(f"{where} lacks {sorted(missing)}")
+        devices = b["devices"] if isinstance(b["devices"], list) else [b["devices"]]
+        out.append(SeenBuild(_build_keys(where, b["key"])[0], str(b["name"]),
+                             tuple(str(d) for d in devices)))
+    return out
+
+
+def _read(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            entries = tomllib.load(f).get("defect", [])
+            return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise pytest.UsageError(f"--known-defects {path}: {e}") from None
+
+
+def load(path: Path) -> list[KnownDefect]:
+    """Parse and validate; a bad file is a usage error naming the file and the entry."""
+    entries = _read(path).get("defect", [])
     out = []
     for i, e in enumerate(entries):
         where = f"{path}: defect {e.get('id', f'#{i}')!r}"
-        missing = {"id", "device", "kind", "nodeid", "reason", "evidence"} - set(e)
+        missing = {"id", "device", "kind", "nodeid", "reason", "evidence", "builds"} - set(e)
         if missing:
             raise pytest.UsageError(f"{where} lacks {sorted(missing)}")
         if e["kind"] not in KINDS:
@@ -99,19 +154,52 @@ def load(path: Path) -> list[KnownDefect]:
             id=e["id"], device=e["device"], kind=e["kind"], checks=tuple(checks),
             reason=e["reason"], evidence=e["evidence"], envelope=envelope,
             applies_to=tuple(applies if isinstance(applies, list) else [applies]),
-            strict=strict, derivation=e.get("derivation", "")))
+            strict=strict, derivation=e.get("derivation", ""),
+            builds=_build_keys(where, e["builds"])))
     return out
 
 
+def select(entries: list[KnownDefect], seen: list[SeenBuild], identity, device_type: str
+           ) -> tuple[list[KnownDefect], SeenBuild | None]:
+    """The entries that apply to a build (`identity`: capabilities.BuildIdentity, or None
+    when it could not be read) on a device type, by the rule of the module docstring, and
+    the seen build it matched (None: unseen, entries unvouched)."""
+    of_device = [d for d in entries if d.device in (device_type, "*")]
+    match = next((b for b in seen if identity is not None and identity.matches(b.key)
+                  and device_type in b.devices), None)
+    if match is not None:
+        return [d for d in of_device if any(identity.matches(k) for k in d.builds)], match
+    return [replace(d, vouched=False, strict="none") for d in of_device], None
+
+
 def active(config: pytest.Config) -> list[KnownDefect]:
-    """The defects of the device type under test, loaded once per process."""
+    """The defects that apply to the build and device type under test, loaded once per
+    process (see `select`)."""
     cache = getattr(config, "_infinilm_defects", None)
     if cache is None:
+        path = config.getoption("--known-defects")
         device_type = config.getoption("--infini-device").split(":")[0]
-        cache = [d for d in load(config.getoption("--known-defects"))
-                 if d.device in (device_type, "*")]
+        try:
+            from infinilm_models.runtime.capabilities import current_build
+
+            identity = current_build().identity
+        except Exception:  # noqa: BLE001 - no build found: the run itself will say so
+            identity = None
+        cache, match = select(load(path), load_builds(path), identity, device_type)
         config._infinilm_defects = cache
+        config._infinilm_defects_build = match
     return cache
+
+
+def scope_note(config: pytest.Config) -> str:
+    """One line for the summary and the record: which build the table vouches for."""
+    active(config)
+    match = getattr(config, "_infinilm_defects_build", None)
+    if match is not None:
+        return f"known defects: the table has seen this build ({match.name}, {match.key})"
+    return ("known defects: this build is not one the table has seen; its entries apply "
+            "unvouched (observed on other builds, not verified on this one), and one that "
+            "does not show is a note, not a failure")
 
 
 def defect_for(config: pytest.Config, nodeid: str) -> KnownDefect | None:
@@ -135,11 +223,14 @@ def merge(found: list[KnownDefect]) -> KnownDefect:
     kinds = [d.kind for d in found]
     kind = next((k for k in kinds if k != "crash"), "crash")
     applies = tuple(dict.fromkeys(p for d in found for p in d.applies_to))
+    stricts = {d.strict for d in found}
+    strict = next(s for s in ("each", "any", "none") if s in stricts)
     return KnownDefect(
         id=" + ".join(d.id for d in found), device=found[0].device, kind=kind,
         checks=tuple(p for d in found for p in d.checks),
         reason="; ".join(d.reason for d in found),
         evidence="\n\n".join(d.evidence for d in found), envelope=envelope,
-        applies_to=applies, strict="each" if any(d.strict == "each" for d in found) else "any",
+        applies_to=applies, strict=strict,
         derivation="\n\n".join(d.derivation for d in found if d.derivation),
-        crash="crash" in kinds)
+        crash="crash" in kinds, builds=tuple(dict.fromkeys(k for d in found for k in d.builds)),
+        vouched=all(d.vouched for d in found))

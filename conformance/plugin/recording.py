@@ -143,6 +143,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if verify is not None:
         record.localization = verify.localization
         record.info = verify.info
+        record.infini_ops = sorted(verify.ops_called)
         if status in ("failed", "crashed") and verify.trace is not None:
             from ..replay import write_bundle
 

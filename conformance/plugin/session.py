@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ..coverage import coverage_of, summary_lines
 from ..judge import TolerancePolicy
 from ..record import STATUSES, CheckRecord, DefectRef, RunRecord, summarize, verdict_of
 from ..results import assemble, point_latest, write_results
@@ -61,6 +62,15 @@ def settle_strict_any(run: RunRecord, config: pytest.Config) -> list[CheckRecord
     extra = []
     how = narrowed(config)
     for d in defects.active(config):
+        if not d.vouched:
+            ran = [r for r in run.results if d.matches(r.nodeid)
+                   and r.status not in ("not_run", "unsupported")]
+            if ran and not any(r.status == "known_defect" for r in ran):
+                run.environment.setdefault("notes", []).append(
+                    f"known defect {d.id} (observed on {', '.join(d.builds)}) did not show in "
+                    f"any of the {len(ran)} checks it covers on this build, which the table "
+                    "has not seen: fixed here, or not reached")
+            continue
         if d.strict != "any":
             continue
         ran = [r for r in run.results if d.matches(r.nodeid)
@@ -100,6 +110,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if extra:
         run.results = sorted(run.results + extra, key=lambda r: r.nodeid)
         run.counts, run.verdict = summarize(run.results), verdict_of(run.results)
+    run.coverage = coverage_of(run)
+    run.environment["known_defects_scope"] = defects.scope_note(config)
     config._infinilm_run = run
     config._infinilm_results_path = write_results(run_dir, run)
     if run.verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
@@ -144,6 +156,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     banner = f"verdict: {run.verdict.upper()}   {len(run.results)} of {run.planned} planned " \
              "checks recorded   " + "  ".join(f"{s}={counts.get(s, 0)}" for s in STATUSES)
     tr.write_line(banner, red=run.verdict == "fail", green=run.verdict == "pass", bold=True)
+    tr.write_line(f"InfiniCore: {run.build_label}")
+    tr.write_line(run.environment.get("known_defects_scope", ""))
     if run.not_run:
         tr.write_line(f"NOT RUN: {run.not_run} of {run.planned} planned checks have no result "
                       f"({next(r.not_run_reason for r in run.results if r.status == 'not_run')})"
@@ -157,6 +171,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for name in sorted(by_check):
         tr.write_line(f"{name:<{width}}  " + "  ".join(f"{by_check[name][s]:>12}"
                                                       for s in STATUSES))
+    if run.coverage is not None:
+        for line in summary_lines(run.coverage, verbose=config.option.verbose > 0):
+            tr.write_line(line)
     for note in run.environment.get("notes", []):
         tr.write_line(f"note: {note}", yellow=True)
     lines = [f"{r.status}: {r.nodeid}: {r.message[:200]}" for r in run.results

@@ -32,6 +32,7 @@ class Verify:
         self.info: dict[str, Any] = {}
         self.expected: dict[str, tuple[np.ndarray, judge.Tolerance | None, str | None]] = {}
         self.trace = None  # conformance.replay.Trace of the InfiniCore calls (op checks)
+        self.ops_called: set[str] = set()  # C op names this check called (the coverage)
 
     # -- recording ------------------------------------------------------------------------
 
@@ -138,14 +139,24 @@ def tolerances(pytestconfig: pytest.Config) -> judge.TolerancePolicy:
 
 @pytest.fixture
 def verify(request: pytest.FixtureRequest, tolerances: judge.TolerancePolicy):
+    from infinilm_models.runtime.ops._base import CachedOp
+
     v = Verify(request, tolerances, defects.defect_for(request.config, request.node.nodeid))
     request.node._infinilm_verify = v
-    if "/ops/" in request.node.nodeid.replace("\\", "/"):
-        # Op checks keep their InfiniCore calls, so a failure can be replayed alone.
-        from ..replay import Trace
 
-        v.trace = Trace.start()
-        yield v
-        v.trace.stop()
-    else:
-        yield v
+    def called(op, *_args) -> None:  # before each op call, also one the build lacks
+        v.ops_called.add(op.name)
+
+    CachedOp.hooks = CachedOp.hooks + (called,)
+    try:
+        if "/ops/" in request.node.nodeid.replace("\\", "/"):
+            # Op checks keep their InfiniCore calls, so a failure can be replayed alone.
+            from ..replay import Trace
+
+            v.trace = Trace.start()
+            yield v
+            v.trace.stop()
+        else:
+            yield v
+    finally:
+        CachedOp.hooks = tuple(h for h in CachedOp.hooks if h is not called)

@@ -58,10 +58,12 @@ class Side:
     verdict: str
     planned: int
     counts: dict[str, int]
+    build: str = ""  # which InfiniCore: RunRecord.build_label
 
     @classmethod
     def of(cls, run: RunRecord) -> Side:
-        return cls(run.run_id, run.verdict, max(run.planned, len(run.results)), run.counts)
+        return cls(run.run_id, run.verdict, max(run.planned, len(run.results)), run.counts,
+                   run.build_label)
 
 
 @dataclass
@@ -260,6 +262,7 @@ def format_text(c: Comparison, limit: int = 40) -> str:
     for name, side in (("run", c.run), ("baseline", c.baseline)):
         if side is not None:
             lines.append(f"  {name} {side.run_id}: {describe_side(side)}")
+            lines.append(f"  {' ' * len(name)} on {side.build}")
 
     def section(title: str, items: list) -> None:
         if not items:

@@ -45,6 +45,7 @@ def merge_runs(runs: list[str | Path], out_dir: str | Path) -> Path:
                         "verdict": record.verdict, "counts": record.counts,
                         "planned": planned, "not_run": record.counts.get("not_run", 0),
                         "dtypes": ", ".join(record.dtypes), "env": record.environment,
+                        "build": record.build_label,
                         "href": os.path.relpath(report, out.resolve()),
                         "results_href": os.path.relpath(src, out.resolve())})
 
@@ -67,7 +68,7 @@ def merge_runs(runs: list[str | Path], out_dir: str | Path) -> Path:
     html = env.get_template("scoreboard.html.j2").render(
         columns=columns, rows=rows, generated_at=time.strftime("%Y-%m-%d %H:%M:%S"))
     board = {"schema_version": 2, "kind": "scoreboard", "runs": [
-        {k: c[k] for k in ("run_id", "label", "verdict", "counts", "planned", "href")}
+        {k: c[k] for k in ("run_id", "label", "build", "verdict", "counts", "planned", "href")}
         for c in columns],
         "rows": [{"check": r["check"], "dtype": r["dtype"],
                   "cells": {c["run_id"]: (x and {"status": x["status"], "text": x["text"]})

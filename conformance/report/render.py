@@ -660,6 +660,11 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
         "perf_columns": perf_columns, "perf_rows": perf_rows,
         "benchmarks": benchmarks(run.perf),
         "environment": environment_rows(run),
+        "build_label": run.build_label,
+        "defect_scope": run.environment.get("known_defects_scope"),
+        "unvouched": sum(1 for r in records if r.known_defect is not None
+                         and not r.known_defect.vouched and r.status == "known_defect"),
+        "coverage": run.coverage,
         "total": len(records),
     }
 
@@ -668,8 +673,16 @@ def environment_rows(run: RunRecord) -> list[tuple[str, object]]:
     env = run.environment
     build = env.get("infinicore_build") or {}
     hashes = env.get("library_sha256") or {}
+    ident = env.get("infinicore") or {}
     rows: list[tuple[str, object]] = [
-        ("InfiniCore version", env.get("infinicore_version") or build.get("infinicore_version")),
+        ("InfiniCore", run.build_label),
+        ("InfiniCore source", ", ".join(f"{k}={v}" for k, v in (ident.get("source") or {}).items()
+                                        if v not in (None, "") and k not in ("label", "key"))),
+        ("InfiniCore exports", f"{ident.get('exported_functions', '?')} functions, "
+                               f"{len(ident.get('exported_ops') or [])} ops, sha256 of the "
+                               f"list {ident.get('exports_digest', '?')}" if ident else None),
+        ("InfiniCore version string", env.get("infinicore_version")
+         or build.get("infinicore_version")),
         ("backend", env.get("backend") or build.get("backend")),
         ("device under test", env.get("infini_device")),
         ("device name", env.get("device_name")),
@@ -681,6 +694,10 @@ def environment_rows(run: RunRecord) -> list[tuple[str, object]]:
         rows.append(("InfiniCore build", ", ".join(
             f"{k}={build[k]}" for k in ("recipe", "sdist_sha256", "flags", "patches",
                                         "built_at") if k in build)))
+        left_out = (build.get("ops") or {}).get("left_out") or {}
+        if left_out:
+            rows.append(("ops left out of the build", ", ".join(sorted(left_out))))
+    rows.append(("known defects", env.get("known_defects_scope")))
     rows += [
         ("torch", env.get("torch_version")), ("transformers", env.get("transformers_version")),
         ("numpy", env.get("numpy_version")), ("python", env.get("python")),

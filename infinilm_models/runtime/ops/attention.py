@@ -13,7 +13,7 @@ import ctypes
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("Attention", ("out", "q", "k", "v", "k_cache", "v_cache"))
+_op = CachedOp("Attention")
 
 
 def attention(out: Tensor, q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("CausalSoftmax", ("y", "x"))
+_op = CachedOp("CausalSoftmax")
 
 
 def causal_softmax(y: Tensor, x: Tensor) -> Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_add = CachedOp("Add", ("c", "a", "b"))
-_mul = CachedOp("Mul", ("c", "a", "b"))
+_add = CachedOp("Add")
+_mul = CachedOp("Mul")
 
 
 def add(c: Tensor, a: Tensor, b: Tensor) -> Tensor:

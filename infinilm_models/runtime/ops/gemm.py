@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("Gemm", ("c", "a", "b"))
+_op = CachedOp("Gemm")
 
 
 def gemm(c: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0, beta: float = 0.0) -> Tensor:

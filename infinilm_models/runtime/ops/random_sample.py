@@ -13,7 +13,8 @@ import ctypes
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("RandomSample", ("result", "logits"))
+_op = CachedOp("RandomSample")
+_batch = CachedOp("RandomSampleBatch")
 
 
 def random_sample(result: Tensor, logits: Tensor, random_val: float = 0.0, topp: float = 0.0,
@@ -25,4 +26,28 @@ def random_sample(result: Tensor, logits: Tensor, random_val: float = 0.0, topp:
         raise ValueError(f"random_val must be in [0, 1), got {random_val}")
     _op([result, logits], ctypes.c_float(random_val), ctypes.c_float(topp), int(topk),
         ctypes.c_float(temperature))
+    return result
+
+
+def random_sample_batch(result: Tensor, logits: Tensor, random_val, topp, topk,
+                        temperature) -> Tensor:
+    """One id per row of logits [batch, vocab] into result [batch], each row with its own
+    random_val, topp, topk and temperature (sequences of `batch` numbers, passed to
+    InfiniCore as host arrays). Absent from InfiniCore 0.1.0."""
+    batch = logits.shape[0]
+    arrays = []
+    for name, values, ctype in (("random_val", random_val, ctypes.c_float),
+                                ("topp", topp, ctypes.c_float), ("topk", topk, ctypes.c_int),
+                                ("temperature", temperature, ctypes.c_float)):
+        values = list(values)
+        if len(values) != batch:
+            raise ValueError(f"random_sample_batch: {name} has {len(values)} values for "
+                             f"{batch} rows")
+        arrays.append((ctype * batch)(*values))
+    if any(not 0.0 <= v < 1.0 for v in arrays[0]):
+        raise ValueError(f"random_val must be in [0, 1), got {list(arrays[0])}")
+    if any(t <= 0 for t in arrays[3]):
+        raise ValueError(f"temperature must be > 0, got {list(arrays[3])}")
+    # The arrays live until the call returns; the kernel reads them on the host side.
+    _batch([result, logits], *arrays, int(batch))
     return result

@@ -6,7 +6,7 @@ from ..library import InfiniError
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("Rearrange", ("dst", "src"), has_workspace=False)
+_op = CachedOp("Rearrange")
 
 
 def rearrange(dst: Tensor, src: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import ctypes
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("RMSNorm", ("y", "x", "w"))
+_op = CachedOp("RMSNorm")
 
 
 def rms_norm(y: Tensor, x: Tensor, w: Tensor, eps: float) -> Tensor:

@@ -29,7 +29,7 @@ class RoPEAlgo(enum.IntEnum):
         return cls(value)
 
 
-_op = CachedOp("RoPE", ("y", "x", "pos_ids", "sin_table", "cos_table"))
+_op = CachedOp("RoPE")
 
 
 def rope(y: Tensor, x: Tensor, pos_ids: Tensor, sin_table: Tensor, cos_table: Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..tensor import Tensor
 from ._base import CachedOp
 
-_op = CachedOp("SwiGLU", ("c", "up", "gate"))
+_op = CachedOp("SwiGLU")
 
 
 def swiglu(c: Tensor, up: Tensor, gate: Tensor) -> Tensor:
