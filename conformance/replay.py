@@ -39,6 +39,8 @@ _CTYPES = {"c_float": ctypes.c_float, "c_double": ctypes.c_double, "c_size_t": c
 
 
 def _scalar(v: Any) -> dict:
+    if isinstance(v, ctypes.Array):  # per-row host arrays (random_sample_batch)
+        return {"type": f"array:{v._type_.__name__}", "value": list(v)}
     if isinstance(v, ctypes._SimpleCData):
         return {"type": type(v).__name__, "value": v.value}
     if isinstance(v, bool):
@@ -52,6 +54,8 @@ def _scalar(v: Any) -> dict:
 
 def _unscalar(d: dict) -> Any:
     t, v = d["type"], d["value"]
+    if t.startswith("array:") and t[6:] in _CTYPES:
+        return (_CTYPES[t[6:]] * len(v))(*v)
     if t in _CTYPES:
         return _CTYPES[t](v)
     return v
@@ -102,7 +106,9 @@ class Trace:
         call = {
             "op": op.name, "device": str(tensors[0].device),
             "tensor_names": list(op.tensor_names),
-            "tensors": [{"buffer": self._buffer_key(t.buffer), "dtype": t.dtype.short,
+            # None: an optional tensor left out (a NULL descriptor and pointer)
+            "tensors": [None if t is None else
+                        {"buffer": self._buffer_key(t.buffer), "dtype": t.dtype.short,
                          "shape": list(t.shape), "strides": list(t.strides),
                          "offset": t.offset, "buffer_nbytes": t.buffer.nbytes}
                         for t in tensors],
@@ -134,7 +140,7 @@ def write_bundle(run_dir: Path, item, verify) -> str | None:
 
 def _write(target: Path, trace: Trace, expected: dict, meta: dict) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    used = {t["buffer"] for c in trace.calls for t in c["tensors"]}
+    used = {t["buffer"] for c in trace.calls for t in c["tensors"] if t is not None}
     doc = {
         **meta,
         "calls": trace.calls,
@@ -185,6 +191,9 @@ def replay(bundle: Path, device: str | None = None) -> int:
         dev = Device.parse(device or call["device"])
         tensors = []
         for t in call["tensors"]:
+            if t is None:
+                tensors.append(None)
+                continue
             buf = buffers.get(t["buffer"])
             if buf is None:
                 buf = buffers[t["buffer"]] = DeviceBuffer(dev, t["buffer_nbytes"])
@@ -194,7 +203,8 @@ def replay(bundle: Path, device: str | None = None) -> int:
             tensors.append(Tensor(buf, t["dtype"], t["shape"], t["strides"], t["offset"]))
         print(f"call {n}/{len(doc['calls'])}: infiniop{call['op']}("
               + ", ".join(f"{name}={x.describe()}" for name, x in
-                          zip(call["tensor_names"], tensors)) + ")", flush=True)
+                          zip(call["tensor_names"], tensors) if x is not None) + ")",
+              flush=True)
         CachedOp.named(call["op"])(tensors, *[_unscalar(a) for a in call["compute_args"]],
                                    create_params=tuple(_unscalar(a)
                                                        for a in call["create_params"]))
