@@ -375,7 +375,7 @@ def _short(value: object) -> str:
 
 
 __all__ = [
-    "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef", "FAILING", "Localization",
-    "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "results_path", "summarize",
-    "verdict_of",
+    "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef", "FAILING",
+    "Localization", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "build_label",
+    "results_path", "summarize", "verdict_of",
 ]

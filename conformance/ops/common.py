@@ -66,3 +66,33 @@ def output_untouched(buffer_before: np.ndarray, buffer_after: np.ndarray,
         idx = tuple(int(i) for i in np.argwhere(changed)[0])
         return False, f"op wrote outside its output view, e.g. at {idx}"
     return True, ""
+
+
+# BAD_PARAM, BAD_TENSOR_SHAPE: what a build answers for a rank or layout it does not know
+# (InfiniCore 0.1.0's rope takes 3-D x/y with 1-D positions only: rope.h:89).
+LAYOUT_REFUSALS = frozenset({3, 11})
+
+
+@contextlib.contextmanager
+def layout_guard(verify, layout: str, probe):
+    """`unsupported_guard`, and for a layout some builds do not know (4-D RoPE, 1-D or 4-D
+    SwiGLU): a BAD_TENSOR_SHAPE or BAD_PARAM refusal becomes `unsupported`, naming the
+    status, only when `probe()` (the smallest contiguous instance of the same layout) is
+    refused with such a status as well, i.e. the build does not know the layout at all.
+    A build that takes the probe but refuses the case refuses a valid call: that fails."""
+    try:
+        yield
+    except InfiniError as e:
+        if e.unsupported:
+            verify.unsupported(e)
+        if e.status not in LAYOUT_REFUSALS:
+            raise
+        try:
+            probe()
+        except InfiniError as p:
+            if p.status not in LAYOUT_REFUSALS:
+                raise e from p
+            verify.unsupported(RuntimeError(
+                f"{layout}: this build refuses the layout ({e}); its smallest contiguous "
+                f"instance is refused too ({p.status_name} ({p.status}))"))
+        raise

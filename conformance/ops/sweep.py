@@ -77,6 +77,13 @@ def _rope(r: random.Random, n: int) -> list[dict]:
                       "head_dim": r.choice((8, 16, 24, 64, 96, 128)),
                       "algo": r.choice(("gpt_neox", "gpt_neox", "gpt_j")),
                       "pos": sorted(r.sample(range(1024), t))})
+    # Upstream's 4-D layout [batch, seq, heads, head_dim] with positions per batch row
+    # (appended last: the 3-D cases above keep their draws and ids).
+    t, b = r.choice((1, 3, 17)), r.choice((2, 3))
+    cases.append({"tokens": t, "heads": r.choice((1, 3, 8)),
+                  "head_dim": r.choice((8, 24, 64, 128)),
+                  "algo": r.choice(("gpt_neox", "gpt_j")), "batch": b,
+                  "pos": [sorted(r.sample(range(1024), t)) for _ in range(b)]})
     return cases
 
 
@@ -98,6 +105,10 @@ def _swiglu(r: random.Random, n: int) -> list[dict]:
     cases = [{"shape": [1, 1536]}]
     while len(cases) < n:
         cases.append({"shape": [r.choice((1, 2, 3, 7)), r.choice(EDGES[3:] + WIDE)]})
+    # 1-D and 4-D inputs (upstream's NVIDIA kernel computes strides for 2-D/3-D only)
+    cases.append({"shape": [r.choice(EDGES[3:] + WIDE + (1536,))]})
+    cases.append({"shape": [r.choice((1, 2)), r.choice((1, 3)), r.choice((1, 7, 9)),
+                            r.choice(EDGES[3:] + WIDE)]})
     return cases
 
 

@@ -99,7 +99,8 @@ def _build_keys(where: str, value: Any) -> tuple[str, ...]:
     bad = [k for k in keys if not isinstance(k, str) or not _BUILD_KEY.fullmatch(k)]
     if bad or not keys:
         raise pytest.UsageError(f"{where}: builds must be a list of build keys such as "
-                                f"'pypi:0.1.0' or 'git:2cec6ce6' (7+ hex digits), got {bad or keys}")
+                                "'pypi:0.1.0' or 'git:2cec6ce6' (7+ hex digits), got "
+                                f"{bad or keys}")
     return tuple(keys)
 
 

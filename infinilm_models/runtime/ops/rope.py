@@ -1,6 +1,10 @@
 """Rotary position embedding on [tokens, heads, head_dim] with per-token positions.
 
 `sin_table`/`cos_table` are [max_positions, head_dim/2], indexed by `pos_ids` [tokens].
+Upstream InfiniCore after 0.1.0 also takes x/y of [batch, seq, heads, head_dim] with
+`pos_ids` [batch, seq] (one run of positions per batch row) or [seq] (shared by every row);
+0.1.0 refuses that layout with BAD_TENSOR_SHAPE. Neither build reads `pos_ids`' strides
+(nor checks them): pass it contiguous.
 GPT-NeoX rotates the two halves of head_dim (HF LLaMA's `rotate_half`); GPT-J rotates
 interleaved even/odd pairs.
 """
