@@ -57,6 +57,7 @@ class KnownDefect:
     crash: bool = False  # explains a crash of the check (kind "crash", or merged with one)
     builds: tuple[str, ...] = ()  # build keys it was observed on (pypi:0.1.0, git:<commit>)
     vouched: bool = True  # False: applied to a build the table has not seen
+    parts: tuple[KnownDefect, ...] = ()  # the entries a merged one stands for
 
     def __post_init__(self) -> None:
         if self.kind == "crash":
@@ -68,6 +69,19 @@ class KnownDefect:
     def applies(self, what: str) -> bool:
         """Does the envelope cover the comparison named `what`?"""
         return self.kind != "crash" and any(_matches(p, what) for p in self.applies_to)
+
+    def envelope_for(self, what: str) -> tuple[dict, str] | None:
+        """(envelope, id) for the comparison `what`: of a merged entry, the union of the
+        envelopes of only those of its entries that cover `what`, so one entry's wider
+        envelope for one output does not widen another output's bound."""
+        if not self.parts:
+            return (dict(self.envelope), self.id) if self.applies(what) else None
+        covering = [d for d in self.parts if d.applies(what)]
+        if not covering:
+            return None
+        if len(covering) == 1:
+            return dict(covering[0].envelope), covering[0].id
+        return _union(covering), " + ".join(d.id for d in covering)
 
     def ref(self) -> dict:
         return {"id": self.id, "kind": self.kind, "reason": self.reason,
@@ -213,7 +227,7 @@ def defect_for(config: pytest.Config, nodeid: str) -> KnownDefect | None:
     return merge(found)
 
 
-def merge(found: list[KnownDefect]) -> KnownDefect:
+def _union(found: list[KnownDefect]) -> dict[str, Any]:
     envelope: dict[str, Any] = {}
     for d in found:
         for k, v in d.envelope.items():
@@ -221,6 +235,11 @@ def merge(found: list[KnownDefect]) -> KnownDefect:
                 envelope.setdefault(k, v)
             else:
                 envelope[k] = max(float(v), float(envelope.get(k, v)))
+    return envelope
+
+
+def merge(found: list[KnownDefect]) -> KnownDefect:
+    envelope = _union(found)
     kinds = [d.kind for d in found]
     kind = next((k for k in kinds if k != "crash"), "crash")
     applies = tuple(dict.fromkeys(p for d in found for p in d.applies_to))
@@ -234,4 +253,5 @@ def merge(found: list[KnownDefect]) -> KnownDefect:
         applies_to=applies, strict=strict,
         derivation="\n\n".join(d.derivation for d in found if d.derivation),
         crash="crash" in kinds, builds=tuple(dict.fromkeys(k for d in found for k in d.builds)),
-        vouched=all(d.vouched for d in found))
+        vouched=all(d.vouched for d in found),
+        parts=tuple(p for d in found for p in (d.parts or (d,))))

@@ -37,10 +37,8 @@ class Verify:
     # -- recording ------------------------------------------------------------------------
 
     def _envelope(self, what: str) -> tuple[dict | None, str | None]:
-        d = self.defect
-        if d is not None and d.applies(what):
-            return dict(d.envelope), d.id
-        return None, None
+        found = self.defect.envelope_for(what) if self.defect is not None else None
+        return found if found is not None else (None, None)
 
     def keep(self, c: Comparison) -> Comparison:
         envelope, defect_id = self._envelope(c.what)
