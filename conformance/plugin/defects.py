@@ -15,6 +15,7 @@ per device (`[[build]]`), and each entry the builds it was observed on (`builds`
 * On a seen build, an entry applies only where its `builds` name that build, strictly:
   a fix still shows up as XPASS. An entry that does not name it does not apply there
   (that build never had it, or fixed it): its checks are judged by the normal bounds.
+* An entry without `builds` (a user's own table) applies to every build, strictly.
 * On a build the table has not seen (a vendor's tree, a newer commit), every entry of the
   device applies *unvouched*: inside its envelope a check is `known_defect`, marked as
   observed elsewhere and not verified here; a defect that does not show is a note, never
@@ -147,7 +148,7 @@ def load(path: Path) -> list[KnownDefect]:
     out = []
     for i, e in enumerate(entries):
         where = f"{path}: defect {e.get('id', f'#{i}')!r}"
-        missing = {"id", "device", "kind", "nodeid", "reason", "evidence", "builds"} - set(e)
+        missing = {"id", "device", "kind", "nodeid", "reason", "evidence"} - set(e)
         if missing:
             raise pytest.UsageError(f"{where} lacks {sorted(missing)}")
         if e["kind"] not in KINDS:
@@ -170,7 +171,7 @@ def load(path: Path) -> list[KnownDefect]:
             reason=e["reason"], evidence=e["evidence"], envelope=envelope,
             applies_to=tuple(applies if isinstance(applies, list) else [applies]),
             strict=strict, derivation=e.get("derivation", ""),
-            builds=_build_keys(where, e["builds"])))
+            builds=_build_keys(where, e["builds"]) if "builds" in e else ()))
     return out
 
 
@@ -180,11 +181,14 @@ def select(entries: list[KnownDefect], seen: list[SeenBuild], identity, device_t
     when it could not be read) on a device type, by the rule of the module docstring, and
     the seen build it matched (None: unseen, entries unvouched)."""
     of_device = [d for d in entries if d.device in (device_type, "*")]
+    anywhere = [d for d in of_device if not d.builds]  # a table about whatever it runs on
+    scoped = [d for d in of_device if d.builds]
     match = next((b for b in seen if identity is not None and identity.matches(b.key)
                   and device_type in b.devices), None)
     if match is not None:
-        return [d for d in of_device if any(identity.matches(k) for k in d.builds)], match
-    return [replace(d, vouched=False, strict="none") for d in of_device], None
+        return anywhere + [d for d in scoped if any(identity.matches(k) for k in d.builds)], \
+            match
+    return anywhere + [replace(d, vouched=False, strict="none") for d in scoped], None
 
 
 def active(config: pytest.Config) -> list[KnownDefect]:

@@ -33,9 +33,11 @@ def _select(key: str, device: str = "cpu"):
 def test_a_release_applies_every_entry_strictly() -> None:
     chosen, match = _select("pypi:0.1.0")
     assert match is not None and match.key == "pypi:0.1.0"
-    every_cpu = {d.id for d in defects.load(KNOWN_DEFECTS) if d.device in ("cpu", "*")}
-    assert {d.id for d in chosen} == every_cpu
+    of_release = {d.id for d in defects.load(KNOWN_DEFECTS) if d.device in ("cpu", "*")
+                  and "pypi:0.1.0" in d.builds}
+    assert {d.id for d in chosen} == of_release
     assert all(d.vouched and d.strict in ("each", "any") for d in chosen)
+    assert all(d.builds for d in defects.load(KNOWN_DEFECTS))  # this table names them all
 
 
 def test_b_upstream_drops_what_it_fixed_and_keeps_what_it_has() -> None:
@@ -65,12 +67,16 @@ def test_c_unseen_build_applies_everything_unvouched() -> None:
     assert not merged.vouched and merged.strict == "none"
 
 
-def test_entries_must_name_their_builds(tmp_path: Path) -> None:
+def test_build_keys_are_checked_and_an_unscoped_entry_applies_everywhere(
+        tmp_path: Path) -> None:
     bad = tmp_path / "k.toml"
     bad.write_text('[[defect]]\nid = "x"\ndevice = "cpu"\nkind = "crash"\nnodeid = "a"\n'
                    'reason = "r"\nevidence = "e"\n')
-    with pytest.raises(pytest.UsageError, match="lacks \\['builds'\\]"):
-        defects.load(bad)
+    (mine,) = defects.load(bad)
+    for key in ("pypi:0.1.0", UPSTREAM, "sha256:" + "cd" * 32):
+        chosen, _ = defects.select([mine], defects.load_builds(KNOWN_DEFECTS),
+                                   BuildIdentity(key=key, label=key), "cpu")
+        assert chosen == [mine] and mine.vouched and mine.strict == "each"
     bad.write_text(bad.read_text() + 'builds = ["git:abc"]\n')
     with pytest.raises(pytest.UsageError, match="7\\+ hex digits"):
         defects.load(bad)

@@ -32,9 +32,21 @@ def random_sample(result: Tensor, logits: Tensor, random_val: float = 0.0, topp:
 def random_sample_batch(result: Tensor, logits: Tensor, random_val, topp, topk,
                         temperature) -> Tensor:
     """One id per row of logits [batch, vocab] into result [batch], each row with its own
-    random_val, topp, topk and temperature (sequences of `batch` numbers, passed to
-    InfiniCore as host arrays). Absent from InfiniCore 0.1.0."""
+    random_val, topp, topk and temperature (sequences of `batch` numbers), each row by the
+    algorithm of `random_sample`. Absent from InfiniCore 0.1.0.
+
+    The four arrays go to InfiniCore as host arrays (`const float *` in
+    include/infiniop/ops/random_sample.h, as upstream's own test passes them: ctypes arrays
+    in test/infiniop/random_sample.py). Upstream main at 2cec6ce6 declares the entry points
+    but implements them for no device, so which memory a kernel reads is not settled there:
+    a backend that reads them in device code would need device copies instead."""
+    if logits.ndim != 2:
+        raise ValueError(f"random_sample_batch: logits must be [batch, vocab], got "
+                         f"{list(logits.shape)}")
     batch = logits.shape[0]
+    if tuple(result.shape) != (batch,):
+        raise ValueError(f"random_sample_batch: result must be [{batch}], got "
+                         f"{list(result.shape)}")
     arrays = []
     for name, values, ctype in (("random_val", random_val, ctypes.c_float),
                                 ("topp", topp, ctypes.c_float), ("topk", topk, ctypes.c_int),
@@ -44,10 +56,12 @@ def random_sample_batch(result: Tensor, logits: Tensor, random_val, topp, topk,
             raise ValueError(f"random_sample_batch: {name} has {len(values)} values for "
                              f"{batch} rows")
         arrays.append((ctype * batch)(*values))
-    if any(not 0.0 <= v < 1.0 for v in arrays[0]):
+    if any(not 0.0 <= v < 1.0 for v in arrays[0]):  # as float32: 1 - 1e-9 rounds to 1
         raise ValueError(f"random_val must be in [0, 1), got {list(arrays[0])}")
     if any(t <= 0 for t in arrays[3]):
         raise ValueError(f"temperature must be > 0, got {list(arrays[3])}")
-    # The arrays live until the call returns; the kernel reads them on the host side.
+    # The arrays live until the call returns: enough for a backend that reads them on the
+    # host, or copies them with cudaMemcpyAsync (from pageable memory it copies before it
+    # returns); not for a graph capture, which would keep their addresses.
     _batch([result, logits], *arrays, int(batch))
     return result
