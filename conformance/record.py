@@ -195,6 +195,20 @@ class Coverage:
 
 
 @dataclass
+class DurationRow:
+    """Where a run's time went: the checks of one kind (`by` "check") or of one model
+    fixture (`by` "model"), their summed and largest duration (seconds, summed over the
+    processes that ran them) and the slowest check."""
+
+    by: str
+    name: str
+    checks: int
+    total_s: float
+    max_s: float
+    slowest: str = ""
+
+
+@dataclass
 class RunRecord:
     run_id: str
     verdict: str
@@ -212,6 +226,7 @@ class RunRecord:
     junit_xml: str | None = None
     perf: dict[str, Any] | None = None
     coverage: Coverage | None = None
+    durations: list[DurationRow] = field(default_factory=list)
 
     @property
     def not_run(self) -> int:
@@ -246,6 +261,15 @@ class RunRecord:
         if run.verdict not in VERDICTS:
             raise RecordError(f"{source}: field verdict: {run.verdict!r} is not one of "
                               f"{VERDICTS}")
+        # The verdict and the counts are derived from the records: a file where they
+        # disagree was edited or written by something else, and would mislead its readers.
+        counts = summarize(run.results)
+        if {k: v for k, v in run.counts.items() if v} != {k: v for k, v in counts.items() if v}:
+            raise RecordError(f"{source}: field counts: {run.counts} disagree with the file's "
+                              f"own records, which count {counts}")
+        if run.verdict != verdict_of(run.results):
+            raise RecordError(f"{source}: field verdict: {run.verdict!r} disagrees with the "
+                              f"file's own records, which make it {verdict_of(run.results)!r}")
         return run
 
     @classmethod
@@ -272,6 +296,22 @@ def build_label(env: dict[str, Any]) -> str:
         return f"{ident['label']} [{ident.get('key', '?')}]"
     version = env.get("infinicore_version")
     return f"InfiniCore {version}" if version else "InfiniCore (unidentified build)"
+
+
+def duration_table(records: list[CheckRecord]) -> list[DurationRow]:
+    """Per check kind and per model, largest total first (`--durations`, grouped)."""
+    rows = []
+    for by, key in (("check", lambda r: r.check), ("model", lambda r: r.model)):
+        groups: dict[str, list[CheckRecord]] = {}
+        for r in records:
+            name = key(r)
+            if name:
+                groups.setdefault(name, []).append(r)
+        for name, recs in groups.items():
+            slow = max(recs, key=lambda r: r.duration_s)
+            rows.append(DurationRow(by, name, len(recs), round(sum(r.duration_s for r in recs), 2),
+                                    round(slow.duration_s, 2), slow.nodeid))
+    return sorted(rows, key=lambda d: (d.by != "check", -d.total_s))
 
 
 def results_path(path: str | Path) -> Path:
@@ -308,7 +348,7 @@ def _jsonable(o: Any) -> Any:
 _SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
 _NESTED = {"Bound": Bound, "Comparison": Comparison, "Localization": Localization,
            "Crash": Crash, "DefectRef": DefectRef, "CheckRecord": CheckRecord,
-           "Coverage": Coverage}
+           "Coverage": Coverage, "DurationRow": DurationRow}
 _ALLOWED = {
     (CheckRecord, "status"): STATUSES,
     (Comparison, "kind"): COMPARISON_KINDS,
@@ -375,7 +415,8 @@ def _short(value: object) -> str:
 
 
 __all__ = [
-    "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef", "FAILING",
+    "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef", "DurationRow",
+    "FAILING",
     "Localization", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "build_label",
     "results_path", "summarize", "verdict_of",
 ]

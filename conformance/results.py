@@ -23,9 +23,20 @@ from pathlib import Path
 from .record import CheckRecord, RecordError, RunRecord, summarize, verdict_of
 
 
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same error, saying which file (mkstemp's errors name a temporary one)."""
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror}") if e.errno else \
+        type(e)(f"cannot write {path}: {e}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write `path` through a temporary file renamed into place; an error names `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         # mkstemp creates 0600; reports are published (CI artifacts, web servers), so give
         # the file the mode a plain open() would have.
@@ -35,6 +46,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

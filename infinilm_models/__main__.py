@@ -119,6 +119,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"token id {beyond[0]} is out of range for this model's vocabulary "
                          f"[0, {config.vocab_size})")
     cache_len = min(_max_cache_len(args.max_cache_len), config.max_position_embeddings)
+    problem = gen.sampling_problem()
+    if problem:
+        raise UsageError(f"bad generation argument: {problem}")
+    try:
+        new = gen.new_tokens(len(ids))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    gen = gen.replace(max_new_tokens=new)
     if len(ids) + gen.max_new_tokens > cache_len:
         raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({gen.max_new_tokens}) "
                          f"exceeds the cache length ({cache_len}); raise --max-cache-len")
@@ -128,7 +136,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # (ValueError, naming the numbers) before any weight is read.
     model = AutoLlamaModel.from_pretrained(model_dir, device, args.dtype, tp=args.tp,
                                            pp=args.pp, max_cache_len=args.max_cache_len,
-                                           progress=not args.quiet)
+                                           progress=not args.quiet,
+                                           allow_nonfinite=args.allow_nonfinite)
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     out = generate(model, [ids], gen)
@@ -180,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
     g.add_argument("--max-cache-len", type=int, default=None)
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="load a checkpoint whose weights hold NaN/Inf anyway (with a warning), "
+                        "for diagnosis; its logits will be NaN or garbage")
     g.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel ranks (heads and MLP features split across devices; "
                         "on cpu the ranks share it); default 1")

@@ -26,11 +26,12 @@ __all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput", "ge
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
-# Fields of generation_config.json we apply; others (max_length, repetition_penalty, ...)
-# are ignored, as unknown config.json keys are. max_length in particular: our length is
-# always counted in new tokens (max_new_tokens, default 20).
+# Fields of generation_config.json we apply; others (repetition_penalty, ...) are ignored,
+# as unknown config.json keys are. The length follows transformers: max_new_tokens if
+# set, else max_length counts the prompt too, else 20 new tokens.
 _FILE_FIELDS = ("eos_token_id", "bos_token_id", "pad_token_id", "do_sample", "temperature",
-                "top_k", "top_p", "max_new_tokens")
+                "top_k", "top_p", "max_new_tokens", "max_length")
+DEFAULT_NEW_TOKENS = 20
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,15 @@ class GenerationConfig:
     wrong kind, ValueError for one out of range, each naming the field).
 
     temperature and top_p must be finite always; their ranges (temperature > 0, top_p in
-    (0, 1]) are checked only when sampling, since greedy decoding ignores them (as in
-    transformers, where ``temperature=0`` with greedy decoding is common).
+    (0, 1]) are checked when `generate` samples with them, as transformers does: a config
+    may hold ``do_sample=True, temperature=0`` (loading warns), sampling with it raises.
+
+    The number of new tokens: ``max_new_tokens`` if set, else ``max_length`` minus the
+    prompt's length (transformers' meaning: the whole sequence), else 20.
     """
 
-    max_new_tokens: int = 20
+    max_new_tokens: int | None = None
+    max_length: int | None = None
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 50  # 0 = no top-k limit
@@ -58,19 +63,13 @@ class GenerationConfig:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        put("max_new_tokens", check_int(self.max_new_tokens, "max_new_tokens", minimum=1))
+        for name in ("max_new_tokens", "max_length"):
+            if getattr(self, name) is not None:
+                put(name, check_int(getattr(self, name), name, minimum=1))
         put("do_sample", check_bool(self.do_sample, "do_sample"))
         temperature = check_float(self.temperature, "temperature")
         top_p = check_float(self.top_p, "top_p")
         put("top_k", check_int(self.top_k, "top_k", minimum=0))
-        if self.do_sample:
-            # random_sample divides by a float32 temperature: one that rounds to 0 there
-            # would make every probability NaN.
-            if not temperature > 0 or np.float32(temperature) == 0:
-                raise ValueError(f"temperature must be > 0 when sampling (and not 0 in "
-                                 f"float32), got {self.temperature!r}")
-            if not 0 < top_p <= 1:
-                raise ValueError(f"top_p must be in (0, 1] when sampling, got {self.top_p!r}")
         put("temperature", temperature)
         put("top_p", top_p)
         if self.seed is not None:
@@ -85,6 +84,31 @@ class GenerationConfig:
         for name in ("bos_token_id", "pad_token_id"):
             if getattr(self, name) is not None:
                 put(name, check_int(getattr(self, name), name, minimum=0))
+
+    def sampling_problem(self) -> str | None:
+        """Why this config cannot sample (None: it can, or it does not sample)."""
+        if not self.do_sample:
+            return None
+        # random_sample divides by a float32 temperature: one that rounds to 0 there
+        # would make every probability NaN.
+        if not self.temperature > 0 or np.float32(self.temperature) == 0:
+            return (f"temperature must be > 0 when sampling (and not 0 in float32), got "
+                    f"{self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            return f"top_p must be in (0, 1] when sampling, got {self.top_p!r}"
+        return None
+
+    def new_tokens(self, prompt_len: int) -> int:
+        """How many tokens to generate after a prompt of `prompt_len` (see the class)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.max_length is not None:
+            n = self.max_length - prompt_len
+            if n < 1:
+                raise ValueError(f"max_length {self.max_length} leaves no room for a new token "
+                                 f"after a prompt of {prompt_len} tokens; set max_new_tokens")
+            return n
+        return DEFAULT_NEW_TOKENS
 
     def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with some fields changed (and validated again)."""
@@ -134,9 +158,18 @@ class GenerationConfig:
                 kwargs["eos_token_ids"] = tuple(
                     check_int(e, "eos_token_id", minimum=0) for e in items)
             kwargs.update(values)
-            return cls(**kwargs)
+            config = cls(**kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{file}: {exc}") from None
+        problem = config.sampling_problem()
+        if problem:
+            import warnings
+
+            # transformers loads such a file too; generating with it raises.
+            warnings.warn(f"{file}: do_sample is true but {problem}: loaded as transformers "
+                          "does; sampling with these defaults will raise (pass do_sample="
+                          "False or a valid temperature/top_p)", UserWarning, stacklevel=2)
+        return config
 
 
 @dataclass
@@ -169,6 +202,12 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
     vocab = model.config.vocab_size
     rows = ragged_token_ids(input_ids, "input_ids", vocab_size=vocab)
     batch, prompt_len = len(rows), max(len(r) for r in rows)
+    problem = cfg.sampling_problem()
+    if problem:
+        raise ValueError(problem)
+    new = cfg.new_tokens(prompt_len)
+    if new != cfg.max_new_tokens:
+        cfg = cfg.replace(max_new_tokens=new)
     if prompt_len + cfg.max_new_tokens > model.max_cache_len:
         raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({cfg.max_new_tokens}) "
                          f"exceeds the model's max_cache_len ({model.max_cache_len})")

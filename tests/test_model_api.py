@@ -32,6 +32,38 @@ def test_cache_overflow_is_a_clear_error(model):
     assert cache.length == 6  # a refused step leaves the cache as it was
 
 
+def _cache_state(cache) -> dict:
+    return {"length": cache.length, "positions": cache.positions.copy(),
+            "padding": cache.padding.copy(), "masked": cache.masked,
+            "keys": [k.numpy().copy() for k in cache.keys],
+            "values": [v.numpy().copy() for v in cache.values]}
+
+
+@pytest.mark.parametrize("bad", [
+    {"position_ids": [[99999]]},              # out of range
+    {"position_ids": [[-1]]},
+    {"position_ids": [[3, 4]]},               # wrong shape
+    {"attention_mask": [[1, 1]]},             # wrong shape
+], ids=["pos_too_large", "pos_negative", "pos_shape", "mask_shape"])
+def test_a_refused_call_leaves_the_cache_bit_identical(model, bad):
+    """Validation before any state changes: a refused cached forward must not advance the
+    cache's positions (every later token would be rotated at the wrong position)."""
+    ids = prompt_ids(resolve_model(MODEL), 1, 8)
+    cache = model.new_cache(1, 16)
+    model.forward(ids[:, :6], cache=cache)
+    before = _cache_state(cache)
+    with pytest.raises(ValueError):
+        model.forward(ids[:, 6:7], cache=cache, **bad)
+    after = _cache_state(cache)
+    for key in before:
+        if isinstance(before[key], list):
+            assert all(np.array_equal(a, b) for a, b in zip(before[key], after[key])), key
+        else:
+            assert np.array_equal(before[key], after[key]), key
+    model.forward(ids[:, 6:7], cache=cache)  # the next real token goes where it belongs
+    assert cache.length == 7 and cache.positions.tolist() == [7]
+
+
 def test_truncate_then_replay_gives_the_same_logits(model):
     ids = prompt_ids(resolve_model(MODEL), 1, 9)
     cache = model.new_cache(1, 16)
@@ -126,8 +158,10 @@ def test_bad_inputs_name_the_problem(model):
         model.forward([[1, 99999]])
     with pytest.raises(ValueError, match=r"input_ids must be \[batch, seq\]"):
         model.forward([1, 2, 3])
+    # As transformers: such a config can be held (and loaded); sampling with it raises.
+    cfg = GenerationConfig(temperature=0, do_sample=True)
     with pytest.raises(ValueError, match="temperature must be > 0 when sampling"):
-        GenerationConfig(temperature=0, do_sample=True)
+        generate(model, [[1, 2]], cfg)
 
 
 def test_unknown_model_type_is_refused(tmp_path):

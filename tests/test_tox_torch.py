@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tools import tox_torch
-
 ROOT = Path(__file__).resolve().parents[1]
+# tools/ is not a package of the project: importable from the checkout's root, whatever
+# the editable install's mode puts on sys.path.
+sys.path.insert(0, str(ROOT))
+from tools import tox_torch  # noqa: E402
 
 
 def _fake_torch(tmp_path: Path, body: str) -> Path:

@@ -16,7 +16,7 @@ import pytest
 # toolkit have aborted processes on NVIDIA.
 import transformers.generation  # noqa: F401
 
-from .harness import hf_model, our_model, resolve_model, torch_device
+from .harness import golden_placement, our_model, reference, resolve_model, torch_device
 
 TEXT = Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "texts" / "perplexity.txt"
 
@@ -28,12 +28,16 @@ def model_path(model_name: str) -> Path:
 
 @pytest.fixture
 def runtimes(model_path: Path, dtype: str, infini_device):
-    """(golden, same-dtype reference, ours) for this checkpoint/dtype/device."""
+    """(golden, same-dtype reference, ours) for this checkpoint/dtype/device. The two
+    transformers runs are `reference.Reference`s: loaded only when a computation misses
+    the reference cache."""
     dev = str(infini_device)
     ours = our_model(str(model_path), dtype, dev)
-    golden = hf_model(str(model_path), "f32", "cpu")
+    gdtype, gdevice = golden_placement(dev)
+    golden = reference(str(model_path), gdtype, gdevice)
     tdev = torch_device(dev)
-    ref = golden if (dtype == "f32" and tdev == "cpu") else hf_model(str(model_path), dtype, tdev)
+    ref = golden if (dtype, tdev) == (gdtype, gdevice) else reference(str(model_path), dtype,
+                                                                         tdev)
     return golden, ref, ours
 
 
@@ -63,21 +67,15 @@ def prompt_ids(model_path: Path, batch: int, seq: int, verify=None) -> np.ndarra
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parallel layouts: (model, layout) pairs whose shapes split, from each model's
-    config (the tiny fixtures' from their table, without generating them). On the CPU the
-    30-layer SmolLM2 is left to the GPU runs (its only layout there, pp2, would cost the
-    CI minutes; tp needs a divisor of its 9 heads, 3)."""
+    config (cases.py; the tiny fixtures' from their table, without generating them)."""
     if "layout" not in metafunc.fixturenames:
         return
+    from conformance.model.cases import layout_cases
     from conformance.model.harness import model_names
-    from conformance.model.test_model_parallel import LAYOUTS, applicable
 
     cpu = str(metafunc.config.getoption("--infini-device")).startswith("cpu")
-    pairs = []
-    for name in model_names(metafunc.config.getoption("--model")):
-        if name == "smollm2" and cpu:
-            continue
-        config = _config_of(name)
-        pairs += [(name, lay) for lay, (tp, pp) in LAYOUTS.items() if applicable(config, tp, pp)]
+    pairs, why = layout_cases(model_names(metafunc.config.getoption("--model")), cpu)
+    metafunc.config._infinilm_layout_why = why
     metafunc.parametrize("model_name,layout", pairs, ids=[f"{m}-{lay}" for m, lay in pairs])
 
 
@@ -99,20 +97,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
-
-
-def _config_of(name: str) -> dict:
-    import json
-    from dataclasses import asdict
-
-    if name.startswith("tiny-"):
-        from infinilm_fixtures.tiny import VARIANTS
-
-        return asdict(VARIANTS[name.removeprefix("tiny-")])
-    if name == "smollm2":
-        return {"num_attention_heads": 9, "num_key_value_heads": 3,
-                "intermediate_size": 1536, "num_hidden_layers": 30}
-    try:
-        return json.loads((Path(name).expanduser() / "config.json").read_text())
-    except (OSError, ValueError):
-        return {"num_attention_heads": 1, "intermediate_size": 1, "num_hidden_layers": 1}

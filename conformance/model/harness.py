@@ -22,9 +22,11 @@ import numpy as np
 
 from infinilm_models.models.llama.capture import CapturePoint, capture_points
 
+from .reference import Reference, cached
+
 TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
 DEFAULT_MODELS = tuple(f"tiny-{n}" for n in TINY) + ("smollm2",)
-TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
 
 
 def resolve_model(name: str) -> Path:
@@ -58,6 +60,22 @@ def torch_device(infini_device: str) -> str:
     if kind == "nvidia" and torch.cuda.is_available():
         return "cuda:" + (infini_device.split(":")[1] if ":" in infini_device else "0")
     return "cpu"
+
+
+def golden_placement(infini_device: str) -> tuple[str, str]:
+    """(dtype, torch device) of the golden run: float32 on the CPU where the device under
+    test is the CPU (the numbers every CPU run has been judged by), float64 on the GPU
+    where it is one (at least as golden, and far faster than the CPU for SmolLM2;
+    test_model_golden verifies it against float64 on the CPU)."""
+    tdev = torch_device(infini_device)
+    return ("f64", tdev) if tdev.startswith("cuda") else ("f32", "cpu")
+
+
+@functools.cache
+def reference(path: str, dtype: str, device: str) -> Reference:
+    """The (lazy) transformers run of a checkpoint in a dtype on a device; one object per
+    triple, so `ref is golden` says they are the same run."""
+    return Reference(path, dtype, device)
 
 
 @functools.lru_cache(maxsize=4)
@@ -100,6 +118,8 @@ def hf_capture(model, ids: np.ndarray, *, cache=None, inject: dict | None = None
     `inject`, the value of each named point is replaced right after it is produced."""
     import torch
 
+    if isinstance(model, Reference):
+        model = model.model
     got: dict[str, np.ndarray] = {}
     hooks = []
     n_layers = len(model.model.layers)
@@ -153,6 +173,37 @@ def hf_capture(model, ids: np.ndarray, *, cache=None, inject: dict | None = None
             got[f"layers.{i}.key_cache"] = k.detach().to("cpu", torch.float64).numpy()
             got[f"layers.{i}.value_cache"] = v.detach().to("cpu", torch.float64).numpy()
     return got
+
+
+@cached
+def hf_forward(ref: Reference, ids: np.ndarray, *, with_cache: bool = False,
+               inject: dict | None = None) -> dict[str, np.ndarray]:
+    """hf_capture of one forward from an empty cache (`with_cache`: a DynamicCache, whose
+    K/V are captured too), computed once per run and reused across runs (reference.py)."""
+    from transformers import DynamicCache
+
+    return hf_capture(ref, ids, cache=DynamicCache() if with_cache else None, inject=inject)
+
+
+@cached
+def hf_decode(golden: Reference, ref: Reference | None, ids: np.ndarray, prefix: int
+              ) -> list[dict[str, dict[str, np.ndarray]]]:
+    """transformers' cached decoding of `ids`: the prefill of `prefix` tokens, then one
+    token per step; per step the captures of the golden, of the reference (`ref` None: the
+    golden is the reference) and of the reference isolated (each sub-module fed the
+    golden's value)."""
+    from transformers import DynamicCache
+
+    caches = [DynamicCache() for _ in range(3)]
+    runs = []
+    for chunk in [ids[:, :prefix]] + [ids[:, i:i + 1] for i in range(prefix, ids.shape[1])]:
+        g = hf_capture(golden, chunk, cache=caches[0])
+        if ref is None:
+            runs.append({"golden": g, "ref": g, "ref_iso": g})
+            continue
+        runs.append({"golden": g, "ref": hf_capture(ref, chunk, cache=caches[1]),
+                     "ref_iso": hf_capture(ref, chunk, cache=caches[2], inject=g)})
+    return runs
 
 
 # -- our side ---------------------------------------------------------------------------------

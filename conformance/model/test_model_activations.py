@@ -7,17 +7,15 @@ from __future__ import annotations
 
 from .checks import compare_capture, first_amplification
 from .conftest import prompt_ids
-from .harness import hf_capture, our_capture, points_of
+from .harness import hf_forward, our_capture, points_of
 
 
 def prefill_captures(golden_m, ref_m, ours_m, ids):
     """golden, ref, ours, ref isolated, ours isolated captures of one prefill (with caches)."""
-    from transformers import DynamicCache
-
-    golden = hf_capture(golden_m, ids, cache=DynamicCache())
-    ref = golden if ref_m is golden_m else hf_capture(ref_m, ids, cache=DynamicCache())
+    golden = hf_forward(golden_m, ids, with_cache=True)
+    ref = golden if ref_m is golden_m else hf_forward(ref_m, ids, with_cache=True)
     ours = our_capture(ours_m, ids, cache=ours_m.new_cache(ids.shape[0], ids.shape[1]))
-    ref_iso = golden if ref_m is golden_m else hf_capture(ref_m, ids, cache=DynamicCache(),
+    ref_iso = golden if ref_m is golden_m else hf_forward(ref_m, ids, with_cache=True,
                                                           inject=golden)
     ours_iso = our_capture(ours_m, ids, cache=ours_m.new_cache(ids.shape[0], ids.shape[1]),
                            inject=golden)

@@ -9,16 +9,19 @@ import numpy as np
 from conformance.judge import nmse
 
 from .conftest import prompt_ids
+from .reference import Reference, cached
 
 PREFIX, STEPS = 6, 4
 
 
-def hf_steps(model, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@cached
+def hf_steps(ref: Reference, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """transformers with a DynamicCache (prefill PREFIX, then one token per step) and the
     full recompute of each prefix: last-token logits [batch, STEPS, vocab] of both."""
     import torch
     from transformers import DynamicCache
 
+    model = ref.model
     cache = DynamicCache()
     cached, full = [], []
     with torch.inference_mode():

@@ -18,7 +18,7 @@ from conformance.judge import token_nmse
 
 from .checks import compare_capture
 from .conftest import prompt_ids
-from .harness import hf_capture, our_capture, points_of
+from .harness import hf_decode, our_capture, points_of
 
 PREFIX, STEPS = 5, 4
 
@@ -27,27 +27,22 @@ PREFIX, STEPS = 5, 4
 # batched layouts of the cache append and the attention.
 @pytest.mark.parametrize("batch", [1, 2], ids=["bs1", "bs2"])
 def test_model_decode(model_name, model_path, dtype, batch, runtimes, verify, tolerances):
-    from transformers import DynamicCache
-
     golden_m, ref_m, ours_m = runtimes
     steps = 2 if model_name == "smollm2" else STEPS
     ids = prompt_ids(model_path, batch, PREFIX + steps, verify)
     points = points_of(ours_m)
-    same = ref_m is golden_m
-    caches = {"golden": DynamicCache(), "ref": DynamicCache(), "ref_iso": DynamicCache(),
-              "ours": ours_m.new_cache(batch, PREFIX + steps),
+    # transformers' side of every step at once (computed once, reference.py); the prefill
+    # builds all five caches (its activations are test_model_activations')
+    hf = hf_decode(golden_m, None if ref_m is golden_m else ref_m, ids, PREFIX)
+    caches = {"ours": ours_m.new_cache(batch, PREFIX + steps),
               "ours_iso": ours_m.new_cache(batch, PREFIX + steps)}
-
-    def step(chunk):
-        g = hf_capture(golden_m, chunk, cache=caches["golden"])
-        r = g if same else hf_capture(ref_m, chunk, cache=caches["ref"])
-        ri = g if same else hf_capture(ref_m, chunk, cache=caches["ref_iso"], inject=g)
+    runs = []
+    for i, theirs in enumerate(hf):
+        chunk = ids[:, :PREFIX] if i == 0 else ids[:, PREFIX + i - 1:PREFIX + i]
         o = our_capture(ours_m, chunk, cache=caches["ours"])
-        oi = our_capture(ours_m, chunk, cache=caches["ours_iso"], inject=g)
-        return {"golden": g, "ref": r, "ref_iso": ri, "ours": o, "ours_iso": oi}
-
-    step(ids[:, :PREFIX])  # the prefill builds all five caches (its activations: prefill)
-    runs = [step(ids[:, PREFIX + s:PREFIX + s + 1]) for s in range(steps)]
+        oi = our_capture(ours_m, chunk, cache=caches["ours_iso"], inject=theirs["golden"])
+        runs.append({**theirs, "ours": o, "ours_iso": oi})
+    runs = runs[1:]
     pooled = {k: pool([r[k] for r in runs]) for k in runs[0]}
     rows, comparisons, locs = compare_capture(
         points, ours=pooled["ours"], ref=pooled["ref"], golden=pooled["golden"],

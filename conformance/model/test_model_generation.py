@@ -14,23 +14,27 @@ import numpy as np
 from infinilm_models import generate
 
 from .conftest import prompt_ids
+from .reference import Reference, cached
 
 PROMPTS = Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "prompts.json"
 
 
-def golden_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
+@cached
+def golden_greedy(ref: Reference, ids: list[int], n: int
+                  ) -> tuple[list[int], list[np.ndarray]]:
     """transformers' greedy path with its per-step logits (no eos stop: fixed length)."""
     import torch
     from transformers import DynamicCache
 
+    model = ref.model
     cache, toks, logits = DynamicCache(), [], []
     with torch.inference_mode():
-        nxt = torch.tensor([ids])
+        nxt = torch.tensor([ids], device=model.device)
         for _ in range(n):
             out = model(nxt, past_key_values=cache, use_cache=True).logits[0, -1]
-            logits.append(out.double().numpy())
+            logits.append(out.to("cpu", torch.float64).numpy())
             toks.append(int(out.argmax()))
-            nxt = torch.tensor([[toks[-1]]])
+            nxt = torch.tensor([[toks[-1]]], device=model.device)
     return toks, logits
 
 

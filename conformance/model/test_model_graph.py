@@ -3,12 +3,20 @@ the step replayed as a captured graph, elsewhere (the CPU) the same fixed-shape 
 eagerly (its masked attention over the whole cache is backend-independent). Batch 1 and
 8, over cache lengths from the prompt's to past the first capture.
 
+Both paths start from one prefill (the same computation: done once, the cache copied) and
+are fed the same tokens, the plain path's greedy choices: teacher-forced, so that each
+step's logits are compared like with like. Without it, a backend that rounds one logit
+differently may split the two at an exact tie, and every later step would compare two
+different continuations (HF's _check_similar_generate_outputs stops at the split for
+that reason; feeding one sequence keeps every step comparable).
+
 The two compute the same numbers in another order (the scores over all positions, the
 mask added inside the gemm): their logits may differ by what that is worth to a mature
 implementation, transformers' own error in the dtype (as for cached vs recompute), and
-the greedy tokens must agree up to a near tie. On a 30-layer model an op-level tolerance
-would mistake the amplified reordering for a defect (SmolLM2 f16 on an H200: NMSE 1.5e-6
-between the two, against transformers' own 2e-6 to 8e-6)."""
+the fixed step's greedy choice must agree with the plain one up to a near tie. On a
+30-layer model an op-level tolerance would mistake the amplified reordering for a defect
+(SmolLM2 f16 on an H200: NMSE 1.5e-6 between the two, against transformers' own 2e-6 to
+8e-6)."""
 
 from __future__ import annotations
 
@@ -16,56 +24,69 @@ import numpy as np
 import pytest
 
 from conformance.judge import token_nmse
-from infinilm_models import generate
 from infinilm_models.runtime.graph import graph_backend
 
 from .conftest import prompt_ids
-from .harness import hf_capture
+from .harness import hf_forward
+from .reference import cached
 
-NEW = 12
+NEW = 12  # tokens decoded after the prompt (NEW - 1 decode steps: the first is the prefill's)
 
 
 @pytest.mark.parametrize("batch", [1, 8], ids=["bs1", "bs8"])
 def test_model_graph(model_name, model_path, dtype, batch, runtimes, verify, infini_device):
+    from infinilm_models.models.llama.decode_step import FixedDecoder
+
     golden_m, ref_m, ours = runtimes
     graphs = graph_backend(infini_device) is not None
-    verify.info.update(replayed_graph=graphs, new_tokens=NEW)
+    verify.info.update(replayed_graph=graphs, new_tokens=NEW, teacher_forced=(
+        "both paths are fed the plain path's greedy tokens from one shared prefill"))
     ids = prompt_ids(model_path, batch, 7, verify)
-    plain = generate(ours, ids, max_new_tokens=NEW, eos_token_ids=(), graph=False,
-                     return_logits=True)
-    if graphs:
-        fixed = generate(ours, ids, max_new_tokens=NEW, eos_token_ids=(), graph=True,
-                         return_logits=True)
-    else:  # the same step, eagerly
-        from infinilm_models.models.llama.decode_step import FixedDecoder
-
-        real = ours.fixed_decoder
-        ours.fixed_decoder = lambda c, graph="auto": FixedDecoder(ours, c, graph=False)
-        try:
-            fixed = generate(ours, ids, max_new_tokens=NEW, eos_token_ids=(), graph=True,
-                             return_logits=True)
-        finally:
-            ours.fixed_decoder = real
-    a, b = np.stack(fixed.logits), np.stack(plain.logits)  # [steps, batch, vocab]
+    total = ids.shape[1] + NEW
+    plain_cache = ours.new_cache(batch, total)
+    first = ours.forward(ids, cache=plain_cache).numpy().reshape(batch, -1).astype(np.float64)
+    fixed_cache = ours.new_cache(batch, total)
+    fixed_cache.copy_from(plain_cache)
+    decoder = FixedDecoder(ours, fixed_cache, graph=graphs)
+    tokens = [first.argmax(-1)]
+    plain_steps, fixed_steps = [], []
+    try:
+        for _ in range(NEW - 1):
+            tok = tokens[-1]
+            plain_steps.append(ours.forward(tok[:, None], cache=plain_cache).numpy()
+                               .reshape(batch, -1).astype(np.float64))
+            fixed_steps.append(decoder.step(tok).numpy().reshape(batch, -1)
+                               .astype(np.float64))
+            tokens.append(plain_steps[-1].argmax(-1))
+    finally:
+        decoder.close()
+    a, b = np.stack(fixed_steps), np.stack(plain_steps)  # [steps, batch, vocab]
+    verify.info["graphs_per_step"] = getattr(decoder.captured, "graphs", 0) if graphs else 0
     verify.finite("fixed-shape step logits", a)
-    ref_err = _reference_error(ids, plain.tokens, golden_m, ref_m, NEW)
+    seq = np.stack(tokens, axis=1)  # [batch, NEW]: the plain path's greedy tokens
+    ref_err = _reference_error(ids, seq, golden_m, ref_m, NEW - 1)
     verify.calibrated_value("logits of every step vs the plain path", token_nmse(a, b), ref_err,
                             "cache_vs_recompute", dtype, "nmse")
-    diverge = np.argwhere(fixed.tokens != plain.tokens)
-    step = None if not len(diverge) else int(diverge[0][1])
-    row = 0 if step is None else int(diverge[0][0])
-    verify.near_tie(step, None if step is None else int(fixed.tokens[row, step]),
-                    None if step is None else int(plain.tokens[row, step]),
+    picks = a.argmax(-1)  # [steps, batch]: the fixed step's own greedy choice
+    diverge = np.argwhere(picks != seq[:, 1:].T)
+    step = None if not len(diverge) else int(diverge[0][0])
+    row = 0 if step is None else int(diverge[0][1])
+    verify.near_tie(step, None if step is None else int(picks[step, row]),
+                    None if step is None else int(seq[row, step + 1]),
                     None if step is None else b[step, row], dtype,
                     "greedy tokens vs the plain path")
 
 
 def _reference_error(ids, tokens, golden_m, ref_m, n: int) -> float:
-    """transformers in the dtype vs float32 on the plain path's sequence (its last n
-    positions' logits): what the dtype costs a mature implementation here."""
+    """transformers in the dtype vs the golden on the decoded sequence (the logits of its
+    last n decode positions): what the dtype costs a mature implementation here."""
     if ref_m is golden_m:
         return 0.0
-    full = np.concatenate([ids, tokens[:, :-1]], axis=1)
-    g = hf_capture(golden_m, full)["logits"][:, -n:]
-    r = hf_capture(ref_m, full)["logits"][:, -n:]
+    return _logits_error(golden_m, ref_m, np.concatenate([ids, tokens[:, :-1]], axis=1), n)
+
+
+@cached
+def _logits_error(golden_m, ref_m, full: np.ndarray, n: int) -> float:
+    g = hf_forward.uncached(golden_m, full)["logits"][:, -n:]
+    r = hf_forward.uncached(ref_m, full)["logits"][:, -n:]
     return token_nmse(r, g)

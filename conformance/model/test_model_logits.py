@@ -10,7 +10,7 @@ import pytest
 from conformance.judge import logits_metrics, nmse
 
 from .conftest import prompt_ids
-from .harness import hf_capture
+from .harness import hf_forward
 
 # len1 is four one-token prompts, not one: the calibrated bound compares our error with
 # the reference's, and over a single token both are single draws (on the H100, one
@@ -24,8 +24,8 @@ SHAPES = {"len1": (4, 1), "short_bs2": (2, 9), "long": (1, 130)}
 def test_model_logits(model_name, model_path, dtype, shape, runtimes, verify):
     golden_m, ref_m, ours_m = runtimes
     ids = prompt_ids(model_path, *SHAPES[shape], verify)
-    golden = hf_capture(golden_m, ids)["logits"]
-    ref = golden if ref_m is golden_m else hf_capture(ref_m, ids)["logits"]
+    golden = hf_forward(golden_m, ids)["logits"]
+    ref = golden if ref_m is golden_m else hf_forward(ref_m, ids)["logits"]
     ours_all = ours_m.forward(ids, all_logits=True).numpy().astype(np.float64)
     ours_last = ours_m.forward(ids).numpy().astype(np.float64)
 

@@ -20,22 +20,16 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 
 from conformance.judge import token_nmse
 
+from .cases import INVALID, LAYOUTS, NO_LAYOUT
 from .checks import compare_capture
 from .conftest import prompt_ids
-from .harness import hf_capture, our_capture, points_of
+from .harness import hf_forward, our_capture, points_of
 
-LAYOUTS = {"tp2": (2, 1), "tp4": (4, 1), "pp2": (1, 2), "tp2pp2": (2, 2)}
 DECODE = 6
-
-
-def applicable(config: dict, tp: int, pp: int) -> bool:
-    nh = config["num_attention_heads"]
-    nkv = config.get("num_key_value_heads") or nh
-    return (nh % tp == 0 and (nkv % tp == 0 or tp % nkv == 0)
-            and config["intermediate_size"] % tp == 0 and config["num_hidden_layers"] >= pp)
 
 
 @functools.lru_cache(maxsize=2)
@@ -45,11 +39,25 @@ def parallel_model(path: str, dtype: str, device: str, tp: int, pp: int):
     return AutoLlamaModel.from_pretrained(path, device, dtype, tp=tp, pp=pp, progress=False)
 
 
-def test_model_parallel(model_name, model_path, dtype, layout, runtimes, verify, tolerances,
-                        infini_device):
+@pytest.fixture
+def layout_shape(request, model_name: str, layout: str, verify) -> tuple[int, int]:
+    """(tp, pp) of the layout; at setup, before any model loads: a config that cannot be
+    read is this check's error (naming the file and the field), a checkpoint no layout
+    fits is unsupported (naming the numbers)."""
+    why = getattr(request.config, "_infinilm_layout_why", {}).get(model_name, "")
+    if layout == INVALID:
+        raise ValueError(f"{model_name}: its config cannot be read for the parallel "
+                         f"layouts: {why}")
+    if layout == NO_LAYOUT:
+        verify.unsupported(RuntimeError(f"{model_name}: {why}"))
+    return LAYOUTS[layout]
+
+
+def test_model_parallel(model_name, dtype, layout, layout_shape, model_path, runtimes,
+                        verify, tolerances, infini_device):
     from infinilm_models.runtime import device_count
 
-    tp, pp = LAYOUTS[layout]
+    tp, pp = layout_shape
     if infini_device.type != "cpu" and device_count(infini_device.type) < tp * pp:
         verify.unsupported(RuntimeError(
             f"{layout} needs {tp * pp} {infini_device.type} devices; this machine has "
@@ -66,8 +74,8 @@ def judge_parallel(verify, tolerances, dtype: str, par, ours_m, golden_m, ref_m,
                    ids: np.ndarray) -> None:
     """Everything the check compares; the self-tests call it on planted sharding bugs."""
     same = ref_m is golden_m
-    golden = hf_capture(golden_m, ids)
-    ref = golden if same else hf_capture(ref_m, ids)
+    golden = hf_forward(golden_m, ids)
+    ref = golden if same else hf_forward(ref_m, ids)
     base_cache = ours_m.new_cache(ids.shape[0], ids.shape[1] + DECODE)
     base = our_capture(ours_m, ids, cache=base_cache)
     par_cache = par.new_cache(ids.shape[0], ids.shape[1] + DECODE)

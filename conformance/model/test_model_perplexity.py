@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .conftest import prompt_ids
-from .harness import hf_capture
+from .harness import hf_forward
 
 
 def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
@@ -27,9 +27,9 @@ def test_model_perplexity(model_name, model_path, dtype, infini_device, runtimes
     golden_m, ref_m, ours_m = runtimes
     n = min(n, ours_m.max_cache_len)
     ids = prompt_ids(model_path, 1, n, verify)[0]
-    golden = perplexity(hf_capture(golden_m, ids[None])["logits"], ids)
+    golden = perplexity(hf_forward(golden_m, ids[None])["logits"], ids)
     # f32 on the CPU: the reference is the golden model itself (one run, not two)
-    ref = golden if ref_m is golden_m else perplexity(hf_capture(ref_m, ids[None])["logits"],
+    ref = golden if ref_m is golden_m else perplexity(hf_forward(ref_m, ids[None])["logits"],
                                                       ids)
     ours = perplexity(ours_m.forward(ids[None], all_logits=True).numpy().astype(np.float64),
                       ids)

@@ -11,13 +11,14 @@ One module per job:
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from ..results import append_part, new_run_id
-from . import defects, recording, session, supervisor, verify
+from . import defects, recording, session, supervisor, threads, verify
 from .options import dtypes, pytest_addoption  # noqa: F401 - a hook, found by name
 
 _controller: pytest.Config | None = None
@@ -34,10 +35,14 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch  # noqa: F401
     except ImportError:
         pass
+    # Before InfiniCore loads (OpenMP reads it at its first parallel region) and before
+    # torch runs anything: cores / workers threads each.
+    config._infinilm_threads = threads.configure(config)
     for name, module in (("infinilm-verify", verify), ("infinilm-recording", recording),
                          ("infinilm-session", session)):
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.register(module, name)
+    recording.CONFIG = config
     dtypes(config)
     _select_backend(config)
     if config.option.collectonly or getattr(config.option, "help", False):
@@ -57,7 +62,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config._infinilm_report_root = root.resolve()
     config._infinilm_run_id = run_id
     config._infinilm_run_dir = (root / run_id).resolve()
-    config._infinilm_run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config._infinilm_run_dir.mkdir(parents=True, exist_ok=True)
+        probe = config._infinilm_run_dir / ".writable"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        # Before any check runs: one line naming the folder, not an INTERNALERROR.
+        raise pytest.UsageError(f"--report-dir {root}: cannot write the run directory "
+                                f"{config._infinilm_run_dir}: {e.strerror or e}") from None
+    from ..model.reference import CACHE_ENV
+
+    if config.getoption("--no-reference-cache"):
+        # Inherited by the workers and their children: shared within this run only.
+        os.environ[CACHE_ENV] = str(config._infinilm_run_dir / "reference-cache")
     config._infinilm_worker = "main"
     config._infinilm_started = time.time()
     if not getattr(config.option, "xmlpath", None):
@@ -90,6 +108,11 @@ def _select_backend(config: pytest.Config) -> None:
     except ValueError as e:
         raise pytest.UsageError(f"--infini-device: {e}") from None
     set_default_backend(kind)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    return threads.auto_workers(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -135,6 +158,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("model_name", model_names(metafunc.config.getoption("--model")))
     if "dtype" in metafunc.fixturenames and not _explicit(metafunc, "dtype"):
         metafunc.parametrize("dtype", dtypes(metafunc.config))
+
+
+# Where the time goes on a 2-core CPU run (docs: README "Measured"): the real checkpoint's
+# model checks, then the inner suite runs of the self-tests. Started first, so that
+# xdist's workers are not left waiting on one long check at the end of the run.
+_SLOW_FIRST = (("test_model_graph", "[smollm2-", "bs8"), ("test_model_", "[smollm2-f16", ""),
+               ("test_model_", "[smollm2-", ""), ("test_harness_planted", "", ""))
+
+
+def _cost_rank(item: pytest.Item) -> int:
+    nodeid = item.nodeid
+    for rank, parts in enumerate(_SLOW_FIRST):
+        if all(p in nodeid for p in parts):
+            return rank
+    return len(_SLOW_FIRST)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slowest checks first (a stable sort: every xdist worker gets the same order)."""
+    items.sort(key=_cost_rank)
 
 
 def _explicit(metafunc: pytest.Metafunc, name: str) -> bool:

@@ -42,6 +42,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 default=float(os.environ.get("INFINILM_CHECK_TIMEOUT", "900")),
                 help="seconds a single check may run under --isolate before it is killed "
                      "and recorded as crashed (timeout); default 900")
+    g.addoption("--no-reference-cache", action="store_true",
+                help="compute transformers' golden and reference outputs anew: shared by "
+                     "the checks and workers of this run only, nothing reused from earlier "
+                     "runs (default: reused from ~/.cache/infinilm-models/reference when "
+                     "checkpoint, inputs, dtype, device and torch/transformers versions match)")
     g.addoption("--sweep-seed", type=int, default=int(os.environ.get("INFINILM_SWEEP_SEED",
                                                                       "20261130")),
                 help="seed of the sampled op sweeps (recorded in every sweep case)")

@@ -14,6 +14,7 @@ from . import defects
 from .verify import UNSUPPORTED_PREFIX, Verify
 
 MESSAGE_LIMIT = 4000
+CONFIG: pytest.Config | None = None  # this process's, set by the plugin at configure
 
 
 def _jsonable(v: Any) -> Any:
@@ -47,6 +48,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     write_plan(run_dir, session.config._infinilm_worker,
                [base_record(i) for i in session.items])
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A file or a parametrization that fails to collect is planned checks that cannot
+    run: one `error` record per failed collector, naming it and the error, counted in the
+    plan and the verdict (pytest's own 'N errors' line would otherwise be all there is)."""
+    if not report.failed:
+        return
+    run_dir = getattr(CONFIG, "_infinilm_run_dir", None)
+    if run_dir is None:
+        return
+    text = str(report.longrepr)
+    last = next((line for line in reversed(text.splitlines())
+                 if line.startswith("E ") or "Error" in line), text.splitlines()[-1:] or [""])
+    record = CheckRecord(
+        nodeid=report.nodeid or "(collection)", check="collection", test=report.nodeid,
+        status="error", message=f"collection failed: {str(last).strip()}"[-MESSAGE_LIMIT:],
+        info={"collection_error": text[-MESSAGE_LIMIT:]})
+    append_part(run_dir, "collection", record, "plan")
+    append_part(run_dir, "collection", record)
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

@@ -13,9 +13,17 @@ import pytest
 
 from ..coverage import coverage_of, summary_lines
 from ..judge import TolerancePolicy
-from ..record import STATUSES, CheckRecord, DefectRef, RunRecord, summarize, verdict_of
+from ..record import (
+    STATUSES,
+    CheckRecord,
+    DefectRef,
+    RunRecord,
+    duration_table,
+    summarize,
+    verdict_of,
+)
 from ..results import assemble, point_latest, write_results
-from . import defects
+from . import defects, threads
 from .options import dtypes
 
 SUMMARY_LINES = 40
@@ -90,6 +98,23 @@ def settle_strict_any(run: RunRecord, config: pytest.Config) -> list[CheckRecord
     return extra
 
 
+def model_identities(run: RunRecord) -> dict[str, dict]:
+    """model name -> its directory and content digest, for every model the run checked:
+    `compare` matches checks by the digest, so two runs of one checkpoint under different
+    paths still line up."""
+    from ..model.harness import resolve_model
+    from ..model.reference import checkpoint_digest
+
+    out = {}
+    for name in sorted({r.model for r in run.results if r.model}):
+        try:
+            path = resolve_model(name)
+            out[name] = {"path": str(path), "digest": checkpoint_digest(path)}
+        except Exception as e:  # noqa: BLE001 - a broken checkpoint is its checks' error
+            out[name] = {"error": str(e)[:300]}
+    return out
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if getattr(config, "workerinput", None) is not None or \
@@ -111,7 +136,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         run.results = sorted(run.results + extra, key=lambda r: r.nodeid)
         run.counts, run.verdict = summarize(run.results), verdict_of(run.results)
     run.coverage = coverage_of(run)
+    run.durations = duration_table(run.results)
     run.environment["known_defects_scope"] = defects.scope_note(config)
+    run.environment["threads"] = threads.describe(config)
+    from ..model.harness import golden_placement
+    from ..model.reference import cache_dir
+
+    gdtype, gdevice = golden_placement(config.getoption("--infini-device"))
+    run.environment["golden"] = (
+        f"transformers {gdtype} on {gdevice}" + (" (checked against float64 on the CPU by "
+                                                 "test_model_golden)" if gdevice != "cpu"
+                                                 else ""))
+    folder = cache_dir()
+    run.environment["reference_cache"] = str(folder) if folder else "off"
+    run.environment["models"] = model_identities(run)
+    if getattr(config, "_infinilm_auto_workers", None):
+        run.environment["auto_workers"] = config._infinilm_auto_workers
     config._infinilm_run = run
     config._infinilm_results_path = write_results(run_dir, run)
     if run.verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
@@ -157,6 +197,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
              "checks recorded   " + "  ".join(f"{s}={counts.get(s, 0)}" for s in STATUSES)
     tr.write_line(banner, red=run.verdict == "fail", green=run.verdict == "pass", bold=True)
     tr.write_line(f"InfiniCore: {run.build_label}")
+    if run.environment.get("auto_workers"):
+        tr.write_line(run.environment["auto_workers"])
     tr.write_line(run.environment.get("known_defects_scope", ""))
     if run.not_run:
         tr.write_line(f"NOT RUN: {run.not_run} of {run.planned} planned checks have no result "
@@ -183,6 +225,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         tr.write_line(line)
     if len(lines) > SUMMARY_LINES:
         tr.write_line(f"... {len(lines) - SUMMARY_LINES} more in the report")
+    top = [d for d in run.durations if d.by == "check"][:8]
+    if top:
+        tr.write_line("time by check (summed over workers): " + ", ".join(
+            f"{d.name} {d.total_s:.0f} s ({d.checks})" for d in top))
+        models = [d for d in run.durations if d.by == "model"][:6]
+        if models:
+            tr.write_line("time by model: " + ", ".join(
+                f"{d.name} {d.total_s:.0f} s ({d.checks})" for d in models))
     tr.write_line(f"results: {config._infinilm_results_path}")
     if getattr(config, "_infinilm_report_path", None) is not None:
         tr.write_line(f"report:  {config._infinilm_report_path} "

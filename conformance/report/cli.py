@@ -101,13 +101,15 @@ def _compare(args) -> int:
     base_perf = perf_of(base, base_src.parent, args.baseline_benchmark)
     result = compare_runs(run, base, args.factor, tuple(args.ignore_param), run_perf,
                           base_perf, args.perf_tolerance)
-    print(format_text(result, args.limit))
+    # The files first: a summary that says "exit status 0" must not be followed by a
+    # failure to write what was asked for.
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1) + "\n")
     if args.html:
         from .render import make_env
 
         atomic_write_text(args.html, make_env().get_template("compare.html.j2").render(c=result))
+    print(format_text(result, args.limit))
     code = result.exit_code
     if args.fail_on_growth and result.grown:
         code = 1

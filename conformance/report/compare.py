@@ -83,11 +83,18 @@ class Comparison:
     run: Side | None = None
     baseline: Side | None = None
 
+    total: int = 0  # checks in either run
+
+    @property
+    def disjoint(self) -> bool:
+        """Nothing matched although both runs hold checks: they tested different things."""
+        return self.matched == 0 and self.total > 0
+
     @property
     def exit_code(self) -> int:
         """1 when anything newly fails (including a new check that fails, or one that
-        did not run), else 0."""
-        return 1 if self.newly_failing else 0
+        did not run), or when no check matched at all; else 0."""
+        return 1 if self.newly_failing or self.disjoint else 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,9 +116,19 @@ def identity(record: CheckRecord) -> dict[str, str]:
     return ident
 
 
-def match_key(record: CheckRecord, ignore_params: tuple[str, ...] = ()) -> str:
+def match_key(record: CheckRecord, ignore_params: tuple[str, ...] = (),
+              models: dict[str, str] | None = None) -> str:
+    """How a check is matched across runs: its node id, with the model named by its
+    checkpoint's digest where the run recorded it (`models`: name -> digest)."""
+    digest = (models or {}).get(record.model or "")
     if not ignore_params:
+        if digest and record.model:
+            head, sep, tail = record.nodeid.partition("[")
+            return head + sep + tail.replace(record.model, f"sha256:{digest[:16]}", 1)
         return record.nodeid
+    if digest:
+        record = CheckRecord(**{**record.__dict__,
+                                "params": {**record.params, "model_name": f"sha256:{digest[:16]}"}})
     ignored = {a for p in ignore_params for a in ALIASES.get(p, (p,))}
     ident = {k: v for k, v in identity(record).items() if k not in ignored}
     return f"{record.check}::{record.test}[" + ",".join(
@@ -136,8 +153,10 @@ def metric_values(record: CheckRecord) -> dict[tuple[str, str], float]:
 
 def _index(run: RunRecord, ignore: tuple[str, ...], side: str) -> dict[str, CheckRecord]:
     index: dict[str, CheckRecord] = {}
+    models = {name: m["digest"] for name, m in (run.environment.get("models") or {}).items()
+              if isinstance(m, dict) and m.get("digest")}
     for r in run.results:
-        key = match_key(r, ignore)
+        key = match_key(r, ignore, models)
         if key in index:
             raise RecordError(
                 f"{side} run {run.run_id}: two checks map to {key!r} ({index[key].nodeid} "
@@ -160,7 +179,8 @@ def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
     a = _index(run, ignore_params, "the")
     b = _index(baseline, ignore_params, "the baseline")
     result = Comparison(run.run_id, baseline.run_id, factor,
-                        matched=len(a.keys() & b.keys()), perf_tolerance=perf_tolerance,
+                        matched=len(a.keys() & b.keys()), total=len(a.keys() | b.keys()),
+                        perf_tolerance=perf_tolerance,
                         run=Side.of(run), baseline=Side.of(baseline))
     for key in sorted(a.keys() | b.keys()):
         r, base = a.get(key), b.get(key)
@@ -292,6 +312,11 @@ def format_text(c: Comparison, limit: int = 40) -> str:
                          f"{p.run_mean_s * 1e3:.3f} ms  {p.name}")
         if not c.perf:
             lines.append("  no benchmark in common")
+    if c.disjoint:
+        lines.append(f"\n0 of {c.total} checks matched: the runs tested different models or "
+                     "cases? (a model is matched by its checkpoint's digest where the runs "
+                     "recorded it; --ignore-param model_name matches across models)")
     lines.append(f"\nexit status {c.exit_code}: " + (
+        "nothing matched" if c.disjoint else
         "something newly fails" if c.exit_code else "nothing newly fails"))
     return "\n".join(lines)

@@ -27,6 +27,8 @@ def merge_runs(runs: list[str | Path], out_dir: str | Path) -> Path:
     if not runs:
         raise RecordError("merge: no run given")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RecordError(f"merge -o {out}: exists and is not a directory")
     loaded = []
     for run in runs:  # every run read and validated before anything is written
         src = results_path(run).resolve()

@@ -665,6 +665,7 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
         "unvouched": sum(1 for r in records if r.known_defect is not None
                          and not r.known_defect.vouched and r.status == "known_defect"),
         "coverage": run.coverage,
+        "durations": run.durations,
         "total": len(records),
     }
 
@@ -698,6 +699,9 @@ def environment_rows(run: RunRecord) -> list[tuple[str, object]]:
         if left_out:
             rows.append(("ops left out of the build", ", ".join(sorted(left_out))))
     rows.append(("known defects", env.get("known_defects_scope")))
+    rows.append(("golden", env.get("golden")))
+    rows.append(("reference cache", env.get("reference_cache")))
+    rows.append(("threads", env.get("threads")))
     rows += [
         ("torch", env.get("torch_version")), ("transformers", env.get("transformers_version")),
         ("numpy", env.get("numpy_version")), ("python", env.get("python")),

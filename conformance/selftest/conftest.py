@@ -36,7 +36,8 @@ def inner_run(report_dir: Path, *args: str, expect: tuple[int, ...] = (0, 1)) ->
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+         "-q",
          "--infini-device", "cpu", f"--report-dir={report_dir}", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode in expect, \

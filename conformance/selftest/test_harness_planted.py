@@ -26,8 +26,13 @@ def suite(tmp_path: Path, plant: str | None, *args: str) -> tuple[int, dict, Pat
     reports = tmp_path / "reports"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-           "--infini-device", "cpu", f"--report-dir={reports}"]
+    # Serial unless a case says otherwise: the outer run already keeps every core busy, and
+    # an inner xdist run would start two more interpreters to share them. Hypothesis's
+    # plugin (2 s of imports) has nothing to do in an inner run.
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p",
+           "no:hypothesispytest", "-q", "--infini-device", "cpu", f"--report-dir={reports}"]
+    if "-n" not in args and "no:xdist" not in args:
+        cmd += ["-p", "no:xdist"]
     if plant:
         cmd += ["-p", "conformance.selftest.plants", "--plant", plant]
     proc = subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
@@ -100,7 +105,7 @@ def test_correct_but_different_backends_pass(tmp_path, plant):
     # beta0_ignores_nan_output is the CPU build's known f32 defect (C read when beta = 0):
     # host_gemm does not have it, so its strict entry would rightly report an XPASS.
     _, doc, _ = suite(tmp_path, plant, *CORRECT_OPS, *CORRECT_MODEL, "--dtype", "f32,bf16",
-                      "--model", "tiny-gqa", "-n", "2", "-k", "not bs2 and not beta0")
+                      "--model", "tiny-gqa", "-k", "not bs2 and not beta0")
     failures = bad(doc)
     if plant == "ulp_noise":
         # IEEE mandates correct rounding of add/mul: 1 ulp off fails that property (and only
@@ -144,7 +149,7 @@ DEFECTS = {
 @pytest.mark.parametrize("plant", list(DEFECTS))
 def test_planted_defect_is_caught_and_localized(tmp_path, plant):
     args, op, dtypes, model = DEFECTS[plant]
-    status, doc, _ = suite(tmp_path, plant, *args, "--dtype", ",".join(dtypes), "-n", "2")
+    status, doc, _ = suite(tmp_path, plant, *args, "--dtype", ",".join(dtypes))
     assert status == 1
     for dtype in dtypes:
         op_failures = [r for r in doc["results"] if r["op"] == op and r["dtype"] == dtype
@@ -173,7 +178,7 @@ def test_nan_is_localized_where_it_appears(tmp_path):
     # the next forward's layer 0 as well.
     status, doc, _ = suite(tmp_path, "nan_layer1_attention", MODEL.format("activations"),
                            MODEL.format("generation"), MODEL.format("logits"), "--model",
-                           "tiny-sharded", "--dtype", "bf16", "-n", "2")
+                           "tiny-sharded", "--dtype", "bf16")
     assert status == 1
     assert all(r["status"] == "failed" for r in doc["results"]), \
         [(r["nodeid"], r["status"]) for r in doc["results"]]
@@ -198,7 +203,7 @@ def test_checkpoint_with_a_nan_weight_is_an_error_naming_the_tensor(tmp_path):
     weights["model.layers.1.mlp.down_proj.weight"][0, 0] = np.nan
     save_file(weights, str(model / "model.safetensors"))
     _, doc, run = suite(tmp_path, None, MODEL.format("generation"), MODEL.format("logits"),
-                        "--model", str(model), "--dtype", "f32", "-n", "2")
+                        "--model", str(model), "--dtype", "f32")
     assert doc["results"] and all(r["status"] == "error" for r in doc["results"])
     assert all("model.layers.1.mlp.down_proj.weight" in r["message"] for r in doc["results"])
     assert (run / "index.html").is_file()

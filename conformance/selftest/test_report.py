@@ -527,11 +527,13 @@ def test_compare_bf16_against_f32(op_runs, tmp_path, capsys):
 
 
 def test_compare_without_matching_params_matches_nothing(op_runs, capsys):
+    """Two runs with nothing in common (another dtype) are no comparison: exit 1, said so."""
     rc = main(["compare", str(op_runs["bf16"]), str(op_runs["f32"]), "--limit", "0"])
-    assert rc == 0
+    assert rc == 1
     out = capsys.readouterr().out
     n = len(_run(op_runs["f32"]).results)
     assert ": 0 checks matched" in out and f"only in run: {n}" in out
+    assert f"0 of {2 * n} checks matched" in out and "exit status 1: nothing matched" in out
 
 
 def test_compare_reports_newly_failing_with_exit_1(op_runs, tmp_path, capsys):

@@ -34,6 +34,9 @@ class DType(enum.IntEnum):
     def short(self) -> str:
         return self.name.lower()
 
+    def __str__(self) -> str:  # "f32", not IntEnum's "13" (model.dtype in messages)
+        return self.short
+
     @property
     def is_float(self) -> bool:
         return self in (DType.F16, DType.F32, DType.F64, DType.BF16)

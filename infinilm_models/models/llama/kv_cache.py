@@ -68,6 +68,26 @@ class KVCache:
         self.masked = False
         self._padding_version += 1
 
+    def copy_from(self, other: KVCache) -> None:
+        """Make this cache a copy of `other` (same batch, length limit, layout): its K/V on
+        the device and its positions and padding; two decoders can then go on from one
+        prefill."""
+        from ...runtime import ops
+
+        if (other.batch_size, other.max_len, other.num_layers) != \
+                (self.batch_size, self.max_len, self.num_layers):
+            raise ValueError(f"copy_from: a cache of {other.batch_size} rows x {other.max_len} "
+                             f"into one of {self.batch_size} x {self.max_len}")
+        ops.copy(self.k_all, other.k_all)
+        ops.copy(self.v_all, other.v_all)
+        self.length = other.length
+        self.positions = other.positions.copy()
+        self.padding = other.padding.copy()
+        self.masked = other.masked
+        self._padding_version += 1
+        if self.masked:
+            self._upload_mask()
+
     def truncate(self, length: int) -> None:
         """Forget positions from `length` on (e.g. to re-run a step); the data stays."""
         if not 0 <= length <= self.length:
@@ -91,17 +111,24 @@ class KVCache:
                 f"{self.max_len}; create the model/cache with a larger max_cache_len")
         return self.length
 
+    def next_positions(self, seq: int, attention_mask: np.ndarray | None) -> np.ndarray:
+        """The RoPE positions [batch, seq] that `admit` would give `seq` new tokens, without
+        recording anything (a call can be refused after this and leave the cache as it
+        was): each row counts its real tokens only, as transformers' generate does for
+        left-padded batches (padding gets position 1, which nothing attends to)."""
+        if attention_mask is None or attention_mask.all():
+            return self.positions[:, None] + np.arange(seq)[None, :]
+        real = attention_mask.astype(bool)
+        return np.where(real, self.positions[:, None] + np.cumsum(real, axis=1) - 1, 1)
+
     def admit(self, start: int, seq: int, attention_mask: np.ndarray | None) -> np.ndarray:
         """Record which of the `seq` new tokens at `start` are padding (attention_mask 0)
-        and return their RoPE positions [batch, seq]: each row counts its real tokens only,
-        as transformers' generate does for left-padded batches (padding gets position 1,
-        which nothing attends to)."""
+        and return their RoPE positions (`next_positions`)."""
+        pos = self.next_positions(seq, attention_mask)
         if attention_mask is None or attention_mask.all():
-            pos = self.positions[:, None] + np.arange(seq)[None, :]
             self.positions += seq
             return pos
         real = attention_mask.astype(bool)
-        pos = np.where(real, self.positions[:, None] + np.cumsum(real, axis=1) - 1, 1)
         self.positions += real.sum(axis=1)
         self.padding[:, start:start + seq] = ~real
         self.masked = True

@@ -354,7 +354,8 @@ def _check_finite(arr: np.ndarray, path: Path, name: str, allow: bool) -> None:
         return
     raise CheckpointError(
         message + "; a model with NaN/Inf weights can only produce NaN or garbage logits. "
-        "Pass allow_nonfinite=True to from_pretrained to load it anyway for diagnosis")
+        "Pass allow_nonfinite=True to from_pretrained (the CLI: --allow-nonfinite) to load "
+        "it anyway for diagnosis")
 
 
 def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str) -> np.ndarray:
@@ -377,6 +378,19 @@ def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str) -> np.nda
 
 
 # ------------------------------------------------------------------------------ check
+
+
+def _vocab_hint(present: Mapping[str, _TensorInfo],
+                expected: Mapping[str, tuple[int, ...]]) -> str | None:
+    """config.json's vocab_size against the rows the embedding (or lm_head) holds."""
+    want = expected.get(EMBED_WEIGHT)
+    for name in (EMBED_WEIGHT, LM_HEAD_WEIGHT):
+        info = present.get(name)
+        if want and info is not None and len(info.shape) == 2 and info.shape[0] != want[0]:
+            return (f"config.json says vocab_size = {want[0]}, but {name} in "
+                    f"{info.file.name} has {info.shape[0]} rows: the config's vocab_size "
+                    "must match the weights")
+    return None
 
 
 def _check(
@@ -438,6 +452,9 @@ def _check(
     summary = ", ".join(f"{count} {title.split(' (')[0]}" for title, _, count in found)
     lines = [f"{layout.source}: checkpoint does not match the model ({summary}):"]
     hint = _layer_hint(present, expected)
+    if hint:
+        lines.append(f"  {hint}")
+    hint = _vocab_hint(present, expected)
     if hint:
         lines.append(f"  {hint}")
     for title, items, count in found:

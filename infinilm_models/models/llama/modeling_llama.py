@@ -192,16 +192,17 @@ class LlamaForCausalLM:
               admitted: bool = False) -> tuple:
         """Check the arguments, reserve the cache, upload the positions: what every
         pipeline stage does before its part of a forward. `admitted`: the caller already
-        recorded the tokens' padding in the cache and passes their positions."""
+        recorded the tokens' padding in the cache and passes their positions. Every
+        argument is checked before the cache records anything, so a refused call leaves
+        it as it was."""
         ids = token_ids(input_ids, "input_ids", vocab_size=self.config.vocab_size)
         batch, seq = ids.shape
         mask = None if attention_mask is None else padding_mask(attention_mask, ids.shape)
         if cache is None:
             cache = self._scratch_cache(batch, seq)
         start = cache.reserve(batch, seq)
-        auto = None if admitted else cache.admit(start, seq, mask)
         if position_ids is None:
-            pos = auto
+            pos = cache.next_positions(seq, mask)
         else:
             pos = token_ids(position_ids, "position_ids")
             if pos.shape != ids.shape:
@@ -209,6 +210,8 @@ class LlamaForCausalLM:
         if pos.min() < 0 or pos.max() >= self.rotary_emb.max_positions:
             raise ValueError(f"position ids must be in [0, {self.rotary_emb.max_positions}), "
                              f"got [{pos.min()}, {pos.max()}]")
+        if not admitted:
+            cache.admit(start, seq, mask)
         self.rotary_emb.ensure(int(pos.max()) + 1)
         bufs = self.buffers.get(batch, seq)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
