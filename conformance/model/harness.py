@@ -88,13 +88,15 @@ def hf_model(path: str, dtype: str, device: str):
     return model.to(device).eval()
 
 
-@functools.lru_cache(maxsize=3)
-def our_model(path: str, dtype: str, device: str, model_cls=None):
+@functools.lru_cache(maxsize=6)  # fused and plain of three dtypes
+def our_model(path: str, dtype: str, device: str, model_cls=None, fused: str = "auto"):
+    """Ours as a user gets it (`fused` "auto": the fused ops the build has), or with
+    "plain", the op sequence of InfiniCore 0.1.0 (the fused path's reference)."""
     from infinilm_models import AutoLlamaModel
 
     if model_cls is not None:
-        return model_cls.from_pretrained(path, device, dtype, progress=False)
-    return AutoLlamaModel.from_pretrained(path, device, dtype, progress=False)
+        return model_cls.from_pretrained(path, device, dtype, progress=False, fused=fused)
+    return AutoLlamaModel.from_pretrained(path, device, dtype, progress=False, fused=fused)
 
 
 def points_of(model) -> list[CapturePoint]:

@@ -11,7 +11,7 @@ import pytest
 
 from infinilm_models.runtime import Tensor, ops
 
-from .common import host, rng_for, to_device
+from .common import host, rng_for, to_device, unsupported_guard
 from .shapes import CACHE_LEN, GROUP, HEAD_DIM, HEADS, HIDDEN, INTER, KV_HEADS, VOCAB
 
 
@@ -62,6 +62,26 @@ def _case(name: str, dtype: str, device):
         logits = t((VOCAB,))
         out = Tensor.zeros((), "i32", device)
         return (lambda: ops.random_sample(out, logits)), out, None
+    # upstream's fused ops of the decode step (fusion.py)
+    if name == "add_rms_norm":
+        a, b, w = t((1, HIDDEN)), t((1, HIDDEN)), t((HIDDEN,))
+        y, res = Tensor.zeros((1, HIDDEN), dtype, device), Tensor.zeros((1, HIDDEN), dtype, device)
+        return (lambda: ops.add_rms_norm(y, res, a, b, w, 1e-5)), y, "add_rms_norm"
+    if name == "embedding":
+        table = t((VOCAB, HIDDEN))
+        ids = to_device(np.array([VOCAB - 1], dtype=np.int64), device, "i64")
+        out = Tensor.zeros((1, HIDDEN), dtype, device)
+        return (lambda: ops.embedding(out, ids, table)), out, None
+    if name == "silu_and_mul":
+        x = t((1, 2 * INTER))
+        out = Tensor.zeros((1, INTER), dtype, device)
+        return (lambda: ops.silu_and_mul(out, x)), out, "silu_and_mul"
+    if name == "kv_caching":
+        kc = Tensor.zeros((1, KV_HEADS, CACHE_LEN, HEAD_DIM), dtype, device)
+        vc = Tensor.zeros((1, KV_HEADS, CACHE_LEN, HEAD_DIM), dtype, device)
+        k, v = t((1, KV_HEADS, 1, HEAD_DIM)), t((1, KV_HEADS, 1, HEAD_DIM))
+        past = to_device(np.array([37], dtype=np.int64), device, "i64")
+        return (lambda: ops.kv_caching(kc, vc, k, v, past)), kc, None
     raise KeyError(name)
 
 
@@ -70,7 +90,9 @@ def _case(name: str, dtype: str, device):
 CASES = [("gemm", "gemm_qkv"), ("gemm", "gemm_residual"), ("gemm", "gemm_attention"),
          ("rms_norm", "rms_norm"), ("rope", "rope"), ("causal_softmax", "causal_softmax"),
          ("swiglu", "swiglu"), ("add", "add"), ("mul", "mul"), ("rearrange", "rearrange_slot"),
-         ("random_sample", "random_sample")]
+         ("random_sample", "random_sample"), ("add_rms_norm", "add_rms_norm"),
+         ("embedding", "embedding"), ("silu_and_mul", "silu_and_mul"),
+         ("kv_caching", "kv_caching")]
 
 
 @pytest.mark.parametrize("op,case", [pytest.param(o, c, id=c) for o, c in CASES])
@@ -82,7 +104,8 @@ def test_op_capture(op, case, dtype, infini_device, verify):
         verify.unsupported(RuntimeError(f"{infini_device.type}: no graph API"))
     call, out, check = _case(case, dtype, infini_device)
     before = out.numpy()
-    call()  # direct call: the expected output, and handles/descriptors created
+    with unsupported_guard(verify):  # an op this build lacks (or refuses) is unsupported
+        call()  # direct call: the expected output, and handles/descriptors created
     infini_device.synchronize()
     want = out.numpy().astype(np.float64)
     out.copy_from_numpy(np.asarray(before).reshape(out.shape))  # beta = 1 reads it
@@ -96,7 +119,8 @@ def test_op_capture(op, case, dtype, infini_device, verify):
         raise AssertionError(f"{case}: not capturable on {infini_device.type}: {e}") from None
     got = out.numpy().astype(np.float64)
     step.close()
-    verify.info.update(graphs=step.graphs, eager_calls=step.eager_calls)
+    verify.info.update(graphs=step.graphs, eager_calls=step.eager_calls,
+                       graph_api=getattr(step.backend, "name", "?"))
     if check is None:
         verify.exact(got, want, "replayed vs direct call", standard="copy / integer output")
     else:

@@ -98,7 +98,7 @@ def _pick_tokens(logits: Tensor, results: Tensor, out: np.ndarray) -> None:
 
 
 def _peak_info(impl: str, device, tdev: str) -> dict:
-    if impl == "ours":
+    if impl.startswith("ours"):  # ours eager and ours replayed: our own allocator's count
         return {"peak_device_memory_bytes": memory.max_allocated_bytes(device),
                 "peak_memory_source": "InfiniCore DeviceBuffers (weights, caches, buffers "
                                       "of every shape this model ran)"}
@@ -119,6 +119,13 @@ def _reset_peaks(device, tdev: str) -> None:
 
 
 def _finish(benchmark, verify, info: dict, group: str, impl: str, extra: dict) -> None:
+    from infinilm_models.runtime.capabilities import current_build
+
+    build = current_build()
+    # which InfiniCore: two builds' runs of one benchmark are told apart by this
+    extra = {**extra, "infinicore": build.identity.label, "infinicore_key": build.identity.key}
+    if impl.startswith("ours") and _models:
+        extra["fused"] = list(next(iter(_models.values())).fused.names)
     benchmark.extra_info.update(extra)
     perf = {"group": group, "impl": impl, **extra, **info}
     if info and impl == "ours":
@@ -337,6 +344,8 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
         d = state["decoder"]
         extra.update(graphs_per_step=d.captured.graphs if d.captured else 0,
                      eager_calls_in_step=d.captured.eager_calls if d.captured else 0,
+                     graph_api=getattr(d.captured.backend, "name", None) if d.captured
+                     else None,
                      first_replayed_token_s_after_load=state["first_replay_s"])
     if impl == "hf_compiled":
         extra.update(compile_and_warmup_s=state.get("compile_s"))

@@ -221,3 +221,23 @@ def current_build() -> Build:
     if found is None:
         found = _cache[root] = read_build(root)
     return found
+
+
+# Ops that cannot be captured into a device graph, per build and device type, as the
+# capturability check (conformance/ops/test_op_capture.py) found them on an H200: 0.1.0's
+# elementwise ops copy their operand pointers from freed host memory at replay (known
+# defect nvidia-elementwise-not-capturable, 2026-11-30); upstream 2cec6ce6 made add and
+# swiglu capture-safe, not mul (nvidia-mul-not-capturable, 2026-12-02). The decode step
+# runs these eagerly between captured segments. A build not listed gets the release's
+# list: running an op eagerly is always right, replaying an unsafe one is not.
+UNCAPTURABLE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("pypi:0.1.0", "nvidia"): ("SwiGLU", "Add", "Mul"),
+    ("git:2cec6ce6", "nvidia"): ("Mul",),
+}
+
+
+def uncapturable_ops(build: Build, device_type: str) -> tuple[str, ...]:
+    for (key, device), names in UNCAPTURABLE.items():
+        if device == device_type and build.identity.matches(key):
+            return names
+    return UNCAPTURABLE.get(("pypi:0.1.0", device_type), ())

@@ -4,11 +4,12 @@
     step.capture()                               # record; fn's ops are not executed
     step.replay()                                # run them all, one launch per segment
 
-InfiniCore 0.1.0 has no graph API; on NVIDIA this uses the CUDA runtime's stream capture
-(cudaStreamBeginCapture ... cudaStreamEndCapture, cudaGraphInstantiate, cudaGraphLaunch)
-from the libcudart InfiniCore links against. Another backend plugs in its own
-`GraphBackend`; a device without one has `graph_backend(device) is None` and callers keep
-their eager path.
+Where the build exports infinirt's capture API (upstream InfiniCore: implemented for CUDA,
+MetaX and Ascend), steps are captured through it, vendor-neutral. InfiniCore 0.1.0 has no
+graph API; there, on NVIDIA, the CUDA runtime's stream capture (cudaStreamBeginCapture ...
+cudaGraphLaunch) from the libcudart InfiniCore links against. Another backend plugs in
+its own `GraphBackend`; a device without one has `graph_backend(device) is None` and
+callers keep their eager path.
 
 An op that cannot be captured on a backend (one that copies from pageable host memory or
 synchronizes inside its call) splits the step: the ops before it form one graph, it runs
@@ -38,6 +39,8 @@ class GraphError(RuntimeError):
 class GraphBackend:
     """begin/end a capture on a stream, instantiate, launch, destroy."""
 
+    name = "?"
+
     def begin(self, stream: int) -> None:
         raise NotImplementedError
 
@@ -55,6 +58,8 @@ class GraphBackend:
 
 
 class CudaGraphs(GraphBackend):
+    name = "cudart"
+
     def __init__(self, lib: ctypes.CDLL) -> None:
         P, PP = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
         self.lib = lib
@@ -100,6 +105,46 @@ class CudaGraphs(GraphBackend):
             self.lib.cudaGraphDestroy(graph)
 
 
+class InfinirtGraphs(GraphBackend):
+    """infinirt's own capture API: the same calls on every backend that implements it."""
+
+    name = "infinirt"
+
+    def __init__(self, rt: ctypes.CDLL) -> None:
+        self.rt = rt
+
+    def _check(self, status: int, call: str) -> None:
+        if status != 0:
+            from .library import STATUS_NAMES
+
+            raise GraphError(f"{call} failed: {STATUS_NAMES.get(status, status)} ({status})")
+
+    def begin(self, stream: int) -> None:
+        self._check(self.rt.infinirtStreamBeginCapture(stream, CAPTURE_THREAD_LOCAL),
+                    "infinirtStreamBeginCapture")
+
+    def end(self, stream: int) -> int:
+        g = ctypes.c_void_p()
+        self._check(self.rt.infinirtStreamEndCapture(stream, ctypes.byref(g)),
+                    "infinirtStreamEndCapture")
+        return g.value or 0
+
+    def instantiate(self, graph: int) -> int:
+        e = ctypes.c_void_p()
+        self._check(self.rt.infinirtGraphInstantiate(ctypes.byref(e), graph, None, None, 0),
+                    "infinirtGraphInstantiate")
+        return e.value or 0
+
+    def launch(self, exec_: int, stream: int) -> None:
+        self._check(self.rt.infinirtGraphLuanch(exec_, stream), "infinirtGraphLuanch")
+
+    def destroy(self, graph: int, exec_: int) -> None:
+        if exec_:
+            self.rt.infinirtGraphExecDestroy(exec_)
+        if graph:
+            self.rt.infinirtGraphDestroy(graph)
+
+
 _backends: dict[str, GraphBackend | None] = {}
 
 
@@ -111,6 +156,13 @@ def graph_backend(device: Device) -> GraphBackend | None:
 
 
 def _find_backend(kind: str) -> GraphBackend | None:
+    if kind == "cpu":
+        return None
+    from .library import load
+
+    lib = load()
+    if lib.graph_api:
+        return InfinirtGraphs(lib.rt)
     if kind != "nvidia":
         return None
     for name in ("libcudart.so.13", "libcudart.so.12", ctypes.util.find_library("cudart")):

@@ -146,6 +146,7 @@ class Library:
     ccl: ctypes.CDLL | None
     ccl_error: str | None = None  # why libinfiniccl.so is there but did not load
     ops: frozenset[str] = frozenset()  # the ops of ops/specs.py this build exports
+    graph_api: bool = False  # infinirt's stream capture and graph calls are declared
 
     def path(self, name: str) -> Path:
         return self.root / "lib" / name
@@ -180,6 +181,27 @@ def _declare_rt(rt: ctypes.CDLL) -> None:
     _declare(rt, "infinirtMallocHost", PP, c_size_t)
     _declare(rt, "infinirtFreeHost", P)
     _declare(rt, "infinirtMemcpy", P, P, c_size_t, c_int)
+
+
+# infinirt's capture/graph API (after 0.1.0; "Luanch" is upstream's spelling): declared
+# where the build exports it (graph.py's InfinirtGraphs uses it).
+GRAPH_ARGTYPES = {
+    "infinirtStreamBeginCapture": [c_void_p, c_int],
+    "infinirtStreamEndCapture": [c_void_p, POINTER(c_void_p)],
+    "infinirtGraphInstantiate": [POINTER(c_void_p), c_void_p, POINTER(c_void_p), c_void_p,
+                                 c_size_t],
+    "infinirtGraphLuanch": [c_void_p, c_void_p],
+    "infinirtGraphExecDestroy": [c_void_p],
+    "infinirtGraphDestroy": [c_void_p],
+}
+
+
+def _declare_graph(rt: ctypes.CDLL) -> bool:
+    if not all(hasattr(rt, name) for name in GRAPH_ARGTYPES):
+        return False
+    for name, args in GRAPH_ARGTYPES.items():
+        _declare(rt, name, *args)
+    return True
 
 
 def _declare_ccl(ccl: ctypes.CDLL) -> None:
@@ -278,6 +300,7 @@ def load() -> Library:
                 ccl_error = str(e)
         try:
             _declare_rt(rt)
+            graph_api = _declare_graph(rt)
             ops = _declare_op(op)
             if ccl is not None:
                 _declare_ccl(ccl)
@@ -286,5 +309,6 @@ def load() -> Library:
                 f"{libdir} lacks a function every InfiniCore build has ({e}); is it InfiniCore?"
             ) from e
         check(rt.infinirtInit(), "infinirtInit")
-        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error, ops=ops)
+        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error, ops=ops,
+                       graph_api=graph_api)
         return _lib

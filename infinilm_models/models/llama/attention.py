@@ -78,9 +78,13 @@ class LlamaAttention:
         v = self._cached_views(bufs)
         ops.gemm(bufs.qkv, x, self._qkv_t)
         ops.rope(v.qk3, v.qk3, bufs.pos_ids, rope.sin, rope.cos, rope_algo)
-        k_slot, v_slot = cache.decode_slot(self.layer_idx)
-        ops.copy(k_slot, v.k_src)
-        ops.copy(v_slot, v.v_src)
+        if step.lengths is not None:  # kv_caching: at the cache length, read on the device
+            ops.kv_caching(cache.keys[self.layer_idx], cache.values[self.layer_idx],
+                           v.k_src, v.v_src, step.lengths)
+        else:
+            k_slot, v_slot = cache.decode_slot(self.layer_idx)
+            ops.copy(k_slot, v.k_src)
+            ops.copy(v_slot, v.v_src)
         if v.q_src is not None:
             ops.copy(v.q_dst, v.q_src)
         keys, values = cache.full(self.layer_idx)
@@ -163,8 +167,10 @@ class FixedStep:
     """The buffers of a fixed-shape decode step that the attention of every layer shares:
     the scores over all positions and the step's mask in the same layout."""
 
-    def __init__(self, scores: Tensor, mask: Tensor) -> None:
-        self.scores, self.mask = scores, mask
+    def __init__(self, scores: Tensor, mask: Tensor, lengths: Tensor | None = None) -> None:
+        """`lengths`: the cache length per row on the device, where the new K/V are
+        appended in place (kv_caching) instead of into the decode slot."""
+        self.scores, self.mask, self.lengths = scores, mask, lengths
         rows, group, n = scores.shape
         # every query row its own softmax of one row (group rows are heads, not tokens)
         self.probs = scores.view(rows * group, 1, n)

@@ -35,6 +35,7 @@ class Buffers:
     act: Tensor  # [T, intermediate]
     mlp_out: Tensor  # [T, hidden]
     pos_ids: Tensor  # [T] int32
+    ids: Tensor  # [T] int64: token ids on the device (the embedding op's input)
     last_normed: Tensor  # [batch, hidden]
     logits: Tensor  # [batch, vocab]
     all_logits: Tensor | None = None  # [T, vocab], allocated on first request
@@ -95,7 +96,7 @@ class BufferPool:
             gate=gate_up.narrow(1, 0, inter) if gate_up is not None else z(t, 1),
             up=gate_up.narrow(1, inter, inter) if gate_up is not None else z(t, 1),
             act=z(t, c.intermediate_size), mlp_out=z(t, c.hidden_size),
-            pos_ids=z(t, dtype=DType.I32),
+            pos_ids=z(t, dtype=DType.I32), ids=z(t, dtype=DType.I64),
             last_normed=z(batch, c.hidden_size), logits=z(batch, c.vocab_size),
         )
 

@@ -12,6 +12,11 @@ The new token's K/V are written to the cache's fixed slot, attended there, and c
 their position after the step by one copy over all layers (two calls: K and V); keeping
 that copy outside the graph is what lets one graph serve every cache length.
 
+With the build's embedding op the token rows are gathered inside the step (only the ids
+are uploaded before it), and with kv_caching the new K/V are appended at the cache length
+held on the device, so no slot and no copy after the step are needed: where every op is
+capturable (upstream InfiniCore on NVIDIA) the whole step is one graph.
+
 On a backend without a graph API (the CPU) the same step runs eagerly; it is the plain
 decode path's numbers (the extra positions get zero probability) and the CI checks so.
 """
@@ -20,16 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...runtime import Tensor
+from ...runtime import Tensor, ops
+from ...runtime.capabilities import current_build, uncapturable_ops
 from ...runtime.device import Stream, stream_scope
 from ...runtime.graph import CapturedStep, graph_backend
 from .attention import FixedStep
 from .kv_cache import KVCache
-
-# Ops that cannot be captured per backend, as the capturability check found them: they
-# run eagerly between captured segments. InfiniCore 0.1.0's NVIDIA elementwise ops (add,
-# mul, swiglu) copy their input pointer array from pageable host memory inside the call.
-EAGER_OPS: dict[str, tuple[str, ...]] = {"nvidia": ("SwiGLU", "Add", "Mul")}
 
 
 class FixedDecoder:
@@ -42,14 +43,19 @@ class FixedDecoder:
         self.group = c.num_attention_heads // c.num_key_value_heads
         self.bufs = model.buffers.get(b, 1)  # held: the graph points at these buffers
         rows, n = b * c.num_key_value_heads, cache.max_len + 1
+        # kv_caching appends at the cache length read on the device (one int64 per row)
+        self.append_in_place = model.fused.kv_caching
+        self.lengths = Tensor.zeros((b,), "i64", model.device) if self.append_in_place \
+            else None
         self.fixed = FixedStep(Tensor.zeros((rows, self.group, n), model.dtype, model.device),
-                               cache.fixed_mask(self.group))
+                               cache.fixed_mask(self.group, self.append_in_place),
+                               self.lengths)
         has_graphs = graph_backend(model.device) is not None
         if graph is True and not has_graphs:
             raise ValueError(f"graph=True: {model.device.type} has no graph API here")
         self.use_graph = bool(graph) and has_graphs
         self.eager_ops = eager_ops if eager_ops is not None else \
-            EAGER_OPS.get(model.device.type, ())
+            uncapturable_ops(current_build(), model.device.type)
         self.stream = Stream(model.device) if self.use_graph else None
         self.captured: CapturedStep | None = None
         self._tables = None
@@ -57,6 +63,8 @@ class FixedDecoder:
 
     def _device_step(self) -> Tensor:
         m = self.model
+        if m.fused.embedding:
+            ops.embedding(self.bufs.hidden, self.bufs.ids, m.model.embed_tokens)
         for layer in m.model.layers:
             layer.forward_fixed(self.bufs, self.cache, m.rotary_emb, m.rope_algo, self.fixed)
         return m._head(self.bufs, False, None)
@@ -68,9 +76,14 @@ class FixedDecoder:
         start = cache.reserve(cache.batch_size, 1)
         pos = cache.admit(start, 1, None)
         m.rotary_emb.ensure(int(pos.max()) + 1)
-        m.model.embed(ids, bufs.hidden)
+        if m.fused.embedding:  # the gather runs inside the step: only the ids go up
+            bufs.ids.copy_from_numpy(ids.reshape(-1))
+        else:
+            m.model.embed(ids, bufs.hidden)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
-        cache.fixed_mask(self.group)
+        if self.lengths is not None:
+            self.lengths.copy_from_numpy(np.full(cache.batch_size, start, dtype=np.int64))
+        cache.fixed_mask(self.group, self.append_in_place)
         if not self.use_graph:
             out = self._device_step()
         else:
@@ -88,7 +101,8 @@ class FixedDecoder:
                 else:
                     self.captured.replay()
             out = bufs.logits.view(cache.batch_size, 1, m.config.vocab_size)
-        cache.commit_slot(start)
+        if not self.append_in_place:
+            cache.commit_slot(start)
         cache.length = start + 1
         self.steps += 1
         return out

@@ -194,23 +194,29 @@ class KVCache:
         strides = (k.strides[1], k.strides[2], 1)
         return k.as_strided(shape, strides), v.as_strided(shape, strides)
 
-    def fixed_mask(self, group: int) -> Tensor:
+    def fixed_mask(self, group: int, in_place: bool = False) -> Tensor:
         """The additive mask of a fixed-shape decode step, expanded to the scores' layout
         [batch * kv_heads, group, max_len + 1]: 0 at the cached positions (padding
-        excepted) and at the slot, mask_value beyond the cache's length. Uploaded at every
-        step into the same buffer; from one decode step to the next only the position the
-        last step committed changes, so the host copy is built once and updated there."""
+        excepted) and at the new token's, mask_value elsewhere. The new token sits in the
+        slot (position max_len), or, `in_place` (kv_caching), at the cache's length.
+        Uploaded at every step into the same buffer; from one decode step to the next only
+        the position the last step committed changes, so the host copy is built once and
+        updated there."""
         b, nkv, n = self.batch_size, self.num_kv_heads, self.max_len + 1
-        state = (group, self._padding_version, self.length)
+        state = (group, self._padding_version, self.length, in_place)
         last = self._fixed_state
         host = self._fixed_host
-        if host is not None and last is not None and last[:2] == state[:2] \
-                and self.length == last[2] + 1:
+        if host is not None and last is not None and last[1] == state[1] \
+                and last[0] == group and last[3] == in_place and self.length == last[2] + 1:
             host[:, :, last[2]] = 0  # the token the last step committed (never padding)
+            if in_place and self.length < self.max_len:
+                host[:, :, self.length] = 0  # where this step's token goes
         elif host is None or last != state:
             row = self.padding[:, :n].copy()
             row[:, self.length:self.max_len] = True
-            row[:, self.max_len] = False
+            row[:, self.max_len] = in_place  # the slot is unused with in-place appends
+            if in_place and self.length < self.max_len:
+                row[:, self.length] = False
             full = np.where(row, mask_value(self.dtype), 0.0)[:, None, None, :]
             host = np.broadcast_to(full, (b, nkv, group, n)).reshape(b * nkv, group, n)
             host = self._fixed_host = host.astype(self.dtype.numpy)

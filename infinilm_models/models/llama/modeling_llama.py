@@ -24,6 +24,7 @@ from .attention import QKV_WEIGHT
 from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
 from .decoder_layer import Capture, LlamaDecoderLayer
+from .fusion import Fused, plan
 from .kv_cache import KVCache
 from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
 from .mlp import GATE_UP_WEIGHT
@@ -38,24 +39,29 @@ class LlamaModel:
     which applies it only to the positions whose logits are wanted)."""
 
     def __init__(self, config: LlamaConfig, weights: dict[str, Tensor],
-                 first_layer: int = 0) -> None:
+                 first_layer: int = 0, fused: Fused | None = None) -> None:
         """`first_layer`: the global index of this model's layer 0 (a pipeline stage holds
-        a range of layers; a stage without the embedding or the final norm has none)."""
+        a range of layers; a stage without the embedding or the final norm has none).
+        `fused`: the fused ops to run (fusion.py)."""
         self.config = config
+        self.fused = fused or Fused()
         self.embed_tokens = weights.get("model.embed_tokens.weight")
         self.layers = []
         for i in range(config.num_hidden_layers):
             prefix = f"model.layers.{first_layer + i}."
             self.layers.append(LlamaDecoderLayer(
                 config, i, {k.removeprefix(prefix): v for k, v in weights.items()
-                            if k.startswith(prefix)}, name_index=first_layer + i))
+                            if k.startswith(prefix)}, name_index=first_layer + i,
+                fused=self.fused))
         self.norm = weights.get("model.norm.weight")
         self._host_table: np.ndarray | None = None  # embed_tokens read back on first use
 
-    def embed(self, input_ids: np.ndarray, out: Tensor) -> None:
-        """Row gather on the host, then one host-to-device copy of all rows.
+    def embed(self, input_ids: np.ndarray, out: Tensor, ids: Tensor | None = None) -> None:
+        """The rows of `input_ids` into `out`: with the embedding op (fusion.py), the ids
+        uploaded to `ids` (a device buffer of as many int64 elements) and gathered on the
+        device; else a row gather on the host and one host-to-device copy of all rows.
 
-        InfiniCore has no embedding op. One device-to-device copy per token cost a
+        InfiniCore 0.1.0 has no embedding op. One device-to-device copy per token cost a
         synchronous memcpy each (the op benchmark measured 11.6 ms for 1024 tokens on an
         H100, where a whole 512-token forward took 23 ms); a host copy of the table (read
         back once, byte-exact) makes the gather a numpy fancy index and the upload a single
@@ -67,6 +73,10 @@ class LlamaModel:
         if bad.any():
             raise ValueError(f"token id {int(flat[bad][0])} out of range [0, {vocab}) "
                              f"at flat position {int(np.argmax(bad))}")
+        if self.fused.embedding and ids is not None:
+            ids.copy_from_numpy(flat.astype(np.int64))
+            ops.embedding(out, ids, self.embed_tokens)
+            return
         if self._host_table is None:
             self._host_table = self.embed_tokens.numpy()
         out.copy_from_numpy(self._host_table[flat])
@@ -84,11 +94,15 @@ class LlamaForCausalLM:
     def __init__(self, config: LlamaConfig, weights: dict[str, Tensor], device: Device,
                  dtype: DType, max_cache_len: int | None = None,
                  generation_config: GenerationConfig | None = None,
-                 first_layer: int = 0) -> None:
+                 first_layer: int = 0, fused: str | frozenset[str] = "auto") -> None:
+        from ...runtime import load
+
         self.config = config
         self.device = device
         self.dtype = dtype
-        self.model = LlamaModel(config, weights, first_layer)
+        # The fused ops this model runs, chosen once from what the build exports.
+        self.fused = Fused.of(plan(fused, load().ops, device, dtype))
+        self.model = LlamaModel(config, weights, first_layer, self.fused)
         # None on a pipeline stage that does not end the model (parallel.py)
         self.lm_head = weights.get("lm_head.weight")
         self._lm_head_t = self.lm_head.transpose(0, 1) if self.lm_head is not None else None
@@ -110,8 +124,8 @@ class LlamaForCausalLM:
     @classmethod
     def from_pretrained(cls, model_path: str | os.PathLike[str], device: str | Device = "cpu",
                         dtype: str | DType | None = None, *, max_cache_len: int | None = None,
-                        progress: bool = True, allow_nonfinite: bool = False
-                        ) -> LlamaForCausalLM:
+                        progress: bool = True, allow_nonfinite: bool = False,
+                        fused: str | frozenset[str] = "auto") -> LlamaForCausalLM:
         """Load a Hugging Face LLaMA checkpoint directory onto ``device``.
 
         ``dtype`` defaults to the config's (float64 checkpoints run in f32, the widest
@@ -121,7 +135,8 @@ class LlamaForCausalLM:
         default is an error). Arguments are checked before anything is read; then
         config.json, generation_config.json, the weights, in that order. Raises ConfigError
         or CheckpointError (both ValueError) naming the file, ValueError/TypeError naming
-        the argument.
+        the argument. ``fused``: "auto" (the fused ops the build exports, fusion.py),
+        "plain" (none: InfiniCore 0.1.0's op sequence) or a set of fusion names.
         """
         check_load_arguments(model_path, dtype, max_cache_len, progress, allow_nonfinite)
         if not isinstance(device, (str, Device)):
@@ -137,7 +152,7 @@ class LlamaForCausalLM:
                                progress=progress, allow_nonfinite=allow_nonfinite)
         weights = upload_weights(host, dev, dt)
         weights.setdefault(LM_HEAD_WEIGHT, weights[EMBED_WEIGHT])
-        return cls(config, weights, dev, dt, max_cache_len, generation_config)
+        return cls(config, weights, dev, dt, max_cache_len, generation_config, fused=fused)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -218,7 +233,7 @@ class LlamaForCausalLM:
         return ids, bufs, cache, start, self._recorder(capture, inject, batch, seq)
 
     def embed(self, ids: np.ndarray, bufs: Buffers, record: Capture | None) -> None:
-        self.model.embed(ids, bufs.hidden)
+        self.model.embed(ids, bufs.hidden, bufs.ids)
         if record:
             record("embed_tokens", bufs.hidden)
 
@@ -268,7 +283,7 @@ class LlamaForCausalLM:
         if capture is None and not inject:
             return None
 
-        def record(name: str, t: Tensor) -> None:
+        def record(name: str, t: Tensor) -> bool:
             if capture is not None:
                 a = t.numpy()
                 rows = a.shape[0] if a.ndim == 2 else math.prod(a.shape[:-1])
@@ -279,6 +294,8 @@ class LlamaForCausalLM:
                     raise ValueError(f"inject[{name!r}]: {value.shape} does not fit the "
                                      f"tensor {list(t.shape)}")
                 t.copy_from_numpy(value.reshape(t.shape))
+                return True
+            return False
 
         return record
 
