@@ -81,6 +81,14 @@ class LlamaAttention:
         if step.lengths is not None:  # kv_caching: at the cache length, read on the device
             ops.kv_caching(cache.keys[self.layer_idx], cache.values[self.layer_idx],
                            v.k_src, v.v_src, step.lengths)
+            if step.seq_lens is not None:  # paged attention: each row's cache one block
+                b, d = bufs.batch, self.head_dim
+                ops.paged_attention(v.attn_tokens.view(b, self.num_heads, d),
+                                    v.qk3.narrow(1, 0, self.num_heads),
+                                    cache.keys[self.layer_idx], cache.values[self.layer_idx],
+                                    step.block_tables, step.seq_lens, self.scaling)
+                ops.gemm(out, v.attn_tokens, self._o_t, 1.0, 1.0 if residual else 0.0)
+                return out
         else:
             k_slot, v_slot = cache.decode_slot(self.layer_idx)
             ops.copy(k_slot, v.k_src)
@@ -167,10 +175,13 @@ class FixedStep:
     """The buffers of a fixed-shape decode step that the attention of every layer shares:
     the scores over all positions and the step's mask in the same layout."""
 
-    def __init__(self, scores: Tensor, mask: Tensor, lengths: Tensor | None = None) -> None:
+    def __init__(self, scores: Tensor, mask: Tensor, lengths: Tensor | None = None,
+                 seq_lens: Tensor | None = None, block_tables: Tensor | None = None) -> None:
         """`lengths`: the cache length per row on the device, where the new K/V are
-        appended in place (kv_caching) instead of into the decode slot."""
+        appended in place (kv_caching) instead of into the decode slot; `seq_lens` and
+        `block_tables`: paged attention over the cache (seq_lens = lengths + 1)."""
         self.scores, self.mask, self.lengths = scores, mask, lengths
+        self.seq_lens, self.block_tables = seq_lens, block_tables
         rows, group, n = scores.shape
         # every query row its own softmax of one row (group rows are heads, not tokens)
         self.probs = scores.view(rows * group, 1, n)

@@ -47,9 +47,14 @@ class FixedDecoder:
         self.append_in_place = model.fused.kv_caching
         self.lengths = Tensor.zeros((b,), "i64", model.device) if self.append_in_place \
             else None
+        # Paged attention cannot skip padding inside a row: only an unpadded cache.
+        self.paged = self.append_in_place and model.fused.paged_attention and not cache.masked
+        self.seq_lens = Tensor.zeros((b,), "i64", model.device) if self.paged else None
+        tables = Tensor.from_numpy(np.arange(b, dtype=np.int64).reshape(b, 1), model.device,
+                                   "i64") if self.paged else None
         self.fixed = FixedStep(Tensor.zeros((rows, self.group, n), model.dtype, model.device),
                                cache.fixed_mask(self.group, self.append_in_place),
-                               self.lengths)
+                               self.lengths, self.seq_lens, tables)
         has_graphs = graph_backend(model.device) is not None
         if graph is True and not has_graphs:
             raise ValueError(f"graph=True: {model.device.type} has no graph API here")
@@ -83,7 +88,10 @@ class FixedDecoder:
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
         if self.lengths is not None:
             self.lengths.copy_from_numpy(np.full(cache.batch_size, start, dtype=np.int64))
-        cache.fixed_mask(self.group, self.append_in_place)
+        if self.seq_lens is not None:
+            self.seq_lens.copy_from_numpy(np.full(cache.batch_size, start + 1, dtype=np.int64))
+        else:
+            cache.fixed_mask(self.group, self.append_in_place)
         if not self.use_graph:
             out = self._device_step()
         else:

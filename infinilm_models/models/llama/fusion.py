@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from ...runtime import Device, DType, InfiniError, Tensor, ops
 
 
@@ -33,6 +35,11 @@ class Fusion:
     # device or the dtype (upstream's silu_and_mul and kv_caching on the CPU answer
     # DEVICE_TYPE_NOT_SUPPORTED), which only a call tells.
     probe: Callable[[Device, DType], object]
+    # Dtypes it is tried in at all: upstream's f32 paged attention descriptor kills the
+    # process (known defect nvidia-paged-attention-f32-segfault), so it is never probed.
+    dtypes: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16)
+    # Model shapes its kernels take (upstream's paged attention: head_dim 64/128/192/256)
+    fits: Callable[[object], bool] = lambda config: True
 
 
 FUSIONS: tuple[Fusion, ...] = (
@@ -52,6 +59,16 @@ FUSIONS: tuple[Fusion, ...] = (
            lambda d, t: ops.kv_caching(_z(d, t, 1, 1, 4, 8), _z(d, t, 1, 1, 4, 8),
                                        _z(d, t, 1, 1, 1, 8), _z(d, t, 1, 1, 1, 8),
                                        _z(d, t, 1, of="i64"))),
+    # The fixed decode step's attention over the cache as one kernel: each row's cache is
+    # one block of max_len positions (block table [b]), its length read on the device.
+    Fusion("paged_attention", ("PagedAttention", "KVCaching"),
+           "the fixed decode step's mask copy, scores gemm, softmax and values gemm",
+           lambda d, t: ops.paged_attention(
+               _z(d, t, 1, 1, 64), _z(d, t, 1, 1, 64), _z(d, t, 1, 1, 4, 64),
+               _z(d, t, 1, 1, 4, 64), _z(d, t, 1, 1, of="i64"),
+               Tensor.from_numpy(np.ones(1, dtype=np.int64), d, "i64"), 0.125),
+           dtypes=(DType.F16, DType.BF16),
+           fits=lambda config: config.head_dim in (64, 128, 192, 256)),
 )
 BY_NAME = {f.name: f for f in FUSIONS}
 _probed: dict[tuple[str, Device, DType], bool] = {}
@@ -59,7 +76,7 @@ _probed: dict[tuple[str, Device, DType], bool] = {}
 
 def works(fusion: Fusion, exported: frozenset[str], device: Device, dtype: DType) -> bool:
     """The build exports the fusion's ops and they run on this device and dtype."""
-    if not set(fusion.ops) <= exported:
+    if not set(fusion.ops) <= exported or dtype not in fusion.dtypes:
         return False
     key = (fusion.name, device, dtype)
     if key not in _probed:
@@ -71,17 +88,19 @@ def works(fusion: Fusion, exported: frozenset[str], device: Device, dtype: DType
     return _probed[key]
 
 
-def available(exported: Iterable[str], device: Device, dtype: DType) -> frozenset[str]:
+def available(exported: Iterable[str], device: Device, dtype: DType,
+              config: object | None = None) -> frozenset[str]:
     exported = frozenset(exported)
-    return frozenset(f.name for f in FUSIONS if works(f, exported, device, dtype))
+    return frozenset(f.name for f in FUSIONS if (config is None or f.fits(config))
+                     and works(f, exported, device, dtype))
 
 
 def plan(want: str | Iterable[str], exported: Iterable[str], device: Device,
-         dtype: DType) -> frozenset[str]:
+         dtype: DType, config: object | None = None) -> frozenset[str]:
     """The fusions to use (see the module docstring); ValueError naming what is wrong."""
     if want == "plain":
         return frozenset()
-    have = available(exported, device, dtype)
+    have = available(exported, device, dtype, config)
     if want == "auto":
         return have
     if isinstance(want, str):
@@ -107,6 +126,7 @@ class Fused:
     embedding: bool = False
     silu_and_mul: bool = False
     kv_caching: bool = False
+    paged_attention: bool = False
 
     @classmethod
     def of(cls, names: Iterable[str]) -> Fused:
