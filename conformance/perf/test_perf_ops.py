@@ -128,8 +128,11 @@ def build(op: str, phase: str, batch: int, dtype: str, device, tdev: str, verify
         w, w_i, w_t = m.pair((VOCAB, H))
         o_i, o_t = m.out((t_, H))
         ids_t = torch.from_numpy(ids).to(tdev)
-        owner = SimpleNamespace(embed_tokens=w_i, _host_table=None)
+        from infinilm_models.models.llama.fusion import Fused
         from infinilm_models.models.llama.modeling_llama import LlamaModel
+
+        # the plain path (host gather + one copy); the embedding op has its own op check
+        owner = SimpleNamespace(embed_tokens=w_i, _host_table=None, fused=Fused())
 
         ref = w[ids]
         return Case(
