@@ -11,7 +11,9 @@ For every capture point of a run (prefill, or one decode step):
 A check fails on any isolated breach, any gate breach or any non-finite value. The
 localization names the first sub-module that computes wrong (isolated breach) or, if
 none does, the first tensor whose accumulated error breaches the gate: never a spike that
-stays within the gate when a later tensor breaches it, and never past a NaN.
+stays within the gate when a later tensor breaches it, and never past a NaN: a non-finite
+value is named where it first appears in the accumulated run, unless a finite isolated
+breach comes before it.
 """
 
 from __future__ import annotations
@@ -66,11 +68,26 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
         next(r for r in rows if r["tensor"] == p.name)["isolated"]["passed"] = ok
 
     locs: list[Localization] = []
-    nonfinite = next((p for p, o, _ in acc if math.isinf(o)), None)
+    nonfinite = next(((p, o, r) for p, o, r in acc if math.isinf(o)), None)
+    if nonfinite is not None:
+        # The first non-finite value wins where it first appears. The accumulated run goes
+        # first; an isolated breach before that point counts only if it is finite: an
+        # isolated sub-module fed the golden's input cannot make a NaN of its own there,
+        # so a NaN it shows came from state the first run left behind (a reused buffer
+        # that a kernel reads, as 0.1.0's CPU gemm does with beta = 0).
+        p0 = nonfinite[0]
+        earlier = [(p, o, r) for (p, o, r), ok in zip(iso, iso_ok) if not ok
+                   and math.isfinite(o) and _order(points, p) < _order(points, p0)]
+        if earlier:
+            p, o, r = earlier[0]
+            locs.append(_loc(phase, step, p, o, cal.threshold(r), True))
+        else:
+            locs.append(_loc(phase, step, p0, nonfinite[1], gate.threshold(nonfinite[2]),
+                             False))
+        return rows, [c_acc, c_iso] if iso else [c_acc], locs
     if not c_iso.passed:
         p, o, r = iso[iso_ok.index(False)]
-        if nonfinite is None or _order(points, p) <= _order(points, nonfinite):
-            locs.append(_loc(phase, step, p, o, cal.threshold(r), True))
+        locs.append(_loc(phase, step, p, o, cal.threshold(r), True))
     if not locs and not c_acc.passed:
         p, o, r = acc[acc_ok.index(False)]
         locs.append(_loc(phase, step, p, o, gate.threshold(r), False))

@@ -8,7 +8,9 @@ import numpy as np
 
 from conformance.judge import nmse
 
+from .checks import compare_capture
 from .conftest import prompt_ids
+from .harness import hf_decode, points_of
 from .reference import Reference, cached
 
 PREFIX, STEPS = 6, 4
@@ -60,3 +62,25 @@ def test_model_cache(model_name, model_path, dtype, runtimes, verify, tolerances
     verify.calibrated(cached, ref_cached, golden, "model_logits", dtype,
                       "cached logits vs transformers' cached decoding")
     verify.info.update(cached_vs_recompute_ours=mine, cached_vs_recompute_transformers=theirs)
+    if any(c.counts_against for c in verify.comparisons):
+        _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache, ids)
+
+
+def _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache, ids) -> None:
+    """Where a failing cached decode goes wrong: each layer's K/V cache after the steps,
+    against transformers' DynamicCache after the same steps (calibrated per layer, as
+    test_model_decode judges them); the first layer out of bound is named."""
+    points = [p for p in points_of(ours_m) if p.cache]
+    theirs = hf_decode(golden_m, None if ref_m is golden_m else ref_m, ids, PREFIX)[-1]
+    ours = {}
+    for i in range(ours_m.config.num_hidden_layers):
+        for kind, t in (("key", cache.keys[i]), ("value", cache.values[i])):
+            ours[f"layers.{i}.{kind}_cache"] = t.narrow(2, 0, cache.length).numpy().astype(
+                np.float64)
+    _, _, locs = compare_capture(
+        points, ours=ours, ref=theirs["ref"], golden=theirs["golden"], ours_iso=None,
+        ref_iso=None, cal=tolerances.calibrated("model_activations", dtype),
+        gate=tolerances.calibrated("model_activations", dtype), phase="decode")
+    for loc in locs:
+        loc.description = "KV cache after cached decoding: " + loc.description
+        verify.localize(loc)

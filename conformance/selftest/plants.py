@@ -22,6 +22,8 @@ defects (must fail, naming the op, and at model level the layer and sub-module):
   nan_layer1_attention   layer 1's attention output holds a NaN (a kernel that overflows)
   add_rms_norm_scale     add_rms_norm's normalized output 0.2% too large (upstream builds)
   embedding_next_row     the embedding op returns the next row of the table (upstream)
+  nan_rms_norm_7th       the 7th rms_norm call of a process writes a NaN (layer 3's input
+                         norm in the first forward)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pytest
 PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "add_tail16",
           "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
-          "add_rms_norm_scale", "embedding_next_row")
+          "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -170,6 +172,16 @@ def install(name: str) -> None:
                 _store(out, x)
             return out
         LlamaAttention.forward = nan_out
+    elif name == "nan_rms_norm_7th":
+        calls = [0]
+
+        def nan7(y, *_, **__):
+            calls[0] += 1
+            if calls[0] == 7:
+                x = _host(y)
+                x.reshape(-1)[0] = np.nan
+                _store(y, x)
+        wrap("rms_norm", nan7)
     elif name == "add_rms_norm_scale":
         def scale(y, *_, **__):
             _store(y, _host(y) * 1.002)

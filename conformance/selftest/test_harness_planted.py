@@ -187,6 +187,31 @@ def test_nan_is_localized_where_it_appears(tmp_path):
     assert "non-finite" in first["description"]
 
 
+def test_a_decode_only_defect_is_named_by_the_cache_check_too(tmp_path):
+    """test_model_cache (a check a vendor runs first) names the first layer whose K/V cache
+    diverges when cached decoding goes wrong, not just 'the logits are off'."""
+    status, doc, _ = suite(tmp_path, "rope_decode_pos0", MODEL.format("cache"), "--model",
+                           "tiny-gqa", "--dtype", "f32")
+    assert status == 1
+    first = locs(doc, "model_cache")[0]
+    assert (first["phase"], first["layer"], first["submodule"]) == (
+        "decode", 0, "kv cache"), first["description"]
+
+
+def test_a_nan_is_named_at_its_real_layer_not_where_a_stale_buffer_repeats_it(tmp_path):
+    """A NaN written by the 7th rms_norm call of the process: layer 3's input norm in the
+    first (accumulated) forward. On the 0.1.0 CPU build an f32 gemm with beta = 0 reads its
+    output buffer, so the isolated forward that follows inherits the NaN from a reused
+    buffer as early as layer 0; the localization must still name layer 3 (it named layer 0
+    on SmolLM2)."""
+    status, doc, _ = suite(tmp_path, "nan_rms_norm_7th", MODEL.format("activations"),
+                           "--model", "tiny-sharded", "--dtype", "f32")
+    assert status == 1
+    first = locs(doc, "model_activations")[0]
+    assert (first["layer"], first["submodule"]) == (3, "attention"), first["description"]
+    assert "non-finite" in first["description"]
+
+
 def test_checkpoint_with_a_nan_weight_is_an_error_naming_the_tensor(tmp_path):
     """A poisoned checkpoint: ours refuses it at load (naming the file and tensor), so
     every model check of it is an error; none passes, generation included."""
