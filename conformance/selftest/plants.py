@@ -11,6 +11,7 @@ correct but different (must pass; at most findings):
   gemm_jitter      f32 gemm results differ by up to 4 ulp from call to call
   host_gemm        gemm computed by numpy in float32 (another reduction order and tiling)
   subnormal_mask   causal_softmax leaves the smallest subnormal in masked positions
+  gemm_bf16_ulp    10% of every bf16/f16 gemm's outputs 1 ulp off (another tiling's rounding)
 defects (must fail, naming the op, and at model level the layer and sub-module):
   add_tail16       add leaves the tail of rows not a multiple of 16 unwritten (zeros)
   sampler_no_last  random_sample never returns the last index
@@ -31,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "add_tail16",
+PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "gemm_bf16_ulp",
+          "add_tail16",
           "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
           "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th")
@@ -101,6 +103,14 @@ def install(name: str) -> None:
                     x = _ulp_step(x, c.dtype, sign)
                 _store(c, x)
         wrap("gemm", jitter)
+    elif name == "gemm_bf16_ulp":
+        def ulp10(c, *_, **__):
+            if c.dtype.short in ("bf16", "f16"):
+                x = _host(c)
+                pick = rng.random(x.shape) < 0.10
+                sign = rng.choice([-1.0, 1.0], size=x.shape)
+                _store(c, np.where(pick, _ulp_step(x, c.dtype, sign), x))
+        wrap("gemm", ulp10)
     elif name == "host_gemm":
         def host_gemm(c, a, b, alpha=1.0, beta=0.0):
             out = alpha * np.matmul(a.numpy().astype(np.float32), b.numpy().astype(np.float32))
