@@ -5,7 +5,8 @@
 #   WHAT="full"            the whole default matrix on upstream (ops + every model fixture
 #                          incl. SmolLM2, f32/f16/bf16), timed: the issue's 5-minute target
 #   WHAT="smollm2-010"     SmolLM2's model checks on 0.1.0
-#   WHAT="bench"           decode/prefill benchmarks, bf16, both builds
+#   WHAT="bench"           decode/prefill benchmarks, bf16, both builds; BENCH_K is the
+#                          -k expression (default "decode or prefill512")
 #   BUILDS="up 010"        which builds (default both)
 # SmolLM2's GGUF travels in two halves (.gpu/p1 in one call, .gpu/p2 in the next).
 set -uo pipefail
@@ -50,7 +51,7 @@ for what in ${WHAT:-ops tiny}; do
                        --dtype bf16 -p no:xdist --benchmark-only --benchmark-enable \
                        --benchmark-warmup=on --benchmark-columns=median,rounds \
                        --benchmark-json=$OUT/bench-$b.json --report-dir /tmp/rep/bench$b \
-                       ${BENCH_K:--k "decode or prefill512"} 2>&1 | tail -22 ;;
+                       -k "${BENCH_K:-decode or prefill512}" 2>&1 | tail -22 ;;
         esac
     done
 done
