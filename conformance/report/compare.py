@@ -84,6 +84,9 @@ class Comparison:
     baseline: Side | None = None
 
     total: int = 0  # checks in either run
+    # "digest" where both runs recorded their checkpoints' digests, else "name" (a record
+    # written before digests were recorded names its models only).
+    models_matched_by: str = "digest"
 
     @property
     def disjoint(self) -> bool:
@@ -151,10 +154,15 @@ def metric_values(record: CheckRecord) -> dict[tuple[str, str], float]:
     return out
 
 
-def _index(run: RunRecord, ignore: tuple[str, ...], side: str) -> dict[str, CheckRecord]:
+def _digests(run: RunRecord) -> dict[str, str]:
+    """Model name -> checkpoint digest, as the run recorded them ({} for older records)."""
+    return {name: m["digest"] for name, m in (run.environment.get("models") or {}).items()
+            if isinstance(m, dict) and m.get("digest")}
+
+
+def _index(run: RunRecord, ignore: tuple[str, ...], side: str,
+           models: dict[str, str]) -> dict[str, CheckRecord]:
     index: dict[str, CheckRecord] = {}
-    models = {name: m["digest"] for name, m in (run.environment.get("models") or {}).items()
-              if isinstance(m, dict) and m.get("digest")}
     for r in run.results:
         key = match_key(r, ignore, models)
         if key in index:
@@ -176,12 +184,18 @@ def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
                  baseline_perf: dict | None = None, perf_tolerance: float = 0.1) -> Comparison:
     if factor <= 1.0:
         raise ValueError(f"--factor must be > 1, got {factor}")
-    a = _index(run, ignore_params, "the")
-    b = _index(baseline, ignore_params, "the baseline")
+    # Digests on one side only would match nothing: then both sides match by model name.
+    run_models, base_models = _digests(run), _digests(baseline)
+    by_digest = bool(run_models) and bool(base_models)
+    if not by_digest:
+        run_models = base_models = {}
+    a = _index(run, ignore_params, "the", run_models)
+    b = _index(baseline, ignore_params, "the baseline", base_models)
     result = Comparison(run.run_id, baseline.run_id, factor,
                         matched=len(a.keys() & b.keys()), total=len(a.keys() | b.keys()),
                         perf_tolerance=perf_tolerance,
-                        run=Side.of(run), baseline=Side.of(baseline))
+                        run=Side.of(run), baseline=Side.of(baseline),
+                        models_matched_by="digest" if by_digest else "name")
     for key in sorted(a.keys() | b.keys()):
         r, base = a.get(key), b.get(key)
         change = StatusChange(key, (r or base).nodeid, base.status if base else None,
@@ -283,6 +297,8 @@ def format_text(c: Comparison, limit: int = 40) -> str:
         if side is not None:
             lines.append(f"  {name} {side.run_id}: {describe_side(side)}")
             lines.append(f"  {' ' * len(name)} on {side.build}")
+    if c.models_matched_by == "name":
+        lines.append("  models matched by name: a run recorded no checkpoint digests")
 
     def section(title: str, items: list) -> None:
         if not items:

@@ -118,6 +118,15 @@ def test_compare_matches_one_checkpoint_under_two_paths(tmp_path: Path) -> None:
     out = tmp_path / "c.json"
     assert cli(["compare", str(ra), str(rb), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["matched"] == 1
+    # A record written before digests were recorded (the baseline of a before/after
+    # compare) names its models only: both sides then match by name, not 0 of N.
+    old = json.loads((ra / "results.json").read_text())
+    del old["environment"]["models"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    assert cli(["compare", str(ra), str(tmp_path / "old"), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["matched"] == 1
+    assert json.loads(out.read_text())["models_matched_by"] == "name"
 
 
 def test_compare_of_unrelated_runs_exits_non_zero(small_run: Path, tmp_path: Path,
