@@ -15,8 +15,11 @@ kernel must never read (`stale_scale` makes a stale key dominate any softmax tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+
+from infinilm_models.runtime import Tensor, ops
 
 from .common import host
 
@@ -135,3 +138,26 @@ def alibi_slopes(heads: int) -> np.ndarray:
     if p2 < heads:
         s += powers(2 * p2)[0::2][: heads - p2]
     return np.array(s, dtype=np.float32).astype(np.float64)
+
+
+@dataclass
+class PreparedAttention:
+    """One prepared call of a paged attention op: its arguments as passed to `ops.<op>`
+    (output first, alibi slopes last), the layout, and the float64 expectation."""
+
+    args: tuple
+    layout: Layout
+    expected: np.ndarray
+    host: dict
+    op: ClassVar[str]
+
+    @property
+    def out(self) -> Tensor:
+        return self.args[0]
+
+    @property
+    def alibi(self) -> Tensor | None:
+        return self.args[-1]
+
+    def call(self) -> None:
+        getattr(ops, self.op)(*self.args)  # looked up per call: a planted op replaces it

@@ -16,15 +16,11 @@ head h // (heads / kv_heads).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
-from infinilm_models.runtime import Tensor, ops
-
 from .common import host, rng_for, to_device, unsupported_guard
-from .paged_layout import Layout, alibi_slopes, attend, make_layout, pools
+from .paged_layout import PreparedAttention, alibi_slopes, attend, make_layout, pools
 from .shapes import DECODE_POS, HEAD_DIM, HEADS, KV_HEADS, PREFILL
 
 # name: heads, kv_heads, lens (tokens each sequence holds, the new one included),
@@ -67,23 +63,9 @@ def reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     return out
 
 
-@dataclass
-class Prepared:
-    args: tuple  # (out, q, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes)
-    layout: Layout
-    expected: np.ndarray
-    host: dict
-
-    @property
-    def out(self) -> Tensor:
-        return self.args[0]
-
-    @property
-    def alibi(self) -> Tensor | None:
-        return self.args[-1]
-
-    def call(self) -> None:
-        ops.paged_attention(*self.args)
+class Prepared(PreparedAttention):
+    # args: (out, q, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes)
+    op = "paged_attention"
 
 
 def prepare(case: str, dtype: str, device) -> Prepared:

@@ -17,15 +17,11 @@ history + j, history = seq_lens[s] - (cum[s+1] - cum[s]), and sees keys 0..histo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
-from infinilm_models.runtime import Tensor, ops
-
 from .common import host, rng_for, to_device, unsupported_guard
-from .paged_layout import Layout, alibi_slopes, attend, make_layout, pools
+from .paged_layout import PreparedAttention, alibi_slopes, attend, make_layout, pools
 from .shapes import HEAD_DIM, HEADS, KV_HEADS, PREFILL
 
 # name: heads, kv_heads, q_lens (new tokens per sequence), history (tokens each already
@@ -73,24 +69,10 @@ def reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     return out
 
 
-@dataclass
-class Prepared:
-    args: tuple  # (out, q, k_cache, v_cache, block_tables, seq_lens, cum_seq_lens_q, scale,
-    #               alibi_slopes) as passed to ops.paged_attention_prefill
-    layout: Layout
-    expected: np.ndarray
-    host: dict
-
-    @property
-    def out(self) -> Tensor:
-        return self.args[0]
-
-    @property
-    def alibi(self) -> Tensor | None:
-        return self.args[-1]
-
-    def call(self) -> None:
-        ops.paged_attention_prefill(*self.args)
+class Prepared(PreparedAttention):
+    # args: (out, q, k_cache, v_cache, block_tables, seq_lens, cum_seq_lens_q, scale,
+    #       alibi_slopes)
+    op = "paged_attention_prefill"
 
 
 def prepare(case: str, dtype: str, device) -> Prepared:
