@@ -33,8 +33,7 @@ import numpy as np
 import pytest
 
 PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "gemm_bf16_ulp",
-          "add_tail16",
-          "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
+          "add_tail16", "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
           "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th")
 
@@ -85,13 +84,17 @@ def install(name: str) -> None:
             return out
         setattr(ops, op, planted)
 
+    def nudge(out, fraction: float) -> None:
+        """A random `fraction` of the output's elements one ulp up or down."""
+        x = _host(out)
+        pick = rng.random(x.shape) < fraction
+        if pick.any():
+            sign = rng.choice([-1.0, 1.0], size=x.shape)
+            _store(out, np.where(pick, _ulp_step(x, out.dtype, sign), x))
+
     if name == "ulp_noise":
         def noise(out, *_, **__):
-            x = _host(out)
-            pick = rng.random(x.shape) < 0.01
-            if pick.any():
-                sign = rng.choice([-1.0, 1.0], size=x.shape)
-                _store(out, np.where(pick, _ulp_step(x, out.dtype, sign), x))
+            nudge(out, 0.01)
         for op in ("gemm", "add", "mul", "rms_norm", "rope", "causal_softmax", "swiglu"):
             wrap(op, noise)
     elif name == "gemm_jitter":
@@ -106,10 +109,7 @@ def install(name: str) -> None:
     elif name == "gemm_bf16_ulp":
         def ulp10(c, *_, **__):
             if c.dtype.short in ("bf16", "f16"):
-                x = _host(c)
-                pick = rng.random(x.shape) < 0.10
-                sign = rng.choice([-1.0, 1.0], size=x.shape)
-                _store(c, np.where(pick, _ulp_step(x, c.dtype, sign), x))
+                nudge(c, 0.10)
         wrap("gemm", ulp10)
     elif name == "host_gemm":
         def host_gemm(c, a, b, alpha=1.0, beta=0.0):
