@@ -27,8 +27,9 @@ Policy
   fails the run but is reported as the property it is, with the ulp error, not as a
   wrong result. Properties no standard mandates (determinism across calls, an exact 0
   rather than a subnormal in a masked position) are *findings*: shown, never failing.
-* **Near tie**: a greedy token that differs from the golden's is accepted in f16/bf16
-  only where the golden's top-2 logit margin at that step is below the tolerance.
+* **Near tie**: greedy tokens that differ from the reference side's are accepted in
+  f16/bf16 only at the first divergence and only where the reference's top-2 logit
+  margin there is below the dtype's `generation_margin` (`greedy_tokens`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .record import Bound, Comparison
+from .record import Bound, Comparison, Generation
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -223,6 +224,15 @@ class TolerancePolicy:
                          float(entry["nmse"]) if "nmse" in entry else None,
                          float(entry["bias"]) if "bias" in entry else None,
                          f"{check}.{dtype}")
+
+    def margin(self, check: str, dtype: str) -> float:
+        """A near-tie margin ([generation_margin]: the top-2 logit gap below which two
+        greedy paths may part)."""
+        entry = self._entry(check, dtype)
+        if set(entry) != {"margin"}:
+            raise KeyError(f"tolerance [{check}.{dtype}] needs exactly margin in "
+                           f"{', '.join(self.sources)}; got {dict(entry)}")
+        return float(entry["margin"])
 
     def calibrated(self, check: str, dtype: str) -> Calibrated:
         entry = self._entry(check, dtype)
@@ -493,24 +503,69 @@ def finite(what: str, array: Any) -> Comparison:
     return Comparison(what, True, f"{what}: all finite", {"nonfinite": 0.0}, bound)
 
 
-def near_tie(step: int | None, ours_token: int | None, golden_token: int | None,
-             golden_logits: np.ndarray | None, margin: float, what: str) -> Comparison:
-    """Greedy tokens vs the golden's: equal, or the first divergence at a near tie of the
-    golden's top-2 logits (margin < `margin`; 0 demands equality)."""
+def greedy_tokens(ours: Any, reference: Any, reference_logits: Any, margin: float,
+                  what: str, sides: tuple[str, str] = ("ours", "golden"),
+                  prompt_tokens: int | None = None) -> tuple[Comparison, Generation]:
+    """Two sides' greedy tokens, [rows, steps] (or [steps] for one row), against each
+    other: equal, or the first divergence at a near tie of the reference side's top-2
+    logits there (margin < `margin`; 0 demands equality), as vLLM's
+    check_logprobs_close. `reference_logits`: the reference side's logits at each step,
+    [rows, steps, vocab] (or [steps, vocab]). The first divergence is the first step
+    where any row differs, or where one side is shorter; past the last step with logits
+    no near tie can be claimed. `sides` names both, in every message."""
+    o, r = _token_rows(ours), _token_rows(reference)
+    logits = as_f64(reference_logits)
+    if logits.ndim == 2:
+        logits = logits[None]
+    mine, theirs = sides
     bound = Bound("limit", "generation_margin", threshold=margin,
-                  metric="golden top-2 margin at the first divergence")
-    if step is None:
-        return Comparison(what, True, f"{what}: tokens identical", {"first_divergence": -1.0},
-                          bound)
-    top2 = np.sort(as_f64(golden_logits))[-2:]
+                  metric=f"{theirs}'s top-2 logit margin at the first divergence")
+    gen = Generation(what=what, ours=mine, reference=theirs, ours_tokens=o.tolist(),
+                     reference_tokens=r.tolist(), passed=True, allowed_margin=margin,
+                     prompt_tokens=prompt_tokens)
+    if o.shape[0] != r.shape[0]:
+        gen.passed = False
+        return Comparison(what, False, f"{what}: {mine} has {o.shape[0]} rows, {theirs} "
+                                       f"{r.shape[0]}", {}, bound), gen
+    n = min(o.shape[1], r.shape[1])
+    differ = np.argwhere(o[:, :n] != r[:, :n])
+    if len(differ):
+        step = int(differ[:, 1].min())
+        row = int(differ[differ[:, 1] == step][0, 0])
+    elif o.shape[1] != r.shape[1]:
+        step, row = n, 0
+    else:
+        return Comparison(what, True, f"{what}: {mine} and {theirs} identical "
+                                      f"({o.shape[0]} x {n} tokens)",
+                          {"first_divergence": -1.0}, bound), gen
+    gen.first_divergence, gen.row = step, row
+    got = int(o[row, step]) if step < o.shape[1] else None
+    want = int(r[row, step]) if step < r.shape[1] else None
+    at = f"step {step}, row {row} ({mine} {got}, {theirs} {want})"
+    m = {"first_divergence": float(step), "row": float(row)}
+    if row >= logits.shape[0] or step >= logits.shape[1] or got is None or want is None:
+        gen.passed = False
+        return Comparison(what, False, f"{what}: diverges at {at} where {theirs}'s logits "
+                                       "are not known: no near tie can be claimed", m,
+                          bound), gen
+    top2 = np.sort(logits[row, step])[-2:]
     gap = float(top2[1] - top2[0])
-    m = {"first_divergence": float(step), "golden_top2_margin": gap}
+    gen.margin = m["reference_top2_margin"] = gap
     if gap < margin:
-        return Comparison(what, True, f"{what}: diverges at step {step} at a near tie (golden "
-                                      f"top-2 margin {gap:.3g} < {margin:g})", m, bound)
-    return Comparison(what, False, f"{what}: diverges at step {step} (ours {ours_token}, golden "
-                                   f"{golden_token}; golden top-2 margin {gap:.3g} >= "
-                                   f"{margin:g})", m, bound)
+        return Comparison(what, True, f"{what}: diverges at {at} at a near tie ({theirs}'s "
+                                      f"top-2 margin {gap:.3g} < {margin:g})", m, bound), gen
+    gen.passed = False
+    return Comparison(what, False, f"{what}: diverges at {at}; {theirs}'s top-2 margin "
+                                   f"{gap:.3g} >= {margin:g} (not a near tie)", m, bound), gen
+
+
+def _token_rows(tokens: Any) -> np.ndarray:
+    t = np.asarray(tokens)
+    if t.ndim == 1:
+        t = t[None]
+    if t.ndim != 2:
+        raise ValueError(f"greedy tokens must be [steps] or [rows, steps], got shape {t.shape}")
+    return t.astype(np.int64)
 
 
 # -- known-defect envelopes ---------------------------------------------------------------

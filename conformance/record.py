@@ -27,7 +27,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+# 3: typed result parts (tensors, amplification, generations, measurements, perf, setup)
+# replace the free-form `info`; schema 2 files are still read (compare, merge, report).
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (2, 3)
 STATUSES = ("passed", "failed", "crashed", "not_run", "known_defect", "unsupported", "error")
 FAILING = frozenset({"failed", "crashed", "not_run", "error"})
 VERDICTS = ("pass", "fail")
@@ -36,6 +39,10 @@ VERDICTS = ("pass", "fail")
 # accuracy; finding: a property no standard mandates (determinism, exact zeros), shown
 # in the report, never failing the run.
 COMPARISON_KINDS = ("accuracy", "property", "finding")
+
+
+# A named parameter's value (CheckRecord.setup): a JSON scalar.
+Scalar = str | int | float | bool | None
 
 
 class RecordError(ValueError):
@@ -103,8 +110,10 @@ class Comparison:
 
 @dataclass
 class Localization:
-    """Where a model-level deviation shows first. `isolated`: the sub-module computed
-    wrong on the reference's own input (not only error arriving from earlier layers)."""
+    """Where a model-level deviation shows first, finished by the judge: phase, decode step
+    (1-based, the step where the tensor deviates most) and the sentence the report prints.
+    `isolated`: the sub-module computed wrong on the reference's own input (not only error
+    arriving from earlier layers)."""
 
     phase: str  # "prefill" or "decode"
     tensor: str
@@ -116,6 +125,92 @@ class Localization:
     layer: int | None = None
     step: int | None = None
     isolated: bool = False
+    steps: int | None = None  # decode steps compared (step is one of 1..steps)
+
+
+@dataclass
+class ErrorPoint:
+    """One capture point's error on one run: ours and transformers' (same dtype) NMSE per
+    token against the golden, the strict bound, and, for the accumulated run, the gate
+    (the failure bound) and whether the strict bound held."""
+
+    nmse: float
+    reference_nmse: float
+    threshold: float
+    passed: bool | None = None
+    gate_threshold: float | None = None
+    within_strict: bool | None = None
+
+
+@dataclass
+class TensorRow:
+    """A captured tensor's errors in one phase (and decode step): accumulated (every
+    layer on our own previous output) and isolated (each sub-module on the golden's
+    input; None where the point is not isolatable or the check has no isolated run)."""
+
+    phase: str
+    tensor: str
+    submodule: str
+    accumulated: ErrorPoint
+    isolated: ErrorPoint | None = None
+    layer: int | None = None
+    step: int | None = None
+
+
+@dataclass
+class Amplification:
+    """Error that grew past the strict bound on its way but stayed within the gate:
+    reported, never failing (SmolLM2's layer 1 MLP in bf16)."""
+
+    tensor: str
+    submodule: str
+    nmse: float
+    strict_threshold: float
+    layer: int | None = None
+    isolated: ErrorPoint | None = None
+
+
+@dataclass
+class Generation:
+    """Two sides' greedy tokens, each named, and where they part. `first_divergence`: the
+    first step (0-based) where a row differs (or one side is shorter), with the row;
+    `margin`: the reference side's top-2 logit margin there; `allowed_margin`: the near tie
+    the dtype allows (tolerances.toml [generation_margin])."""
+
+    what: str
+    ours: str
+    reference: str
+    ours_tokens: list[list[int]]
+    reference_tokens: list[list[int]]
+    passed: bool
+    allowed_margin: float
+    first_divergence: int | None = None
+    row: int | None = None
+    margin: float | None = None
+    prompt_tokens: int | None = None
+
+
+@dataclass
+class Measurement:
+    """Numbers a check reports beside its verdicts, not judged themselves (logits top-1
+    agreement, perplexities, cache lengths): `values` of ours and, where measured the
+    same way, of the reference."""
+
+    what: str
+    values: dict[str, float]
+    reference: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class PerfSample:
+    """A benchmark's own measurements as the check recorded them: the group and the
+    implementation timed, numbers and labels."""
+
+    group: str
+    impl: str
+    values: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,7 +257,14 @@ class CheckRecord:
     crash: Crash | None = None
     bundle: str | None = None  # replay bundle, relative to the run directory
     not_run_reason: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    # What the check ran with beyond its pytest parameters (prompt source, batch, tensor
+    # layouts): named scalars, shown with the case.
+    setup: dict[str, Scalar] = field(default_factory=dict)
+    tensors: list[TensorRow] = field(default_factory=list)
+    amplification: Amplification | None = None
+    generations: list[Generation] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    perf: PerfSample | None = None
     # C op names (infiniop<Name>) the check called, including one the build lacks
     infini_ops: list[str] = field(default_factory=list)
 
@@ -251,9 +353,11 @@ class RunRecord:
         if "schema_version" not in d:
             raise RecordError(f"{source}: field schema_version: missing (not a conformance "
                               "results.json?)")
-        if d["schema_version"] != SCHEMA_VERSION:
+        if d["schema_version"] not in READABLE_SCHEMAS:
             raise RecordError(f"{source}: field schema_version: {d['schema_version']!r} is not "
-                              f"supported; this reader knows {SCHEMA_VERSION}")
+                              f"supported; this reader knows {list(READABLE_SCHEMAS)}")
+        if d["schema_version"] != SCHEMA_VERSION:
+            d = upgrade(d, source)
         try:
             run = _build(cls, d, "")
         except RecordError as e:
@@ -343,16 +447,68 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+# -- older schemas --------------------------------------------------------------------------
+
+
+def upgrade(doc: dict, source: str) -> dict:
+    """A schema 2 results.json as schema 3: each record's free-form `info` becomes its
+    typed parts where its layout is the one schema 2 wrote (per-tensor rows, scalars as
+    setup), and the rest is dropped: compare and merge read statuses and comparisons,
+    which did not change."""
+    doc = dict(doc)
+    results = doc.get("results")
+    if isinstance(results, list):
+        doc["results"] = [_upgrade_record(r) if isinstance(r, dict) else r for r in results]
+    doc["schema_version"] = SCHEMA_VERSION
+    return doc
+
+
+def _upgrade_record(r: dict) -> dict:
+    r = dict(r)
+    info = r.pop("info", None)
+    if not isinstance(info, dict):
+        return r
+    setup = {str(k): v for k, v in info.items()
+             if v is None or isinstance(v, (str, int, float, bool))}
+    if setup:
+        r["setup"] = {**setup, **(r.get("setup") or {})}
+    rows = []
+    for x in info.get("per_tensor") or []:
+        try:
+            rows.append(_build(TensorRow, {
+                "phase": x.get("phase") if x.get("phase") in ("prefill", "decode")
+                else "prefill",
+                "tensor": str(x["tensor"]), "submodule": str(x.get("submodule") or ""),
+                "layer": x.get("layer"), "step": x.get("step"),
+                "accumulated": _point(x["accumulated"]),
+                "isolated": _point(x["isolated"]) if isinstance(x.get("isolated"), dict)
+                else None}, "per_tensor"))
+        except (RecordError, KeyError, TypeError, AttributeError):
+            rows = []
+            break
+    if rows and not r.get("tensors"):
+        r["tensors"] = [asdict(x) for x in rows]
+    return r
+
+
+def _point(d: dict) -> dict:
+    return {k: d[k] for k in ("nmse", "reference_nmse", "threshold", "passed",
+                              "gate_threshold", "within_strict") if k in d}
+
+
 # -- validation: every dataclass above is built field by field with type checks ----------
 
 _SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
 _NESTED = {"Bound": Bound, "Comparison": Comparison, "Localization": Localization,
            "Crash": Crash, "DefectRef": DefectRef, "CheckRecord": CheckRecord,
-           "Coverage": Coverage, "DurationRow": DurationRow}
+           "Coverage": Coverage, "DurationRow": DurationRow, "ErrorPoint": ErrorPoint,
+           "TensorRow": TensorRow, "Amplification": Amplification,
+           "Generation": Generation, "Measurement": Measurement, "PerfSample": PerfSample}
 _ALLOWED = {
     (CheckRecord, "status"): STATUSES,
     (Comparison, "kind"): COMPARISON_KINDS,
     (Localization, "phase"): ("prefill", "decode"),
+    (TensorRow, "phase"): ("prefill", "decode"),
 }
 
 
@@ -396,6 +552,14 @@ def _convert(annotation: str, value: Any, name: str) -> Any:
     if base.startswith("dict["):
         if not isinstance(value, dict):
             raise RecordError(f"field {name}: expected an object, got {type(value).__name__}")
+        inner = base[5:-1].partition(",")[2]
+        if inner == "Any":
+            return value
+        return {str(k): _convert(inner, v, f"{name}.{k}") for k, v in value.items()}
+    if base == "Scalar":
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise RecordError(f"field {name}: expected a string, number or boolean, got "
+                              f"{type(value).__name__} {_short(value)}")
         return value
     kind = _SCALARS.get(base)
     if kind is None:
@@ -415,8 +579,8 @@ def _short(value: object) -> str:
 
 
 __all__ = [
-    "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef", "DurationRow",
-    "FAILING",
-    "Localization", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "build_label",
-    "results_path", "summarize", "verdict_of",
+    "Amplification", "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef",
+    "DurationRow", "ErrorPoint", "FAILING", "Generation", "Localization", "Measurement",
+    "PerfSample", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "Scalar",
+    "TensorRow", "build_label", "results_path", "summarize", "verdict_of",
 ]

@@ -19,18 +19,39 @@ breach comes before it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from conformance.judge import Calibrated, calibrated_series, token_nmse
-from conformance.record import Comparison, Localization
+from conformance.record import Amplification, Comparison, ErrorPoint, Localization, TensorRow
 from infinilm_models.models.llama.capture import CapturePoint
+
+
+@dataclass
+class CaptureResult:
+    """What one layer comparison found: a row per compared tensor, the comparisons (gate
+    and isolated), the finished localizations and the first amplification."""
+
+    rows: list[TensorRow] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    localizations: list[Localization] = field(default_factory=list)
+    amplification: Amplification | None = None
 
 
 def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden: dict,
                     ours_iso: dict | None, ref_iso: dict | None, cal: Calibrated,
-                    gate: Calibrated, phase: str, step: int | None = None
-                    ) -> tuple[list[dict], list[Comparison], list[Localization]]:
+                    gate: Calibrated, phase: str, step: int | None = None,
+                    steps: Sequence[dict] | None = None, context: str = "") -> CaptureResult:
+    """Judge every capture point present on all three sides (see the module docstring).
+
+    `steps`: for pooled decode steps, each step's own captures ({"ours", "ours_iso",
+    "golden"}), so that a localization names the step where its tensor deviates most.
+    `context`: what was captured, leading each localization's sentence (e.g. "KV cache
+    after cached decoding")."""
     label = phase if step is None else f"{phase} step {step}"
-    rows: list[dict] = []
+    rows: list[TensorRow] = []
     acc: list[tuple[CapturePoint, float, float]] = []
     iso: list[tuple[CapturePoint, float, float]] = []
     for p in points:
@@ -39,18 +60,15 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
             continue
         a_o, a_r = token_nmse(ours[p.name], g), token_nmse(ref.get(p.name), g)
         acc.append((p, a_o, a_r))
-        row = {"phase": phase, "step": step, "tensor": p.name, "layer": p.layer,
-               "submodule": p.submodule,
-               "accumulated": {"nmse": a_o, "reference_nmse": a_r,
-                               "threshold": cal.threshold(a_r), "gate_threshold":
-                               gate.threshold(a_r)},
-               "isolated": None}
+        row = TensorRow(phase=phase, step=step, tensor=p.name, layer=p.layer,
+                        submodule=p.submodule,
+                        accumulated=ErrorPoint(a_o, a_r, cal.threshold(a_r),
+                                               gate_threshold=gate.threshold(a_r)))
         if p.isolatable and ours_iso is not None and ref_iso is not None and \
                 p.name in ours_iso:
             i_o, i_r = token_nmse(ours_iso[p.name], g), token_nmse(ref_iso.get(p.name), g)
             iso.append((p, i_o, i_r))
-            row["isolated"] = {"nmse": i_o, "reference_nmse": i_r,
-                               "threshold": cal.threshold(i_r)}
+            row.isolated = ErrorPoint(i_o, i_r, cal.threshold(i_r))
         rows.append(row)
 
     c_acc, acc_ok = calibrated_series(
@@ -62,12 +80,18 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
     _, strict_ok = calibrated_series("strict", [p.name for p, _, _ in acc],
                                      [o for _, o, _ in acc], [r for _, _, r in acc], cal)
     for row, ok, strict in zip(rows, acc_ok, strict_ok):
-        row["accumulated"]["passed"] = ok
-        row["accumulated"]["within_strict"] = strict
+        row.accumulated.passed = ok
+        row.accumulated.within_strict = strict
+    by_name = {r.tensor: r for r in rows}
     for (p, _, _), ok in zip(iso, iso_ok):
-        next(r for r in rows if r["tensor"] == p.name)["isolated"]["passed"] = ok
+        by_name[p.name].isolated.passed = ok
+    result = CaptureResult(rows, [c_acc, c_iso] if iso else [c_acc],
+                           amplification=first_amplification(rows))
 
-    locs: list[Localization] = []
+    def loc(p: CapturePoint, value: float, limit: float, isolated: bool) -> None:
+        result.localizations.append(_loc(phase, step, p, value, limit, isolated, steps,
+                                         context))
+
     nonfinite = next(((p, o, r) for p, o, r in acc if math.isinf(o)), None)
     if nonfinite is not None:
         # The first non-finite value wins where it first appears. The accumulated run goes
@@ -80,30 +104,29 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
                    and math.isfinite(o) and _order(points, p) < _order(points, p0)]
         if earlier:
             p, o, r = earlier[0]
-            locs.append(_loc(phase, step, p, o, cal.threshold(r), True))
+            loc(p, o, cal.threshold(r), True)
         else:
-            locs.append(_loc(phase, step, p0, nonfinite[1], gate.threshold(nonfinite[2]),
-                             False))
-        return rows, [c_acc, c_iso] if iso else [c_acc], locs
+            loc(p0, nonfinite[1], gate.threshold(nonfinite[2]), False)
+        return result
     if not c_iso.passed:
         p, o, r = iso[iso_ok.index(False)]
-        locs.append(_loc(phase, step, p, o, cal.threshold(r), True))
-    if not locs and not c_acc.passed:
+        loc(p, o, cal.threshold(r), True)
+    if not result.localizations and not c_acc.passed:
         p, o, r = acc[acc_ok.index(False)]
-        locs.append(_loc(phase, step, p, o, gate.threshold(r), False))
-    return rows, [c_acc, c_iso] if iso else [c_acc], locs
+        loc(p, o, gate.threshold(r), False)
+    return result
 
 
-def first_amplification(rows: list[dict]) -> dict | None:
+def first_amplification(rows: list[TensorRow]) -> Amplification | None:
     """The first tensor over the strict bound whose accumulated error stays within the
     gate: error amplified on its way, reported but not failing (e.g. SmolLM2's layer 1
     MLP in bf16, whose isolated error matches transformers')."""
     for r in rows:
-        a = r["accumulated"]
-        if a["passed"] and not a["within_strict"]:
-            return {"tensor": r["tensor"], "layer": r["layer"], "submodule": r["submodule"],
-                    "nmse": a["nmse"], "strict_threshold": a["threshold"],
-                    "isolated": r["isolated"]}
+        a = r.accumulated
+        if a.passed and not a.within_strict:
+            return Amplification(tensor=r.tensor, layer=r.layer, submodule=r.submodule,
+                                 nmse=a.nmse, strict_threshold=a.threshold,
+                                 isolated=r.isolated)
     return None
 
 
@@ -111,10 +134,24 @@ def _order(points: list[CapturePoint], p: CapturePoint) -> int:
     return next(i for i, q in enumerate(points) if q.name == p.name)
 
 
+def _worst_step(steps: Sequence[dict], tensor: str, isolated: bool) -> int:
+    """1-based: the decode step where `tensor` deviates most from the golden (a
+    non-finite value counts as the largest)."""
+    key = "ours_iso" if isolated else "ours"
+    errs = [token_nmse(s[key].get(tensor), s["golden"][tensor]) for s in steps]
+    return int(np.nanargmax(np.where(np.isfinite(errs), errs, np.inf))) + 1
+
+
 def _loc(phase: str, step: int | None, p: CapturePoint, value: float, limit: float,
-         isolated: bool) -> Localization:
+         isolated: bool, steps: Sequence[dict] | None, context: str) -> Localization:
     where = f"layer {p.layer} {p.submodule}" if p.layer is not None else p.submodule
-    when = phase if step is None else f"{phase} step {step}"
+    n = None
+    if steps:
+        n = len(steps)
+        step = _worst_step(steps, p.name, isolated)
+        when = f"{phase} (worst at step {step} of {n})"
+    else:
+        when = phase if step is None else f"{phase} step {step}"
     if math.isinf(value):
         what = "non-finite values"
     elif isolated:
@@ -123,9 +160,10 @@ def _loc(phase: str, step: int | None, p: CapturePoint, value: float, limit: flo
     else:
         what = (f"error arriving from earlier layers grew past the gate: NMSE {value:.3g} > "
                 f"{limit:.3g} (no sub-module computes wrong on its own)")
+    lead = f"{context}: " if context else ""
     return Localization(
-        phase=phase, step=step, tensor=p.name, layer=p.layer, submodule=p.submodule,
-        ops=list(p.ops), nmse=value if math.isfinite(value) else None, threshold=limit,
-        isolated=isolated,
-        description=f"{when}: {where} ({p.name}) {what}; op-level checks to look at: "
+        phase=phase, step=step, steps=n, tensor=p.name, layer=p.layer,
+        submodule=p.submodule, ops=list(p.ops),
+        nmse=value if math.isfinite(value) else None, threshold=limit, isolated=isolated,
+        description=f"{lead}{when}: {where} ({p.name}) {what}; op-level checks to look at: "
                     f"{', '.join(p.ops)}")

@@ -59,7 +59,7 @@ def prompt_ids(model_path: Path, batch: int, seq: int, verify=None) -> np.ndarra
         ids = rng.integers(0, vocab, 4096).tolist()
         source = f"seeded random ids in [0, {vocab}) (no tokenizer.json)"
     if verify is not None:
-        verify.info["prompts"] = source
+        verify.param(prompts=source)
     if len(ids) < batch * seq:
         ids = ids * (batch * seq // len(ids) + 1)
     return np.array(ids[: batch * seq], dtype=np.int64).reshape(batch, seq)

@@ -5,7 +5,7 @@ computes wrong, or where accumulated error grew past the gate, and the ops it ru
 
 from __future__ import annotations
 
-from .checks import compare_capture, first_amplification
+from .checks import compare_capture
 from .conftest import prompt_ids
 from .harness import hf_forward, our_capture, points_of
 
@@ -27,13 +27,8 @@ def test_model_activations(model_name, model_path, dtype, runtimes, verify, tole
     batch, seq = (1, 16) if model_name == "smollm2" else (2, 13)
     ids = prompt_ids(model_path, batch, seq, verify)
     golden, ref, ours, ref_iso, ours_iso = prefill_captures(golden_m, ref_m, ours_m, ids)
-    rows, comparisons, locs = compare_capture(
+    verify.param(batch=batch, seq=seq)
+    verify.capture(compare_capture(
         points_of(ours_m), ours=ours, ref=ref, golden=golden, ours_iso=ours_iso,
         ref_iso=ref_iso, cal=tolerances.calibrated("model_activations", dtype),
-        gate=tolerances.calibrated("model_activations_gate", dtype), phase="prefill")
-    for c in comparisons:
-        verify.keep(c)
-    for loc in locs:
-        verify.localize(loc)
-    verify.info.update(batch=batch, seq=seq, per_tensor=rows,
-                       amplification=first_amplification(rows))
+        gate=tolerances.calibrated("model_activations_gate", dtype), phase="prefill"))

@@ -61,7 +61,8 @@ def test_model_cache(model_name, model_path, dtype, runtimes, verify, tolerances
                             dtype, "nmse")
     verify.calibrated(cached, ref_cached, golden, "model_logits", dtype,
                       "cached logits vs transformers' cached decoding")
-    verify.info.update(cached_vs_recompute_ours=mine, cached_vs_recompute_transformers=theirs)
+    verify.measure("cached vs recompute (NMSE)", {"nmse": mine}, {"nmse": theirs},
+                   "reference: transformers' same two computations, or its error in the dtype")
     if any(c.counts_against for c in verify.comparisons):
         _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache, ids)
 
@@ -77,10 +78,9 @@ def _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache
         for kind, t in (("key", cache.keys[i]), ("value", cache.values[i])):
             ours[f"layers.{i}.{kind}_cache"] = t.narrow(2, 0, cache.length).numpy().astype(
                 np.float64)
-    _, _, locs = compare_capture(
+    found = compare_capture(
         points, ours=ours, ref=theirs["ref"], golden=theirs["golden"], ours_iso=None,
         ref_iso=None, cal=tolerances.calibrated("model_activations", dtype),
-        gate=tolerances.calibrated("model_activations", dtype), phase="decode")
-    for loc in locs:
-        loc.description = "KV cache after cached decoding: " + loc.description
-        verify.localize(loc)
+        gate=tolerances.calibrated("model_activations", dtype), phase="decode",
+        context="KV cache after cached decoding")
+    verify.localization.extend(found.localizations)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.judge import token_nmse
-
 from .checks import compare_capture
 from .conftest import prompt_ids
 from .harness import hf_decode, our_capture, points_of
@@ -44,24 +42,16 @@ def test_model_decode(model_name, model_path, dtype, batch, runtimes, verify, to
         runs.append({**theirs, "ours": o, "ours_iso": oi})
     runs = runs[1:]
     pooled = {k: pool([r[k] for r in runs]) for k in runs[0]}
-    rows, comparisons, locs = compare_capture(
+    verify.param(batch=batch, prefix=PREFIX, steps=steps)
+    verify.capture(compare_capture(
         points, ours=pooled["ours"], ref=pooled["ref"], golden=pooled["golden"],
         ours_iso=pooled["ours_iso"], ref_iso=pooled["ref_iso"],
         cal=tolerances.calibrated("model_activations", dtype),
-        gate=tolerances.calibrated("model_activations_gate", dtype), phase="decode")
-    for c in comparisons:
-        verify.keep(c)
-    for loc in locs:
-        key = "ours_iso" if loc.isolated else "ours"
-        errs = [token_nmse(r[key][loc.tensor], r["golden"][loc.tensor]) for r in runs]
-        loc.step = int(np.nanargmax(np.where(np.isfinite(errs), errs, np.inf))) + 1
-        loc.description = loc.description.replace("decode:", f"decode (worst at step "
-                                                  f"{loc.step} of {steps}):", 1)
-        verify.localize(loc)
+        gate=tolerances.calibrated("model_activations_gate", dtype), phase="decode",
+        steps=runs))
     verify.calibrated(pooled["ours"]["logits"], pooled["ref"]["logits"],
                       pooled["golden"]["logits"], "model_logits", dtype,
                       f"decode logits ({steps} steps)")
-    verify.info.update(batch=batch, prefix=PREFIX, steps=steps, per_tensor=rows)
 
 
 def pool(captures: list[dict]) -> dict:

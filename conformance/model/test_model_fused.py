@@ -28,7 +28,7 @@ def test_model_fused(model_name, model_path, dtype, runtimes, verify, tolerances
         verify.unsupported(RuntimeError(
             "no fused op exported by this build: the model runs the plain op sequence"))
     plain = our_model(str(model_path), dtype, str(infini_device), fused="plain")
-    verify.info.update(fused=list(fused.fused.names))
+    verify.param(fused=",".join(fused.fused.names))
     batch, seq = (1, 16) if model_name == "smollm2" else (2, 13)
     ids = prompt_ids(model_path, batch, seq, verify)
     cal = tolerances.calibrated("model_activations", dtype)
@@ -40,14 +40,11 @@ def test_model_fused(model_name, model_path, dtype, runtimes, verify, tolerances
     for name, m in (("fused", fused), ("plain", plain)):
         runs[name] = our_capture(m, ids, cache=m.new_cache(batch, seq))
         runs[f"{name}_iso"] = our_capture(m, ids, cache=m.new_cache(batch, seq), inject=golden)
-    rows, comparisons, locs = compare_capture(
+    verify.param(batch=batch, seq=seq)
+    verify.capture(compare_capture(
         points_of(fused), ours=runs["fused"], ref=runs["plain"], golden=golden,
         ours_iso=runs["fused_iso"], ref_iso=runs["plain_iso"], cal=cal, gate=gate,
-        phase="prefill")
-    for c in comparisons:
-        verify.keep(c)
-    for loc in locs:
-        verify.localize(loc)
+        phase="prefill"))
     verify.calibrated(runs["fused"]["logits"], runs["plain"]["logits"], golden["logits"],
                       "model_logits", dtype, "prefill logits: fused vs golden, bound by plain")
 
@@ -71,11 +68,6 @@ def test_model_fused(model_name, model_path, dtype, runtimes, verify, tolerances
     outs = {name: generate(m, ids[:1, :7], max_new_tokens=NEW, eos_token_ids=(),
                            return_logits=True) for name, m in (("fused", fused),
                                                                ("plain", plain))}
-    a, b = outs["fused"].tokens[0], outs["plain"].tokens[0]
-    diverge = np.flatnonzero(a != b)
-    step = int(diverge[0]) if len(diverge) else None
-    verify.near_tie(step, None if step is None else int(a[step]),
-                    None if step is None else int(b[step]),
-                    None if step is None else outs["plain"].logits[step][0], dtype,
-                    "greedy tokens: fused vs plain")
-    verify.info.update(per_tensor=rows, batch=batch, seq=seq)
+    verify.greedy_tokens(outs["fused"].tokens, outs["plain"].tokens,
+                         np.stack(outs["plain"].logits, axis=1), dtype,
+                         "greedy tokens: fused vs plain", sides=("fused path", "plain path"))

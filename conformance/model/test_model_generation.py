@@ -56,22 +56,14 @@ def test_model_generation(model_name, model_path, dtype, runtimes, verify, infin
     golden_m, _, ours_m = runtimes
     prompts, n = prompts_for(model_name, model_path, dtype, infini_device.type == "cpu",
                              verify)
-    report = []
+    golden_side = f"golden ({golden_m.describe()})"
     for p, ids in enumerate(prompts):
         want, logits = golden_greedy(golden_m, ids, n)
         # fixed length on both sides: the golden path does not stop at end-of-sequence
         out = generate(ours_m, [ids], max_new_tokens=n, eos_token_ids=(), return_logits=True)
-        got = out.tokens[0].tolist()
         label = f"prompt {p}"
         verify.finite(f"{label}: golden logits", np.stack(logits))
         verify.finite(f"{label}: our logits", np.stack([x[0] for x in out.logits]))
-        step = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-        if step is None and len(got) != len(want):
-            step = min(len(got), len(want))
-        verify.near_tie(step, got[step] if step is not None and step < len(got) else None,
-                        want[step] if step is not None and step < len(want) else None,
-                        logits[min(step, len(logits) - 1)] if step is not None else None,
-                        dtype, f"{label}: greedy tokens")
-        report.append({"prompt_ids": ids, "ours": got, "golden": want,
-                       "first_divergence": step})
-    verify.info.update(generations=report)
+        verify.greedy_tokens(out.tokens[:1], [want], np.stack(logits)[None], dtype,
+                             f"{label}: greedy tokens", sides=("ours", golden_side),
+                             prompt_tokens=len(ids))

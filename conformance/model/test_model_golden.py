@@ -18,10 +18,11 @@ def test_model_golden(model_name, model_path, infini_device, verify):
     exact = reference(str(model_path), "f64", "cpu")
     ids = prompt_ids(model_path, 1, 16, verify)
     g, x = hf_forward(golden, ids), hf_forward(exact, ids)
-    verify.info.update(golden=golden.describe(), against=exact.describe())
+    verify.param(golden=golden.describe(), against=exact.describe())
     worst = max(((name, token_nmse(g[name], x[name])) for name in x if name in g),
                 key=lambda kv: kv[1])
-    verify.info["worst_tensor"] = {"tensor": worst[0], "nmse": worst[1]}
+    verify.measure("the golden's worst captured tensor vs float64 on the CPU",
+                   {"nmse": worst[1]}, note=worst[0])
     verify.calibrated_value("golden logits vs float64 on the CPU",
                             token_nmse(g["logits"], x["logits"]), 0.0, "golden", gdtype,
                             "nmse")

@@ -39,7 +39,7 @@ def test_model_graph(model_name, model_path, dtype, batch, runtimes, verify, inf
 
     golden_m, ref_m, ours = runtimes
     graphs = graph_backend(infini_device) is not None
-    verify.info.update(replayed_graph=graphs, new_tokens=NEW, teacher_forced=(
+    verify.param(replayed_graph=graphs, new_tokens=NEW, teacher_forced=(
         "both paths are fed the plain path's greedy tokens from one shared prefill"))
     ids = prompt_ids(model_path, batch, 7, verify)
     total = ids.shape[1] + NEW
@@ -61,20 +61,16 @@ def test_model_graph(model_name, model_path, dtype, batch, runtimes, verify, inf
     finally:
         decoder.close()
     a, b = np.stack(fixed_steps), np.stack(plain_steps)  # [steps, batch, vocab]
-    verify.info["graphs_per_step"] = getattr(decoder.captured, "graphs", 0) if graphs else 0
+    verify.param(graphs_per_step=getattr(decoder.captured, "graphs", 0) if graphs else 0)
     verify.finite("fixed-shape step logits", a)
     seq = np.stack(tokens, axis=1)  # [batch, NEW]: the plain path's greedy tokens
     ref_err = _reference_error(ids, seq, golden_m, ref_m, NEW - 1)
     verify.calibrated_value("logits of every step vs the plain path", token_nmse(a, b), ref_err,
                             "cache_vs_recompute", dtype, "nmse")
-    picks = a.argmax(-1)  # [steps, batch]: the fixed step's own greedy choice
-    diverge = np.argwhere(picks != seq[:, 1:].T)
-    step = None if not len(diverge) else int(diverge[0][0])
-    row = 0 if step is None else int(diverge[0][1])
-    verify.near_tie(step, None if step is None else int(picks[step, row]),
-                    None if step is None else int(seq[row, step + 1]),
-                    None if step is None else b[step, row], dtype,
-                    "greedy tokens vs the plain path")
+    # the fixed step's own greedy choice at each step against the plain path's tokens
+    verify.greedy_tokens(a.argmax(-1).T, seq[:, 1:], b.transpose(1, 0, 2), dtype,
+                         "greedy tokens vs the plain path",
+                         sides=("fixed-shape step", "plain step"))
 
 
 def _reference_error(ids, tokens, golden_m, ref_m, n: int) -> float:

@@ -34,7 +34,7 @@ def test_model_logits(model_name, model_path, dtype, shape, runtimes, verify):
     c = verify.calibrated(ours_all, ref, golden, "model_logits", dtype,
                           "all positions: logits")
     lm, lr = logits_metrics(ours_all, golden), logits_metrics(ref, golden)
-    verify.info["all positions"] = {"logits": lm, "reference_logits": lr}
+    verify.measure("all positions: agreement with the golden", lm, lr)
     verify.calibrated_value("all positions: mean KL(golden || ours)", lm["kl"], lr["kl"],
                             "model_logits_kl", dtype, "kl")
     # The last-token path (final norm and lm_head on the last rows only) is another op
@@ -44,5 +44,6 @@ def test_model_logits(model_name, model_path, dtype, shape, runtimes, verify):
                             nmse(ours_last[:, -1], ours_all[:, -1]),
                             c.metrics.get("reference_nmse", 0.0), "cache_vs_recompute", dtype,
                             "nmse")
-    verify.info["last token"] = {"logits": logits_metrics(ours_last[:, -1], golden[:, -1]),
-                                 "reference_logits": logits_metrics(ref[:, -1], golden[:, -1])}
+    verify.measure("last token: agreement with the golden",
+                   logits_metrics(ours_last[:, -1], golden[:, -1]),
+                   logits_metrics(ref[:, -1], golden[:, -1]))

@@ -65,7 +65,7 @@ def test_model_parallel(model_name, dtype, layout, layout_shape, model_path, run
     golden_m, ref_m, ours_m = runtimes
     dev = infini_device.type if infini_device.type != "cpu" else "cpu"
     par = parallel_model(str(model_path), dtype, dev, tp, pp)
-    verify.info.update(tp=tp, pp=pp, layout=layout, devices=[str(r.device) for r in par.ranks])
+    verify.param(tp=tp, pp=pp, layout=layout, devices=",".join(str(r.device) for r in par.ranks))
     judge_parallel(verify, tolerances, dtype, par, ours_m, golden_m, ref_m,
                    prompt_ids(model_path, 2, 9, verify))
 
@@ -91,14 +91,13 @@ def judge_parallel(verify, tolerances, dtype: str, par, ours_m, golden_m, ref_m,
                             "parallel_vs_unsharded", dtype, "nmse")
     # 2. per layer against transformers: the first layer out of bound is named
     points = [p for p in points_of(ours_m) if not p.cache]
-    _, comparisons, locs = compare_capture(
+    found = compare_capture(
         points, ours=mine, ref=ref, golden=golden, ours_iso=None, ref_iso=None,
         cal=tolerances.calibrated("model_activations", dtype),
         gate=tolerances.calibrated("model_activations_gate", dtype), phase="prefill")
-    for c in comparisons:
+    for c in found.comparisons:
         verify.keep(c)
-    for loc in locs:
-        verify.localize(loc)
+    verify.localization.extend(found.localizations)
     verify.calibrated(mine["logits"], ref["logits"], golden["logits"], "model_logits", dtype,
                       "logits vs transformers")
     # 3. each rank's KV cache against the heads it holds in the unsharded cache
@@ -132,20 +131,19 @@ def decode(verify, dtype: str, par, par_cache, ours_m, base_cache, ids: np.ndarr
     """Greedy decoding from the prefilled caches: the same tokens (f32), or a first
     divergence at a near tie of the unsharded logits (f16/bf16)."""
     batch = ids.shape[0]
-    want = ids[:, -1:]
-    got = ids[:, -1:]
-    first, ref_logits = None, None
+    want, got = ids[:, -1:], ids[:, -1:]
+    wants, gots, logits = [], [], []
     for step in range(DECODE - 1):
         lb = ours_m.forward(want, cache=base_cache).numpy().reshape(batch, -1)
         lp = par.forward(got, cache=par_cache).numpy().reshape(batch, -1)
         verify.finite(f"decode step {step}: parallel logits", lp)
         want, got = lb.argmax(-1)[:, None], lp.argmax(-1)[:, None]
-        if first is None and (want != got).any():
-            first, ref_logits = step, lb[int(np.argmax((want != got).ravel()))]
+        wants.append(want[:, 0])
+        gots.append(got[:, 0])
+        logits.append(lb.astype(np.float64))
+        if (want != got).any():  # each side continues its own tokens: stop at the split
             break
-    row = 0 if first is None else int(np.argmax((want != got).ravel()))
-    verify.near_tie(first, int(got[row, 0]) if first is not None else None,
-                    int(want[row, 0]) if first is not None else None, ref_logits, dtype,
-                    "greedy decoding vs the unsharded model")
-    verify.info["decode_first_divergence"] = -1 if first is None else first
+    verify.greedy_tokens(np.stack(gots, 1), np.stack(wants, 1), np.stack(logits, 1), dtype,
+                         "greedy decoding vs the unsharded model",
+                         sides=("parallel layout", "unsharded model"))
 

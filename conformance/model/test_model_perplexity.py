@@ -34,7 +34,9 @@ def test_model_perplexity(model_name, model_path, dtype, infini_device, runtimes
     ours = perplexity(ours_m.forward(ids[None], all_logits=True).numpy().astype(np.float64),
                       ids)
     mine, theirs = abs(ours - golden) / golden, abs(ref - golden) / golden
-    verify.info.update(tokens=len(ids), golden=golden, transformers_same_dtype=ref, ours=ours)
+    verify.param(tokens=len(ids))
+    verify.measure("perplexity of the fixture text", {"ours": ours, "golden": golden},
+                   {"transformers_same_dtype": ref})
     verify.calibrated_value("perplexity: relative delta to the golden", mine, theirs,
                             "perplexity", dtype, "rel_delta")
 

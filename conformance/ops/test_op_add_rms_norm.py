@@ -87,7 +87,7 @@ def run_case(shape, layout, wdtype, eps, scale, dtype, device, verify, rng):
         at, bt = to_device(a, device, dtype), to_device(b, device, dtype)
         yt = Tensor.empty(shape, dtype, device)
         rt = at if layout == "inplace" else Tensor.empty(shape, dtype, device)
-    verify.info.update(a=at.describe(), b=bt.describe(), y=yt.describe(),
+    verify.param(a=at.describe(), b=bt.describe(), y=yt.describe(),
                        residual_out=rt.describe(), w_dtype=wdtype, eps=eps, layout=layout)
     with unsupported_guard(verify):
         ops.add_rms_norm(yt, rt, at, bt, to_device(w, device, wdtype), eps)
@@ -114,7 +114,7 @@ def test_op_add_rms_norm(case, dtype, infini_device, verify):
 
 def test_op_add_rms_norm_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     run_case(tuple(p["shape"]), p["layout"], dtype, p["eps"], p["scale"], dtype,
              infini_device, verify,
              rng_for("add_rms_norm-sweep", sweep_case.seed, sweep_case.name, dtype))

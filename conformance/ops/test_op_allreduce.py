@@ -82,7 +82,7 @@ def test_op_allreduce(reduce, case, place, dtype, infini_device, verify):
     host_in = [inputs(reduce, count, dtype, rng_for("allreduce", reduce, case, place, dtype, r))
                for r in range(world)]
     expected = reference(np.stack(host_in), reduce)
-    verify.info.update(devices=[str(comm.device(r)) for r in range(world)], world_size=world,
+    verify.param(devices=[str(comm.device(r)) for r in range(world)], world_size=world,
                        count=count, reduce=reduce, place=place)
 
     ins = [to_device(host_in[r], comm.device(r), dtype) for r in range(world)]

@@ -115,11 +115,11 @@ def test_op_capture(op, case, dtype, infini_device, verify):
         step.replay()
         stream.synchronize()
     except GraphError as e:
-        verify.info["capture_error"] = str(e)
+        verify.param(capture_error=str(e))
         raise AssertionError(f"{case}: not capturable on {infini_device.type}: {e}") from None
     got = out.numpy().astype(np.float64)
     step.close()
-    verify.info.update(graphs=step.graphs, eager_calls=step.eager_calls,
+    verify.param(graphs=step.graphs, eager_calls=step.eager_calls,
                        graph_api=getattr(step.backend, "name", "?"))
     if check is None:
         verify.exact(got, want, "replayed vs direct call", standard="copy / integer output")

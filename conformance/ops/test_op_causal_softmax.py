@@ -52,7 +52,7 @@ def test_op_causal_softmax(case, dtype, infini_device, verify):
     else:
         xt = to_device(x, infini_device, dtype)
     yt = xt if strided else Tensor.empty(shape, dtype, infini_device)  # in place when strided
-    verify.info.update(x=xt.describe(), inplace=strided)
+    verify.param(x=xt.describe(), inplace=strided)
     with unsupported_guard(verify):
         ops.causal_softmax(yt, xt)
     got = yt.numpy().astype(np.float64)
@@ -65,7 +65,7 @@ def test_op_causal_softmax(case, dtype, infini_device, verify):
 
 def test_op_causal_softmax_sweep(sweep_case, dtype, infini_device, verify):
     shape, peak = tuple(sweep_case.params["shape"]), sweep_case.params.get("peak")
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     x = host(shape, dtype, rng_for("softmax-sweep", sweep_case.seed, sweep_case.name, dtype),
              scale=2.0)
     if peak is not None:

@@ -39,7 +39,7 @@ def test_op_elementwise(op, case, dtype, infini_device, verify):
 @pytest.mark.parametrize("op", list(OPS))
 def test_op_elementwise_sweep(op, sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     run_case(op, tuple(p["shape"]), p["layout"], dtype, infini_device, verify,
              rng_for("elementwise-sweep", op, sweep_case.seed, sweep_case.name, dtype))
 
@@ -57,7 +57,7 @@ def run_case(op, shape, layout, dtype, infini_device, verify, rng):
     at = padded_view(a, infini_device, dtype) if layout == "strided" else \
         to_device(a, infini_device, dtype)
     ct = at if layout == "inplace" else Tensor.empty(shape, dtype, infini_device)
-    verify.info.update(a=at.describe(), b=bt.describe(), c=ct.describe())
+    verify.param(a=at.describe(), b=bt.describe(), c=ct.describe())
     with unsupported_guard(verify):
         fn(ct, at, bt)
     verify.close(ct.numpy(), ref(a, b), op, dtype)

@@ -85,7 +85,7 @@ def run_case(ids_shape, vocab, dim, layout, index, dtype, device, verify, rng):
     else:
         ot = Tensor.empty(out_shape, dtype, device)
     it = to_device(ids, device, index)
-    verify.info.update(ids=it.describe(), weight=wt.describe(), output=ot.describe(),
+    verify.param(ids=it.describe(), weight=wt.describe(), output=ot.describe(),
                        vocab=vocab, layout=layout)
     with unsupported_guard(verify):
         ops.embedding(ot, it, wt)
@@ -110,6 +110,6 @@ def test_op_embedding(case, index, dtype, infini_device, verify):
 
 def test_op_embedding_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     run_case(tuple(p["ids"]), p["vocab"], p["dim"], "plain", p["index"], dtype, infini_device,
              verify, rng_for("embedding-sweep", sweep_case.seed, sweep_case.name, dtype))

@@ -71,7 +71,7 @@ def _operands(name: str, dtype: str, device):
 @pytest.mark.parametrize("case", list(CASES))
 def test_op_gemm(case, dtype, infini_device, verify):
     a, b, c, alpha, beta, expected = _operands(case, dtype, infini_device)
-    verify.info.update(a=a.describe(), b=b.describe(), c=c.describe(), alpha=alpha, beta=beta)
+    verify.param(a=a.describe(), b=b.describe(), c=c.describe(), alpha=alpha, beta=beta)
     with unsupported_guard(verify):
         ops.gemm(c, a, b, alpha, beta)
     verify.close(c.numpy(), expected, "gemm", dtype)
@@ -93,7 +93,7 @@ def test_op_gemm_repeated(infini_device, verify):
     for _ in range(3):
         ops.gemm(c, a, w.transpose(0, 1))
         outs.append(c.numpy())
-    verify.info["descriptors_created_by_repeats"] = _op.created - created
+    verify.param(descriptors_created_by_repeats=_op.created - created)
     verify.require(verify.exact(_op.created - created, 0, "descriptors created by repeats"))
     for n, out in enumerate(outs):
         verify.close(out, a_h @ w_h.T, "gemm", "f32", f"call {n + 1}")
@@ -105,7 +105,7 @@ def test_op_gemm_repeated(infini_device, verify):
 
 def test_op_gemm_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     m, k, n, batch, beta = p["m"], p["k"], p["n"], p["batch"], p["beta"]
     rng = rng_for("gemm-sweep", sweep_case.seed, sweep_case.name, dtype)
     lead = () if batch is None else (batch,)
@@ -118,7 +118,7 @@ def test_op_gemm_sweep(sweep_case, dtype, infini_device, verify):
         b = to_device(b_ref, infini_device, dtype)
     c0 = host(lead + (m, n), dtype, rng) if beta else np.zeros(lead + (m, n))
     c = to_device(c0, infini_device, dtype)
-    verify.info.update(a=f"{list(a.shape)}", b=b.describe(), c=c.describe())
+    verify.param(a=f"{list(a.shape)}", b=b.describe(), c=c.describe())
     with unsupported_guard(verify):
         ops.gemm(c, to_device(a, infini_device, dtype), b, 1.0, beta)
     verify.close(c.numpy(), np.matmul(a, b_ref) + beta * c0, "gemm", dtype)

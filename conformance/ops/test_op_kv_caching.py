@@ -127,7 +127,7 @@ def check_caches(p: Prepared, verify) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_op_kv_caching(case, dtype, infini_device, verify):
     p = prepare(case, dtype, infini_device)
-    verify.info.update(case=case, k_cache=p.args[0].describe(), k=p.args[2].describe(),
+    verify.param(case=case, k_cache=p.args[0].describe(), k=p.args[2].describe(),
                        past_kv_lengths=p.args[4].describe(), past=list(CASES[case]["past"]))
     with unsupported_guard(verify):
         p.call()

@@ -97,7 +97,7 @@ def prepare(case: str, dtype: str, device) -> Prepared:
 @pytest.mark.parametrize("case", list(CASES))
 def test_op_paged_attention(case, dtype, infini_device, verify):
     p = prepare(case, dtype, infini_device)
-    verify.info.update(case=case, q=p.args[1].describe(), k_cache=p.args[2].describe(),
+    verify.param(case=case, q=p.args[1].describe(), k_cache=p.args[2].describe(),
                        block_tables=p.layout.block_tables.tolist(),
                        seq_lens=list(CASES[case]["lens"]), alibi=CASES[case]["alibi"])
     with unsupported_guard(verify):

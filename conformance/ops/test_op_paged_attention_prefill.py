@@ -109,7 +109,7 @@ def prepare(case: str, dtype: str, device) -> Prepared:
 def test_op_paged_attention_prefill(case, dtype, infini_device, verify):
     p = prepare(case, dtype, infini_device)
     c = CASES[case]
-    verify.info.update(case=case, q=p.args[1].describe(), k_cache=p.args[2].describe(),
+    verify.param(case=case, q=p.args[1].describe(), k_cache=p.args[2].describe(),
                        block_tables=p.layout.block_tables.tolist(), q_lens=list(c["q_lens"]),
                        history=list(c["history"]), alibi=c["alibi"])
     with unsupported_guard(verify):

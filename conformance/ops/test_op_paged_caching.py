@@ -117,7 +117,7 @@ def prepare(case: str, dtype: str, device) -> Prepared:
 @pytest.mark.parametrize("case", list(CASES))
 def test_op_paged_caching(case, dtype, infini_device, verify):
     p = prepare(case, dtype, infini_device)
-    verify.info.update(case=case, k_cache=p.args[0].describe(), k=p.args[2].describe(),
+    verify.param(case=case, k_cache=p.args[0].describe(), k=p.args[2].describe(),
                        slot_mapping=p.host["slot_mapping"].tolist(),
                        block_tables=p.layout.block_tables.tolist())
     with unsupported_guard(verify):

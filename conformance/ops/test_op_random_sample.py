@@ -59,7 +59,7 @@ def test_op_random_sample(case, dtype, infini_device, verify):
     logits = logits_for(vocab, dtype, (case, dtype))
     expected = reference(logits, random_val, topp, topk, temp)
     result = Tensor.empty((), "i32", infini_device)
-    verify.info.update(vocab=vocab, random_val=random_val, topp=topp, topk=topk, temperature=temp)
+    verify.param(vocab=vocab, random_val=random_val, topp=topp, topk=topk, temperature=temp)
     with unsupported_guard(verify):
         ops.random_sample(result, to_device(logits, infini_device, dtype), random_val, topp, topk,
                           temp)
@@ -82,7 +82,7 @@ def test_op_random_sample_distribution(infini_device, verify):
         tok = int(result.numpy())
         verify.exact(tok, reference(logits, float(r), 1.0, 3, 1.0), f"random_val {r:.3f}")
         seen[tok] = seen.get(tok, 0) + 1
-    verify.info["tokens_seen"] = {str(k): v for k, v in seen.items()}
+    verify.measure("tokens seen (count per token id)", {str(k): v for k, v in seen.items()})
     verify.exact(sorted(seen), [0, 1, 5], "tokens visited (the top 3)")
 
 
@@ -104,7 +104,7 @@ def test_op_random_sample_sweep(sweep_case, dtype, infini_device, verify):
     """argmax with the maximum at the first, last and a middle index and at ties; sampling
     whose pick (by the documented algorithm) is the first, the last or a middle index."""
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     rng = rng_for("random_sample-sweep", sweep_case.seed, sweep_case.name, dtype)
     vocab, where = p["vocab"], p["where"]
     result = Tensor.empty((), "i32", infini_device)
@@ -130,7 +130,7 @@ def test_op_random_sample_sweep(sweep_case, dtype, infini_device, verify):
     lo = cum[rank - 1] if rank else 0.0
     random_val = min(float((lo + cum[rank]) / 2 / cum[-1]), 1.0 - 2.0 ** -24)
     expected = reference(logits, random_val, 1.0, vocab, 1.0)
-    verify.info.update(random_val=random_val, target=target)
+    verify.param(random_val=random_val, target=target)
     with unsupported_guard(verify):
         ops.random_sample(result, to_device(logits, infini_device, dtype), random_val, 1.0,
                           vocab, 1.0)

@@ -126,7 +126,7 @@ def test_op_random_sample_batch(case, dtype, infini_device, verify):
         if not is_argmax(topp, topk) and rv > 0:
             m = sample_margin(logits[i], rv, topp, topk, temp)
             assert m > 1e-4, f"case design: row {i}'s limit is {m:.2g} from a slice boundary"
-    verify.info.update(vocab=vocab, batch=len(rows), rows=[list(r) for r in rows])
+    verify.param(vocab=vocab, batch=len(rows), rows=[list(r) for r in rows])
     tokens = run_batch(verify, infini_device, logits, dtype, rows)
     judge_rows(verify, tokens, logits, rows)
 
@@ -168,7 +168,9 @@ def test_op_random_sample_batch_distribution(infini_device, verify):
         verify.exact(tokens, np.array(expected), f"random_val {r:.3f} (+ i/8 in row i)")
         for i, t in enumerate(tokens.tolist()):
             seen[i][t] = seen[i].get(t, 0) + 1
-    verify.info["tokens_seen"] = [{str(k): v for k, v in sorted(s.items())} for s in seen]
+    for i, s in enumerate(seen):
+        verify.measure(f"row {i}: tokens seen (count per token id)",
+                       {str(k): v for k, v in sorted(s.items())})
     for i, (topk, topp, temp) in enumerate(DIST_ROWS):
         verify.exact(sorted(seen[i]), support(logits[i], topp, topk, temp),
                      f"row {i} tokens visited (topk {topk}, topp {topp}, T {temp})")
@@ -230,7 +232,7 @@ def sample_row(vocab: int, p: dict, rng) -> tuple[np.ndarray, tuple]:
 
 def test_op_random_sample_batch_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     rng = rng_for("random_sample_batch-sweep", sweep_case.seed, sweep_case.name, dtype)
     vocab = p["vocab"]
     npd = DType.parse(dtype).numpy
@@ -247,6 +249,6 @@ def test_op_random_sample_batch_sweep(sweep_case, dtype, infini_device, verify):
         logits.append(x)
         rows.append(params)
     logits = np.stack(logits)
-    verify.info["row_params"] = [list(r) for r in rows]
+    verify.param(row_params=str([list(r) for r in rows]))
     tokens = run_batch(verify, infini_device, logits, dtype, rows)
     judge_rows(verify, tokens, logits, rows)

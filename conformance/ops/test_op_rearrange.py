@@ -81,7 +81,7 @@ CASES = ["tokens_to_heads", "append_to_cache", "decode_append", "batched_tokens_
 @pytest.mark.parametrize("case", CASES)
 def test_op_rearrange(case, dtype, infini_device, verify):
     dst, src, expected, whole = _case(case, dtype, infini_device)
-    verify.info.update(dst=dst.describe(), src=src.describe())
+    verify.param(dst=dst.describe(), src=src.describe())
     with unsupported_guard(verify):
         ops.rearrange(dst, src)
     # A copy must be exact; for a cache append the whole cache is compared, so writes
@@ -93,7 +93,7 @@ def test_op_rearrange(case, dtype, infini_device, verify):
 def test_op_rearrange_sweep(sweep_case, dtype, infini_device, verify):
     """A permuted (and optionally narrowed) source copied into a contiguous destination."""
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     shape, perm, pad = p["shape"], p["perm"], p["pad"]
     x = host(shape[:-1] + [shape[-1] + pad], dtype,
              rng_for("rearrange-sweep", sweep_case.seed, sweep_case.name, dtype))

@@ -36,7 +36,7 @@ def test_op_rms_norm(case, dtype, infini_device, verify):
     xt = padded_view(x, infini_device, dtype) if strided else to_device(x, infini_device, dtype)
     yt = padded_view(np.zeros(shape), infini_device, dtype) if strided else \
         Tensor.empty(shape, dtype, infini_device)
-    verify.info.update(x=xt.describe(), y=yt.describe(), w_dtype=wdtype, eps=eps)
+    verify.param(x=xt.describe(), y=yt.describe(), w_dtype=wdtype, eps=eps)
     with unsupported_guard(verify):
         ops.rms_norm(yt, xt, to_device(w, infini_device, wdtype), eps)
     verify.close(yt.numpy(), expected, "rms_norm", dtype)
@@ -44,7 +44,7 @@ def test_op_rms_norm(case, dtype, infini_device, verify):
 
 def test_op_rms_norm_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     shape, eps = tuple(p["shape"]), p["eps"]
     rng = rng_for("rms_norm-sweep", sweep_case.seed, sweep_case.name, dtype)
     x = host(shape, dtype, rng, scale=p["scale"])

@@ -81,7 +81,7 @@ def test_op_rope(case, algo, dtype, infini_device, verify):
     else:
         xt = to_device(x, infini_device, dtype)
         yt = xt if layout == "inplace" else Tensor.empty(x.shape, dtype, infini_device)
-    verify.info.update(x=xt.describe(), y=yt.describe(), positions=pos_kind, algo=algo)
+    verify.param(x=xt.describe(), y=yt.describe(), positions=pos_kind, algo=algo)
     with unsupported_guard(verify):
         ops.rope(yt, xt, to_device(pos, infini_device, "i32"),
                  to_device(sin, infini_device, dtype), to_device(cos, infini_device, dtype), algo)
@@ -168,7 +168,7 @@ def test_op_rope_batched(case, algo, dtype, infini_device, verify):
         pt = Tensor.from_numpy(wide, infini_device, "i32").narrow(1, 0, seq)
     else:
         pt = to_device(pos, infini_device, "i32")
-    verify.info.update(x=xt.describe(), y=yt.describe(), pos_ids=pt.describe(),
+    verify.param(x=xt.describe(), y=yt.describe(), pos_ids=pt.describe(),
                        positions=pos.tolist(), algo=algo)
     with layout_guard(verify, f"rope on 4-D x/y with {pos.ndim}-D pos_ids",
                       rope_layout_probe(pos.ndim, dtype, infini_device, algo)):
@@ -191,7 +191,7 @@ def test_op_rope_sweep(sweep_case, dtype, infini_device, verify):
     """A case with "batch" is 4-D: x [batch, tokens, heads, head_dim], "pos" one list of
     positions per batch row."""
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     tokens, heads, d, algo = p["tokens"], p["heads"], p["head_dim"], p["algo"]
     rng = rng_for("rope-sweep", sweep_case.seed, sweep_case.name, dtype)
     lead = (p["batch"], tokens) if p.get("batch") else (tokens,)

@@ -70,7 +70,7 @@ def run_silu(shape, layout, x, dtype, device, verify):
         yt = padded_view(np.zeros(shape), device, dtype, pad=5)
     else:
         yt = Tensor.empty(shape, dtype, device)
-    verify.info.update(input=xt.describe(), output=yt.describe(), layout=layout)
+    verify.param(input=xt.describe(), output=yt.describe(), layout=layout)
     with unsupported_guard(verify):
         ops.silu(yt, xt)
     verify.close(yt.numpy(), silu_ref(x), "silu", dtype)
@@ -91,7 +91,7 @@ def test_op_silu(case, dtype, infini_device, verify):
 
 def test_op_silu_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     shape = tuple(p["shape"])
     rng = rng_for("silu-sweep", sweep_case.seed, sweep_case.name, dtype)
     run_silu(shape, p["layout"], host(shape, dtype, rng, p["scale"]), dtype, infini_device,
@@ -129,7 +129,7 @@ def run_silu_and_mul(shape, layout, gate, up, dtype, device, verify):
     xt = padded_view(x, device, dtype, pad=3) if layout == "strided_rows" else \
         to_device(x, device, dtype)
     yt = Tensor.empty(shape, dtype, device)
-    verify.info.update(input=xt.describe(), output=yt.describe(), layout=layout)
+    verify.param(input=xt.describe(), output=yt.describe(), layout=layout)
     with unsupported_guard(verify):
         ops.silu_and_mul(yt, xt)
     verify.close(yt.numpy(), silu_ref(gate) * up, "silu_and_mul", dtype)
@@ -150,7 +150,7 @@ def test_op_silu_and_mul(case, dtype, infini_device, verify):
 
 def test_op_silu_and_mul_sweep(sweep_case, dtype, infini_device, verify):
     shape = tuple(sweep_case.params["shape"])
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     rng = rng_for("silu_and_mul-sweep", sweep_case.seed, sweep_case.name, dtype)
     run_silu_and_mul(shape, "plain", host(shape, dtype, rng, 2.0), host(shape, dtype, rng, 2.0),
                      dtype, infini_device, verify)

@@ -82,7 +82,7 @@ def test_op_swiglu(case, dtype, infini_device, verify):
         out = to_device(np.full(shape, np.nan), infini_device, dtype)
     else:
         out = Tensor.empty(shape, dtype, infini_device)
-    verify.info.update(up=up_t.describe(), gate=gate_t.describe(), out=out.describe())
+    verify.param(up=up_t.describe(), gate=gate_t.describe(), out=out.describe())
     guard = (layout_guard(verify, f"swiglu on {len(shape)}-D tensors",
                           swiglu_layout_probe(len(shape), dtype, infini_device))
              if new_rank else unsupported_guard(verify))
@@ -97,7 +97,7 @@ def test_op_swiglu(case, dtype, infini_device, verify):
 
 def test_op_swiglu_sweep(sweep_case, dtype, infini_device, verify):
     shape = tuple(sweep_case.params["shape"])
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     rng = rng_for("swiglu-sweep", sweep_case.seed, sweep_case.name, dtype)
     up, gate = host(shape, dtype, rng, 2.0), host(shape, dtype, rng, 2.0)
     if len(shape) in (2, 3):

@@ -145,7 +145,7 @@ def check_topk(verify, x: np.ndarray, values: np.ndarray, indices: np.ndarray, k
 def test_op_topk(case, dtype, infini_device, verify):
     shape, k, dim, largest, sorted_, kind, layout = CASES[case]
     x = data(kind, shape, dim % len(shape), dtype, rng_for("topk", case, dtype))
-    verify.info.update(shape=list(shape), k=k, dim=dim, largest=largest, sorted=sorted_,
+    verify.param(shape=list(shape), k=k, dim=dim, largest=largest, sorted=sorted_,
                        data=kind, layout=layout)
     values, indices = run_topk(verify, infini_device, x, dtype, k, dim, largest, sorted_,
                                layout)
@@ -192,7 +192,7 @@ def _topk(r, n: int) -> list[dict]:
 
 def test_op_topk_sweep(sweep_case, dtype, infini_device, verify):
     p = sweep_case.params
-    verify.info.update(describe(sweep_case))
+    verify.param(**describe(sweep_case))
     rng = rng_for("topk-sweep", sweep_case.seed, sweep_case.name, dtype)
     dim = 1 if p["dim"] == "last" else 0
     x = data(p["data"], tuple(p["shape"]), dim, dtype, rng, p["scale"])

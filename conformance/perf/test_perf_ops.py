@@ -351,4 +351,4 @@ def test_perf_op(benchmark, impl, op, phase, batch, dtype, infini_device, device
             if ratio is not None:
                 benchmark.extra_info["time_ratio_vs_torch"] = ratio
                 perf["time_ratio_vs_torch"] = ratio
-    verify.info["perf"] = perf
+    verify.record_perf(perf["group"], perf["impl"], perf)

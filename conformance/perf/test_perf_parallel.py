@@ -93,7 +93,7 @@ def test_perf_parallel_prefill(benchmark, layout, dtype, infini_device, bench_sc
     extra = {"layout": layout, "tp": tp, "pp": pp, "seq": seq, "dtype": dtype,
              "model": spec.name, **({"latency_ms": info["median_s"] * 1e3} if info else {})}
     benchmark.extra_info.update(extra)
-    verify.info["perf"] = {"group": group, "impl": layout, **extra, **info}
+    verify.record_perf(group, layout, {**extra, **info})
 
 
 @pytest.mark.parametrize("batch", [1, 8], ids=["b1", "b8"])
@@ -144,7 +144,7 @@ def test_perf_parallel_decode(benchmark, layout, batch, dtype, infini_device, be
         extra["tokens_per_s"] = batch * steps / info["mean_s"]
     extra["all_reduce_ms_per_step"] = _all_reduce_per_step(model, cache, setup, fn, steps)
     benchmark.extra_info.update(extra)
-    verify.info["perf"] = {"group": group, "impl": layout, **extra, **info}
+    verify.record_perf(group, layout, {**extra, **info})
 
 
 def _all_reduce_per_step(model, cache, setup, fn, steps: int) -> float | None:

@@ -65,7 +65,7 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
     record = CheckRecord(
         nodeid=report.nodeid or "(collection)", check="collection", test=report.nodeid,
         status="error", message=f"collection failed: {str(last).strip()}"[-MESSAGE_LIMIT:],
-        info={"collection_error": text[-MESSAGE_LIMIT:]})
+        setup={"collection_error": text[-MESSAGE_LIMIT:]})
     append_part(run_dir, "collection", record, "plan")
     append_part(run_dir, "collection", record)
 
@@ -163,7 +163,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     record.comparisons = comparisons
     if verify is not None:
         record.localization = verify.localization
-        record.info = verify.info
+        record.setup = verify.setup
+        record.tensors = verify.tensors
+        record.amplification = verify.amplification
+        record.generations = verify.generations
+        record.measurements = verify.measurements
+        record.perf = verify.perf
         record.infini_ops = sorted(verify.ops_called)
         if status in ("failed", "crashed") and verify.trace is not None:
             from ..replay import write_bundle

@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 
 from .. import judge
-from ..record import Comparison, Localization
+from ..record import (
+    Amplification,
+    Comparison,
+    Generation,
+    Localization,
+    Measurement,
+    PerfSample,
+    Scalar,
+    TensorRow,
+)
 from . import defects
 
 UNSUPPORTED_PREFIX = "unsupported: "
@@ -29,7 +38,13 @@ class Verify:
         self.defect = defect
         self.comparisons: list[Comparison] = []
         self.localization: list[Localization] = []
-        self.info: dict[str, Any] = {}
+        # the typed parts of the record (record.CheckRecord), filled by the calls below
+        self.setup: dict[str, Scalar] = {}
+        self.tensors: list[TensorRow] = []
+        self.amplification: Amplification | None = None
+        self.generations: list[Generation] = []
+        self.measurements: list[Measurement] = []
+        self.perf: PerfSample | None = None
         self.expected: dict[str, tuple[np.ndarray, judge.Tolerance | None, str | None]] = {}
         self.trace = None  # conformance.replay.Trace of the InfiniCore calls (op checks)
         self.ops_called: set[str] = set()  # C op names this check called (the coverage)
@@ -98,14 +113,53 @@ class Verify:
     def finite(self, what: str, array) -> Comparison:
         return self.keep(judge.finite(what, array))
 
-    def near_tie(self, step, ours_token, golden_token, golden_logits, dtype: str,
-                 what: str) -> Comparison:
-        margin = self.policy.calibrated("generation_margin", dtype).floor
-        return self.keep(judge.near_tie(step, ours_token, golden_token, golden_logits, margin,
-                                        what))
+    def greedy_tokens(self, ours, reference, reference_logits, dtype: str, what: str, *,
+                      sides: tuple[str, str] = ("ours", "golden"),
+                      prompt_tokens: int | None = None) -> Comparison:
+        """Two sides' greedy tokens ([rows, steps]), equal up to a near tie of the reference
+        side's logits ([rows, steps, vocab]) at the first divergence (judge.greedy_tokens,
+        the margin of [generation_margin] in the dtype). Records the typed Generation."""
+        c, gen = judge.greedy_tokens(ours, reference, reference_logits,
+                                     self.policy.margin("generation_margin", dtype), what,
+                                     sides, prompt_tokens)
+        self.generations.append(gen)
+        return self.keep(c)
 
-    def localize(self, loc: Localization) -> None:
-        self.localization.append(loc)
+    def capture(self, result) -> None:
+        """A layer comparison (model/checks.compare_capture): its comparisons, finished
+        localizations, per-tensor rows and the first amplification, as recorded."""
+        for c in result.comparisons:
+            self.keep(c)
+        self.localization.extend(result.localizations)
+        self.tensors.extend(result.rows)
+        if self.amplification is None:
+            self.amplification = result.amplification
+
+    def param(self, **values: Scalar) -> None:
+        """What the check ran with beyond its pytest parameters (prompt source, batch,
+        tensor layouts): named scalars, shown with the case."""
+        for k, v in values.items():
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                v = str(v)
+            self.setup[k] = v
+
+    def measure(self, what: str, values: dict[str, float],
+                reference: dict[str, float] | None = None, note: str = "") -> Measurement:
+        """Numbers reported beside the verdicts, not judged (agreement rates, perplexities)."""
+        m = Measurement(what, {k: float(v) for k, v in values.items()},
+                        {k: float(v) for k, v in (reference or {}).items()}, note)
+        self.measurements.append(m)
+        return m
+
+    def record_perf(self, group: str, impl: str, values: dict[str, Any]) -> PerfSample:
+        """A benchmark's own measurements: numbers as values, the rest as labels."""
+        values = {k: v for k, v in values.items() if k not in ("group", "impl")}
+        nums = {k: float(v) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        labels = {k: (v if isinstance(v, str) else str(v)) for k, v in values.items()
+                  if k not in nums and v is not None}
+        self.perf = PerfSample(group, impl, nums, labels)
+        return self.perf
 
     def unsupported(self, error: BaseException) -> None:
         """The backend refuses this op/dtype/layout: an explicit 'unsupported' result."""

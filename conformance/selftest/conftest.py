@@ -93,19 +93,20 @@ def _points(layers: int) -> list[tuple[str, int | None, str]]:
 
 
 def _per_tensor(layers: int, phase: str, step: int | None, bad_layer: int | None,
-                isolated_bad: bool) -> list[dict]:
+                isolated_bad: bool) -> list:
+    from conformance.record import ErrorPoint, TensorRow
+
     rows = []
     for name, layer, sub in _points(layers):
         grow = 1.0 if bad_layer is None or layer is None or layer < bad_layer else 50.0
-        acc = {"nmse": 1e-7 * grow * (1 + (layer or 0)), "reference_nmse": 1e-7,
-               "threshold": 2e-6, "gate_threshold": 1e-4, "passed": grow == 1.0}
+        acc = ErrorPoint(1e-7 * grow * (1 + (layer or 0)), 1e-7, 2e-6, passed=grow == 1.0,
+                         gate_threshold=1e-4, within_strict=grow == 1.0)
         iso = None
         if sub in ("attention", "mlp", "kv cache", "final norm"):
             wrong = isolated_bad and layer == bad_layer and sub == "mlp"
-            iso = {"nmse": 3e-3 if wrong else 5e-8, "reference_nmse": 4e-8,
-                   "threshold": 1e-6, "passed": not wrong}
-        rows.append({"phase": phase, "step": step, "tensor": name, "layer": layer,
-                     "submodule": sub, "accumulated": acc, "isolated": iso})
+            iso = ErrorPoint(3e-3 if wrong else 5e-8, 4e-8, 1e-6, passed=not wrong)
+        rows.append(TensorRow(phase=phase, step=step, tensor=name, layer=layer,
+                              submodule=sub, accumulated=acc, isolated=iso))
     return rows
 
 
@@ -114,12 +115,16 @@ def synthetic_run(scale: int = 1):
     decode-only one), a crash with a bundle, not-run checks, findings and perf info.
     `scale` multiplies the op cases (scale=40: ~1500 checks)."""
     from conformance.record import (
+        Amplification,
         Bound,
         CheckRecord,
         Comparison,
         Crash,
         DefectRef,
+        ErrorPoint,
         Localization,
+        Measurement,
+        PerfSample,
         RunRecord,
         summarize,
         verdict_of,
@@ -200,7 +205,7 @@ def synthetic_run(scale: int = 1):
                 params={"dtype": dtype, "model_name": model}, dtype=dtype, model=model,
                 comparisons=[Comparison("last token", True, "nmse ok",
                                         {**ok, "reference_nmse": 1e-5}, cal)],
-                info={"perplexity": 12.5}))
+                measurements=[Measurement("perplexity", {"ours": 12.5})]))
             loc = [Localization("prefill", "layers.1.mlp", "mlp", ["rms_norm", "gemm", "swiglu"],
                                 5e-4, 2e-6, "layer 1 mlp output diverges", layer=1,
                                 isolated=True)] if bad else []
@@ -214,11 +219,10 @@ def synthetic_run(scale: int = 1):
                 comparisons=[Comparison("activations", not bad, "per-tensor NMSE",
                                         {"nmse": 5e-4 if bad else 1e-7}, cal)],
                 localization=loc,
-                info={"per_tensor": _per_tensor(2, "prefill", None, 1 if bad else None, bad),
-                      "amplification": None if bad else {
-                          "tensor": "layers.1.mlp", "layer": 1, "submodule": "mlp",
-                          "nmse": 3e-6, "strict_threshold": 2e-6,
-                          "isolated": {"nmse": 5e-8, "threshold": 1e-6}}}))
+                tensors=_per_tensor(2, "prefill", None, 1 if bad else None, bad),
+                amplification=None if bad else Amplification(
+                    "layers.1.mlp", "mlp", 3e-6, 2e-6, layer=1,
+                    isolated=ErrorPoint(5e-8, 4e-8, 1e-6, passed=True))))
             dec_bad = model == "tiny-mha" and dtype == "bf16"
             rows = _per_tensor(2, "prefill", None, None, False)
             for step in range(3):
@@ -234,7 +238,7 @@ def synthetic_run(scale: int = 1):
                     ["rms_norm", "gemm", "rope", "rearrange", "causal_softmax"], 2e-5, 2e-6,
                     "decode step 2: layer 0 attention diverges", layer=0, step=2,
                     isolated=False)] if dec_bad else [],
-                info={"per_tensor": rows}))
+                tensors=rows))
     # A crashed model check carries its case; not-run checks in the model matrix.
     recs.append(CheckRecord(
         nodeid="conformance/model/test_model_cache.py::test_model_cache[bf16-tiny-gqa]",
@@ -252,8 +256,8 @@ def synthetic_run(scale: int = 1):
         nodeid="conformance/perf/test_perf_model.py::test_perf_decode[f32-b1-ours]",
         check="perf_model", test="test_perf_decode", status="passed",
         params={"dtype": "f32", "decode_batch": 1, "impl": "ours"}, dtype="f32",
-        info={"perf": {"group": "decode-b1", "impl": "ours", "mean_s": 0.012,
-                       "tokens_per_s": 830.0, "time_ratio_vs_hf": 0.8}}))
+        perf=PerfSample("decode-b1", "ours", {"mean_s": 0.012, "tokens_per_s": 830.0,
+                                              "time_ratio_vs_hf": 0.8})))
     recs.append(CheckRecord(
         nodeid="known_defects.toml::demo-fixed", check="known_defects", test="demo-fixed",
         status="failed", message="known defect demo-fixed no longer shows (XPASS)",

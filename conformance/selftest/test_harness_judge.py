@@ -135,10 +135,29 @@ def test_calibrated_and_envelopes():
     assert series == [True, False, False] and "first b" in ok.reason
 
 
-def test_near_tie_rule():
-    logits = np.array([2.0, 1.99, 0.0])
-    assert judge.near_tie(3, 1, 0, logits, 0.25, "g").passed
-    assert not judge.near_tie(3, 1, 0, np.array([2.0, 1.0]), 0.25, "g").passed
+def test_greedy_tokens_find_the_divergence_and_judge_the_near_tie():
+    vocab = 4
+    logits = np.zeros((2, 5, vocab))
+    logits[:, :, 0] = 2.0
+    logits[1, 3, 1] = 1.99  # row 1, step 3: a near tie between tokens 0 and 1
+    ref = np.zeros((2, 5), dtype=int)
+    same, gen = judge.greedy_tokens(ref, ref, logits, 0.25, "g")
+    assert same.passed and gen.first_divergence is None
+    ours = ref.copy()
+    ours[1, 3:] = 1  # diverges at the near tie, then each goes its own way
+    c, gen = judge.greedy_tokens(ours, ref, logits, 0.25, "g", sides=("fixed", "plain"))
+    assert c.passed and (gen.first_divergence, gen.row) == (3, 1)
+    assert gen.margin == pytest.approx(0.01) and "plain's top-2 margin" in c.reason
+    ours = ref.copy()
+    ours[0, 2] = 3  # row 0, step 2: margin 2, no tie; the earlier step wins over row 1's
+    ours[1, 3] = 1
+    c, gen = judge.greedy_tokens(ours, ref, logits, 0.25, "g", sides=("fixed", "plain"))
+    assert not c.passed and (gen.first_divergence, gen.row) == (2, 0)
+    assert "fixed 3, plain 0" in c.reason and "not a near tie" in c.reason
+    # f32 (margin 0): any divergence fails; a shorter side diverges where it ends
+    assert not judge.greedy_tokens(ours, ref, logits, 0.0, "g")[0].passed
+    c, gen = judge.greedy_tokens(ref[:, :3], ref, logits, 0.25, "g")
+    assert not c.passed and gen.first_divergence == 3 and "no near tie" in c.reason
 
 
 def test_exact_copy_envelope_by_fraction():
@@ -157,6 +176,8 @@ def test_tolerance_table_is_complete():
         for dtype in DTYPES:
             assert isinstance(POLICY.get(check, dtype), Tolerance)
     for check in ("model_activations", "model_activations_gate", "model_logits",
-                  "model_logits_kl", "cache_vs_recompute", "generation_margin", "perplexity"):
+                  "model_logits_kl", "cache_vs_recompute", "perplexity"):
         for dtype in DTYPES:
             assert isinstance(POLICY.calibrated(check, dtype), Calibrated)
+    assert [POLICY.margin("generation_margin", d) for d in ("f32", "f16", "bf16")] == \
+        [0.0, 0.05, 0.25]

@@ -29,6 +29,7 @@ from conformance.record import (
     verdict_of,
 )
 from conformance.report import render as render_mod
+from conformance.report.format import slug
 from conformance.report.cli import main
 
 from .conftest import ROOT, inner_run, synthetic_run
@@ -82,7 +83,7 @@ def _matrix_cells(page: str, table_id: str) -> dict[tuple[str, str], str]:
 
 def _card(page: str, nodeid: str) -> str:
     """The detail card of one check."""
-    start = page.index(f'id="{render_mod.slug("chk", nodeid)}"')
+    start = page.index(f'id="{slug("chk", nodeid)}"')
     ends = [i for i in (page.find('<div class="card s-', start), page.find("</section>", start))
             if i != -1]
     return page[start:min(ends)]
@@ -382,24 +383,37 @@ def test_findings_are_listed_and_never_colour_a_cell(tmp_path):
     assert "findings: <b>1</b>" in page
 
 
-def test_per_tensor_in_another_layout_is_not_plotted(tmp_path):
+def test_a_schema_2_run_renders_with_its_per_tensor_rows_typed(tmp_path):
+    """A results.json of schema 2 (free-form `info`) still loads: its per-tensor rows in
+    the layout schema 2 wrote become typed rows and are plotted; any other layout is
+    dropped (nothing plotted, no error), scalars become setup."""
     run = synthetic_run()
-    for r in run.results:
-        if r.check == "model_activations":
-            r.info["per_tensor"] = [{"tensor": "embed_tokens", "layer": None,
-                                     "metrics": {"nmse": 1e-7}, "threshold": 1e-6}]
-        elif r.check == "model_decode":
-            r.info.pop("per_tensor")
-    page = _render(run, tmp_path / "run")
-    assert '<svg class="plot"' not in page
-    assert "per_tensor is recorded in a layout this report does not plot" in page
+    doc = json.loads(run.to_json())
+    doc["schema_version"] = 2
+    for r in doc["results"]:
+        rows = r.pop("tensors", [])
+        r.pop("setup", None)
+        r["info"] = {"prompts": "fixture text"}
+        if r["check"] == "model_activations":
+            r["info"]["per_tensor"] = rows
+        elif r["check"] == "model_decode":
+            r["info"]["per_tensor"] = [{"tensor": "embed_tokens", "metrics": {"nmse": 1.0}}]
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps(doc))
+    old = RunRecord.load(d)
+    act = [r for r in old.results if r.check == "model_activations"]
+    assert act and all(r.tensors and r.setup == {"prompts": "fixture text"} for r in act)
+    assert not any(r.tensors for r in old.results if r.check == "model_decode")
+    page = render_mod.render_html(old)
+    assert '<svg class="plot"' in page and "prompts = fixture text" in page
 
 
 def test_amplification_and_non_finite_errors_are_shown(tmp_path):
     run = synthetic_run()
     (act,) = [r for r in run.results if r.check == "model_activations" and r.dtype == "f32"
               and r.model == "tiny-mha"]
-    act.info["per_tensor"][3]["accumulated"]["nmse"] = float("inf")
+    act.tensors[3].accumulated.nmse = float("inf")
     page = _render(run, tmp_path / "run")
     assert ("model_activations: error amplified on its way at layer 1 sub-module mlp "
             "(layers.1.mlp): accumulated NMSE 3e-06 over the strict bound 2e-06 but within "
