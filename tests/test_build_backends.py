@@ -311,3 +311,21 @@ def test_both_module_names_run(module: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--ascend-npu=y" in _lines(proc.stdout)["configure"]
     assert "Warning" not in proc.stderr
+
+
+def test_runtime_imports_only_the_prefix() -> None:
+    """Every runtime module imported (but runtime.build, the tool's old name): of the
+    build tool, only `prefix` is loaded."""
+    code = ("import importlib, pkgutil, sys\n"
+            "import infinilm_models.runtime as r\n"
+            "for m in pkgutil.walk_packages(r.__path__, r.__name__ + '.'):\n"
+            "    if m.name != 'infinilm_models.runtime.build':\n"
+            "        importlib.import_module(m.name)\n"
+            "print(' '.join(sorted(n for n in sys.modules if n.startswith('infinilm_models.'))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.split()
+    assert "infinilm_models.runtime.library" in loaded
+    assert [n for n in loaded if n.startswith("infinilm_models.build")] == [
+        "infinilm_models.build", "infinilm_models.build.prefix"]
