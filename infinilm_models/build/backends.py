@@ -59,6 +59,19 @@ class BackendOption:
         extra = [] if self.option == "cpu" else [self.option, *self.companions]
         return [*BASE_FLAGS, *(f"--{o}=y" for o in extra)]
 
+    def note(self) -> str:
+        """The recipe's line about it, where it is not simply upstream's option found in
+        xmake.lua ("" then)."""
+        if self.origin == "xmake.lua" and not self.companions and \
+                self.option == BUILTIN_OPTIONS[self.backend]:
+            return ""
+        line = f"--backend {self.backend}: xmake option --{self.option} (from {self.origin}"
+        line += f", {self.define})" if self.define else ")"
+        if self.companions:
+            line += (f", with {', '.join('--' + c for c in self.companions)} (its blocks "
+                     "add_deps them)")
+        return line
+
     def describe(self) -> dict:
         return {"option": self.option, "define": self.define, "origin": self.origin,
                 "companions": list(self.companions), "environment": list(self.environment)}

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from . import vendor
 from .backends import (
-    BUILTIN_OPTIONS,
     BackendOption,
     backend_option,
     check_xmake_options,
@@ -59,13 +58,8 @@ def plan_recipe(src: Path, source: Source, backend: str, cuda_arch: str, ccl: bo
     # The literal patches were written for the PyPI release: there, missing text is drift.
     adaptations += apply_patches(src, backend, strict=source.key == pypi_source_key(),
                                  write=write)
-    if option.origin != "xmake.lua" or option.companions or \
-            option.option != BUILTIN_OPTIONS[backend]:
-        with_ = f", with {', '.join('--' + c for c in option.companions)} (its blocks " \
-                "add_deps them)" if option.companions else ""
-        adaptations.append(f"--backend {backend}: xmake option --{option.option} (from "
-                           f"{option.origin}{', ' + option.define if option.define else ''})"
-                           f"{with_}")
+    if option.note():
+        adaptations.append(option.note())
     flags = option.flags()
     if backend == "nvidia" and cuda_arch != "native":
         flag, line = set_cuda_arch(src, cuda_arch, write=write)
