@@ -1,13 +1,14 @@
 """LLaMA on InfiniCore.
 
 runtime/     the InfiniCore binding (the only code that talks to the C library)
+build/       building InfiniCore from a source, for any backend (python -m infinilm_models.build)
 models/      model families; llama/ holds LlamaConfig, the modules, the loader, the KV cache
 generation   greedy and sampled decoding with the KV cache
 """
 
 from importlib import import_module
 
-# Resolved on first use, so that `python -m infinilm_models.runtime.build` needs nothing
+# Resolved on first use, so that `python -m infinilm_models.build` needs nothing
 # beyond the standard library and the model side's dependencies load only when used.
 _EXPORTS = {
     "AutoLlamaModel": ".models", "MODEL_REGISTRY": ".models",

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from infinilm_models.runtime import build
-from infinilm_models.runtime.build import BuildError, find_nccl
+from infinilm_models.build import cli, install, recipe, vendor, xmake
+from infinilm_models.build.errors import BuildError
+from infinilm_models.build.prefix import INFINICORE_VERSION, STAMP_NAME, read_stamp
+from infinilm_models.build.vendor import find_nccl
 
 
 def fake_nccl_package(site: Path, name: str = "nvidia-nccl-cu12", version: str = "2.21.5",
@@ -81,26 +83,26 @@ def test_scratch_nccl_root(tmp_path: Path) -> None:
     fake_nccl_package(tmp_path / "site")
     nccl = find_nccl([str(tmp_path / "site")], environ={})
     for _ in range(2):  # idempotent
-        root = build.nccl_root(nccl, tmp_path / "root")
+        root = vendor.nccl_root(nccl, tmp_path / "root")
     assert (root / "include" / "nccl.h").read_text() == "fake nvidia/nccl/include/nccl.h\n"
     assert (root / "lib" / "libnccl.so").resolve() == nccl.library
 
 
 def test_link_flags(tmp_path: Path) -> None:
-    assert build.link_flags(None) == build.COMMON_FLAGS
+    assert vendor.link_flags(None) == vendor.COMMON_FLAGS
     fake_nccl_package(tmp_path / "site")
     nccl = find_nccl([str(tmp_path / "site")], environ={})
-    assert build.link_flags(nccl) == [
+    assert vendor.link_flags(nccl) == [
         f"--shflags=-Wl,-rpath,$ORIGIN:{nccl.library.parent}"]
-    odd = build.Nccl(nccl.include, Path("/a:b/libnccl.so.2"), "x")
+    odd = vendor.Nccl(nccl.include, Path("/a:b/libnccl.so.2"), "x")
     with pytest.raises(BuildError, match="RUNPATH"):
-        build.link_flags(odd)
+        vendor.link_flags(odd)
 
 
 def test_ccl_refused_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(BuildError, match="InfiniCCL has no cpu backend"):
-        build.build("cpu", tmp_path / "prefix", ccl=True)
-    assert build.main(["--backend", "cpu", "--ccl", "--prefix", str(tmp_path / "p")]) == 1
+        install.build("cpu", tmp_path / "prefix", ccl=True)
+    assert cli.main(["--backend", "cpu", "--ccl", "--prefix", str(tmp_path / "p")]) == 1
     err = capsys.readouterr().err
     assert "InfiniCCL has no cpu backend" in err and "LoopbackCommunicator" in err
     assert not (tmp_path / "p").exists() and not (tmp_path / "prefix").exists()
@@ -109,17 +111,17 @@ def test_ccl_refused_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
 def test_ccl_without_nccl_fails_before_building(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NCCL_ROOT", raising=False)
-    monkeypatch.setattr(build, "NCCL_DISTRIBUTIONS", ("no-such-nccl-package",))
-    monkeypatch.setattr(build, "check_tools", lambda b: pytest.fail("got as far as the tools"))
+    monkeypatch.setattr(vendor, "NCCL_DISTRIBUTIONS", ("no-such-nccl-package",))
+    monkeypatch.setattr(xmake, "check_tools", lambda b: pytest.fail("got as far as the tools"))
     with pytest.raises(BuildError, match="needs NCCL"):
-        build.build("nvidia", tmp_path / "prefix", ccl=True)
+        install.build("nvidia", tmp_path / "prefix", ccl=True)
 
 
 def fake_sdist(tmp_path: Path) -> Path:
     """An sdist stand-in: PKG-INFO and an xmake.lua at its top directory, no sources."""
-    sdist = tmp_path / f"infinicore-{build.INFINICORE_VERSION}.tar.gz"
-    top = f"infinicore-{build.INFINICORE_VERSION}"
-    files = {"PKG-INFO": f"Name: infinicore\nVersion: {build.INFINICORE_VERSION}\n",
+    sdist = tmp_path / f"infinicore-{INFINICORE_VERSION}.tar.gz"
+    top = f"infinicore-{INFINICORE_VERSION}"
+    files = {"PKG-INFO": f"Name: infinicore\nVersion: {INFINICORE_VERSION}\n",
              "xmake.lua": 'add_requires("pybind11")\n'}
     with tarfile.open(sdist, "w:gz") as tar:
         for name, text in files.items():
@@ -130,29 +132,29 @@ def fake_sdist(tmp_path: Path) -> Path:
 
 def fake_prefix(prefix: Path, backend: str, ccl: bool, nccl_lib: Path | None = None) -> None:
     (prefix / "lib").mkdir(parents=True)
-    for lib in build.LIBRARIES:
+    for lib in install.LIBRARIES:
         (prefix / "lib" / lib).write_bytes(b"")
-    stamp = {"backend": backend, "recipe": build._recipe_digest(backend, "native", ccl),
+    stamp = {"backend": backend, "recipe": recipe.recipe_digest(backend, "native", ccl),
              "ccl": ccl, "nccl": {"library": str(nccl_lib)} if ccl else None}
-    (prefix / build.STAMP_NAME).write_text(json.dumps(stamp))
+    (prefix / STAMP_NAME).write_text(json.dumps(stamp))
 
 
 def test_stamp_and_up_to_date(tmp_path: Path) -> None:
-    assert build._recipe_digest("nvidia") == build._recipe_digest("nvidia", "native", False)
-    assert build._recipe_digest("nvidia") != build._recipe_digest("nvidia", "native", True)
+    assert recipe.recipe_digest("nvidia") == recipe.recipe_digest("nvidia", "native", False)
+    assert recipe.recipe_digest("nvidia") != recipe.recipe_digest("nvidia", "native", True)
     plain, with_ccl = tmp_path / "plain", tmp_path / "ccl"
     lib = tmp_path / "libnccl.so.2"
     lib.write_bytes(b"")
     fake_prefix(plain, "nvidia", False)
     fake_prefix(with_ccl, "nvidia", True, lib)
-    assert build.is_up_to_date(plain, "nvidia")
-    assert not build.is_up_to_date(plain, "nvidia", ccl=True)
-    assert build.is_up_to_date(with_ccl, "nvidia", ccl=True)
+    assert install.is_up_to_date(plain, "nvidia")
+    assert not install.is_up_to_date(plain, "nvidia", ccl=True)
+    assert install.is_up_to_date(with_ccl, "nvidia", ccl=True)
     # a plain request (tox, CI) keeps a build with InfiniCCL rather than rebuild it away
-    assert build.is_up_to_date(with_ccl, "nvidia")
+    assert install.is_up_to_date(with_ccl, "nvidia")
     lib.unlink()  # the NCCL it was linked against is gone: its RUNPATH leads nowhere
-    assert not build.is_up_to_date(with_ccl, "nvidia", ccl=True)
-    assert not build.is_up_to_date(with_ccl, "nvidia")
+    assert not install.is_up_to_date(with_ccl, "nvidia", ccl=True)
+    assert not install.is_up_to_date(with_ccl, "nvidia")
 
 
 def test_build_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,10 +162,10 @@ def test_build_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with the links at configure time, the RUNPATH; and what the stamp records."""
     site = tmp_path / "site"
     fake_nccl_package(site, "nvidia-nccl-cu13", "2.28.3")
-    real_find = build.find_nccl
-    monkeypatch.setattr(build, "find_nccl", lambda: real_find([str(site)], environ={}))
-    monkeypatch.setattr(build, "check_tools", lambda backend: "xmake")
-    monkeypatch.setattr(build, "apply_patches", lambda src, backend, strict=True: [])
+    real_find = vendor.find_nccl
+    monkeypatch.setattr(vendor, "find_nccl", lambda: real_find([str(site)], environ={}))
+    monkeypatch.setattr(xmake, "check_tools", lambda backend: "xmake")
+    monkeypatch.setattr(recipe, "apply_patches", lambda src, backend, strict=True, write=True: [])
     sdist = fake_sdist(tmp_path)
     steps: list[tuple[str, list[str], dict]] = []
 
@@ -177,23 +179,23 @@ def test_build_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         if step.startswith("xmake install"):
             lib = Path(env["INFINI_ROOT"]) / "lib"
             lib.mkdir(parents=True, exist_ok=True)
-            for name in build.LIBRARIES:
+            for name in install.LIBRARIES:
                 (lib / name).write_bytes(b"")
 
-    monkeypatch.setattr(build, "_run", fake_run)
-    prefix = build.build("nvidia", tmp_path / "prefix", sdist=sdist, ccl=True)
+    monkeypatch.setattr(xmake, "run_step", fake_run)
+    prefix = install.build("nvidia", tmp_path / "prefix", sdist=sdist, ccl=True)
     configure, env = next((cmd, env) for step, cmd, env in steps if step == "xmake configure")
     libdir = (site / "nvidia" / "nccl" / "lib").resolve()
     assert "--ccl=y" in configure and "--nv-gpu=y" in configure
     assert f"--shflags=-Wl,-rpath,$ORIGIN:{libdir}" in configure
-    stamp = build.read_stamp(prefix)
+    stamp = read_stamp(prefix)
     assert stamp["ccl"] is True
     assert stamp["nccl"]["source"] == "nvidia-nccl-cu13 2.28.3"
     assert stamp["nccl"]["library"] == str(libdir / "libnccl.so.2")
     assert "--ccl=y" in stamp["flags"]
     assert not Path(env["NCCL_ROOT"]).exists()  # the scratch root went with the build dir
-    assert build.is_up_to_date(prefix, "nvidia", ccl=True)
+    assert install.is_up_to_date(prefix, "nvidia", ccl=True)
     steps.clear()
-    build.build("nvidia", prefix, sdist=sdist, ccl=True)  # up to date: nothing runs
-    build.build("nvidia", prefix, sdist=sdist)
+    install.build("nvidia", prefix, sdist=sdist, ccl=True)  # up to date: nothing runs
+    install.build("nvidia", prefix, sdist=sdist)
     assert steps == []

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from infinilm_models.runtime import build, capabilities, source
+from infinilm_models.build import cli, patches, source
+from infinilm_models.build import ops as build_ops
+from infinilm_models.build import recipe as build_recipe
+from infinilm_models.build.errors import BuildError
+from infinilm_models.build.prefix import default_prefix
+from infinilm_models.build.vendor import VendorLib
+from infinilm_models.runtime import capabilities
 
 
 def make_tree(root: Path, *, ops: dict[str, dict[str, str]] | None = None,
@@ -57,8 +63,8 @@ def test_git_archive_tarball_names_its_commit(tmp_path: Path) -> None:
     # a folder holding one tarball (and its README) is that tarball
     (tmp_path / "README.md").write_text("x")
     assert source.resolve(tmp_path).key == s.key
-    assert build.default_prefix("cpu", s).name == "infinicore-git-2cec6ce6-cpu"
-    assert build.default_prefix("cpu").name == "infinicore-0.1.0-cpu"
+    assert default_prefix("cpu", s).name == "infinicore-git-2cec6ce6-cpu"
+    assert default_prefix("cpu").name == "infinicore-0.1.0-cpu"
 
 
 def test_any_top_directory_and_no_commit(tmp_path: Path) -> None:
@@ -142,17 +148,18 @@ def _upstream_like(tmp_path: Path) -> Path:
 
 def test_op_folders_and_cudnn_use(tmp_path: Path) -> None:
     src = _upstream_like(tmp_path)
-    found = build.op_dirs(src)
+    found = build_ops.op_dirs(src)
     assert set(found) == {"gemm", "avg_pool3d", "conv", "bce", "awq_marlin_gemm",
                           "quant/per_tensor_quant_int8"}
-    assert build.cudnn_use(found["avg_pool3d"]) == "required"
-    assert build.cudnn_use(found["conv"]) == "optional"
-    assert build.cudnn_use(found["bce"]) is None  # a comment is no use
-    assert build.cudnn_use(found["gemm"]) is None
+    assert build_ops.cudnn_use(found["avg_pool3d"]) == "required"
+    assert build_ops.cudnn_use(found["conv"]) == "optional"
+    assert build_ops.cudnn_use(found["bce"]) is None  # a comment is no use
+    assert build_ops.cudnn_use(found["gemm"]) is None
 
 
 def _plan(src: Path, backend: str, ops: str = "auto", cudnn=None, arch: str = "native"):
-    return build.plan_recipe(src, source.resolve(src), backend, arch, False, ops, None, cudnn)
+    return build_recipe.plan_recipe(src, source.resolve(src), backend, arch, False, ops, None,
+                                    cudnn)
 
 
 def test_nvidia_upstream_builds_the_harness_ops(tmp_path: Path) -> None:
@@ -186,7 +193,7 @@ def test_cudnn_present_is_used(tmp_path: Path) -> None:
     lib = tmp_path / "cudnn" / "lib" / "libcudnn.so.9"
     lib.parent.mkdir(parents=True)
     lib.write_text("")
-    cudnn = build.VendorLib(tmp_path / "cudnn" / "include", lib, "nvidia-cudnn-cu13 9.9")
+    cudnn = VendorLib(tmp_path / "cudnn" / "include", lib, "nvidia-cudnn-cu13 9.9")
     recipe = _plan(_upstream_like(tmp_path), "nvidia", ops="all", cudnn=cudnn)
     assert "avg_pool3d" in recipe.ops_built and "--cudnn=y" in recipe.flags
     assert recipe.flags[-1] == f"--shflags=-Wl,-rpath,$ORIGIN:{lib.parent}"
@@ -201,10 +208,10 @@ def test_cpu_builds_every_op(tmp_path: Path) -> None:
 
 
 def test_op_list_is_checked(tmp_path: Path) -> None:
-    with pytest.raises(build.BuildError, match="no such op .*: nope"):
+    with pytest.raises(BuildError, match="no such op .*: nope"):
         _plan(_upstream_like(tmp_path), "cpu", ops="gemm,nope")
-    with pytest.raises(build.BuildError, match="--ops"):
-        build.check_ops("Gemm;rm")
+    with pytest.raises(BuildError, match="--ops"):
+        build_ops.check_ops("Gemm;rm")
 
 
 def test_cuda_arch_the_way_the_tree_expects(tmp_path: Path) -> None:
@@ -212,35 +219,35 @@ def test_cuda_arch_the_way_the_tree_expects(tmp_path: Path) -> None:
     recipe = _plan(upstream, "nvidia", arch="sm_90")
     assert "--cuda_arch=sm_90" in recipe.flags
     old = make_tree(tmp_path / "old", xmake="", nvidia_lua='add_cugencodes("native")\n')
-    flag, line = build.set_cuda_arch(old, "sm_90")
+    flag, line = patches.set_cuda_arch(old, "sm_90")
     assert flag is None and "sm_90 instead of native" in line
     assert 'add_cugencodes("sm_90")' in (old / "xmake" / "nvidia.lua").read_text()
     neither = make_tree(tmp_path / "neither", xmake="", nvidia_lua="")
-    with pytest.raises(build.BuildError, match="--cuda-arch native"):
-        build.set_cuda_arch(neither, "sm_90")
+    with pytest.raises(BuildError, match="--cuda-arch native"):
+        patches.set_cuda_arch(neither, "sm_90")
 
 
 def test_literal_patches_strict_only_for_the_release(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "t")
-    with pytest.raises(build.BuildError, match="sdist changed"):
-        build.apply_patches(src, "nvidia", strict=True)
-    lines = build.apply_patches(src, "nvidia", strict=False)
+    with pytest.raises(BuildError, match="sdist changed"):
+        patches.apply_patches(src, "nvidia", strict=True)
+    lines = patches.apply_patches(src, "nvidia", strict=False)
     assert len(lines) == 2 and all("not needed here" in line for line in lines)
-    target = src / build.PATCHES[0].path
+    target = src / patches.PATCHES[0].path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"\xef\xbb\xbfauto m = cub::Max()(a, b);\n")
-    build.apply_patches(src, "nvidia", strict=False)
+    patches.apply_patches(src, "nvidia", strict=False)
     text = target.read_bytes()
     assert text.startswith(b"\xef\xbb\xbf#include <cuda/functional>")
     assert b"cuda::maximum<>()" in text
 
 
 def test_recipe_digest_depends_on_the_source() -> None:
-    pypi = build._recipe_digest("cpu")
-    assert pypi == build._recipe_digest("cpu", source_key="pypi:0.1.0")
-    assert build._recipe_digest("cpu", source_key=f"git:{COMMIT}") != pypi
-    assert build._recipe_digest("cpu", source_key=f"git:{COMMIT}", ops="harness") != \
-        build._recipe_digest("cpu", source_key=f"git:{COMMIT}", ops="all")
+    pypi = build_recipe.recipe_digest("cpu")
+    assert pypi == build_recipe.recipe_digest("cpu", source_key="pypi:0.1.0")
+    assert build_recipe.recipe_digest("cpu", source_key=f"git:{COMMIT}") != pypi
+    assert build_recipe.recipe_digest("cpu", source_key=f"git:{COMMIT}", ops="harness") != \
+        build_recipe.recipe_digest("cpu", source_key=f"git:{COMMIT}", ops="all")
 
 
 def test_missing_source_skips_or_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -249,13 +256,13 @@ def test_missing_source_skips_or_fails(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("CI", raising=False)
     marker = tmp_path / "ran"
     argv = ["--source", str(gone), "--missing-source", "auto", "--", "touch", str(marker)]
-    assert build.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "SKIPPED: no InfiniCore source" in capsys.readouterr().out
     assert not marker.exists()
     monkeypatch.setenv("CI", "true")  # on a CI runner a missing source fails the job
-    assert build.main(argv) == 1
+    assert cli.main(argv) == 1
     assert "no such file" in capsys.readouterr().err
-    assert build.main(["--source", str(gone)]) == 1  # default: error
+    assert cli.main(["--source", str(gone)]) == 1  # default: error
 
 
 def test_command_runs_with_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,7 +271,7 @@ def test_command_runs_with_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (root / "lib" / "libinfiniop.so").write_bytes(b"")
     monkeypatch.setenv("INFINI_ROOT", str(root))
     out = tmp_path / "seen"
-    rc = build.main(["--unless-infini-root", "--", "sh", "-c",
+    rc = cli.main(["--unless-infini-root", "--", "sh", "-c",
                      f'echo "$INFINI_ROOT" > {out}; exit 7'])
     assert rc == 7 and out.read_text().strip() == str(root)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from infinilm_models.build.prefix import default_prefix
 from infinilm_models.runtime import library
-from infinilm_models.runtime.build import default_prefix
 
 
 @pytest.fixture

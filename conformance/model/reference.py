@@ -44,7 +44,7 @@ def cache_dir() -> Path | None:
         return None
     if value:
         return Path(value)
-    from infinilm_models.runtime.build import cache_home
+    from infinilm_models.build.prefix import cache_home
 
     return cache_home() / "reference"
 
@@ -100,7 +100,7 @@ def checkpoint_digest(path: str | Path) -> str:
     key = (str(root.resolve()), stat)
     found = _digests.get(key)
     if found is None:
-        from infinilm_models.runtime.source import sha256_file
+        from infinilm_models.build.prefix import sha256_file
 
         h = hashlib.sha256()
         for p in files:

@@ -5,7 +5,8 @@ device   – devices by name, selection, synchronize, the per-device infiniop ha
 memory   – DeviceBuffer (infinirtMalloc/Free) and memcpy
 tensor   – Tensor: dtype/shape/strides/offset over a buffer, zero-copy views, numpy I/O
 ops      – one wrapper per op, descriptors and workspaces cached per signature
-build    – `python -m infinilm_models.runtime.build`: InfiniCore from the PyPI sdist
+build    – `python -m infinilm_models.runtime.build`: the old name of the build tool,
+           `infinilm_models.build` (the runtime imports only its `prefix` module)
 """
 
 from .device import Device, available_devices, device_count

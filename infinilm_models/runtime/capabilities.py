@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .source import sha256_file
+from ..build.prefix import read_stamp, sha256_file
 
 LIBRARIES = ("libinfinirt.so", "libinfiniop.so", "libinfiniccl.so")
 # One process per rank: exported by InfiniCore after 0.1.0 (commit 1ba15fe0), not by 0.1.0.
@@ -187,8 +187,6 @@ def _identity(stamp: dict | None, exports_digest: str, root: Path) -> BuildIdent
 
 def read_build(root: Path) -> Build:
     """The build installed at `root` (a prefix with lib/), without loading it."""
-    from .build import read_stamp
-
     libdir = root / "lib"
     exports: set[str] = set()
     known = True

@@ -13,7 +13,7 @@ from ctypes import POINTER, c_int, c_size_t, c_ssize_t, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import default_prefix
+from ..build.prefix import build_command, default_prefix
 
 STATUS_NAMES = {
     0: "INFINI_STATUS_SUCCESS",
@@ -133,8 +133,8 @@ def find_root() -> Path:
             break
     raise LibraryNotFound(
         "InfiniCore libraries not found. Looked for:\n" + "\n".join(looked)
-        + f"\nBuild them with `python -m infinilm_models.runtime.build --backend "
-        f"{default_backend()}`, or set INFINI_ROOT to an existing InfiniCore install prefix."
+        + f"\nBuild them with {build_command(default_backend())}, or set INFINI_ROOT to an "
+        "existing InfiniCore install prefix."
     )
 
 
@@ -284,10 +284,10 @@ def load() -> Library:
         except OSError as e:
             hint = ""
             if "libinfinirt.so" in str(e):
-                # A build made without our recipe has no RUNPATH (see build.COMMON_FLAGS).
+                # A build made without our recipe has no RUNPATH (see build/vendor.py).
                 hint = (f"\nThis build's libinfiniop.so has no RUNPATH: run with "
                         f"LD_LIBRARY_PATH={libdir} (InfiniCore's own setup), or rebuild with "
-                        "`python -m infinilm_models.runtime.build`.")
+                        "`python -m infinilm_models.build`.")
             raise LibraryNotFound(f"failed to load InfiniCore from {libdir}: {e}{hint}") from e
         # InfiniCCL is optional: a build with it needs NCCL (libnccl.so.2, on its RUNPATH);
         # if that is gone, the ops still work and only a communicator reports why.

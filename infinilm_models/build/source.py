@@ -8,7 +8,7 @@ a build stamp, results.json and the known-defect table name a build by:
     git:<commit>        a clean git tree, or a `git archive` tarball (its pax header)
     sha256:<digest>     anything else: the tarball's bytes, or the tree's files
 
-Nothing here builds; `build.py` unpacks and compiles what `resolve` identified.
+Nothing here builds; `install.py` unpacks and compiles what `resolve` identified.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .prefix import sha256_file
 
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 # Build outputs and VCS state of a source directory: neither identity nor input.
@@ -73,14 +75,6 @@ class Source:
                 "path": str(self.path), "sha256": self.sha256, "version": self.version,
                 "git_commit": self.git_commit, "git_dirty": self.git_dirty,
                 "top_dir": self.top_dir}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_tarball(path: Path) -> bool:
