@@ -126,6 +126,10 @@ class Localization:
     step: int | None = None
     isolated: bool = False
     steps: int | None = None  # decode steps compared (step is one of 1..steps)
+    # What the isolated comparison (this sub-module alone on the golden's own input) says:
+    # "starts here" (run, out of bound), "arrives from earlier layers" (run, within bound)
+    # or "not measured" (the check has no isolated run of this tensor: no claim either way).
+    origin: str = ""
 
 
 @dataclass
@@ -509,6 +513,8 @@ _ALLOWED = {
     (Comparison, "kind"): COMPARISON_KINDS,
     (Localization, "phase"): ("prefill", "decode"),
     (TensorRow, "phase"): ("prefill", "decode"),
+    (Localization, "origin"): ("", "starts here", "arrives from earlier layers",
+                               "not measured"),
 }
 
 
@@ -536,7 +542,7 @@ def _build(cls: type, d: Any, where: str) -> Any:
 
 def _convert(annotation: str, value: Any, name: str) -> Any:
     ann = annotation.replace(" ", "")
-    optional = ann.endswith("|None")
+    optional = ann.endswith("|None") or ann == "Scalar"  # a Scalar may be null
     base = ann.removesuffix("|None")
     if value is None:
         if optional:

@@ -1,19 +1,24 @@
 """Judging captured tensors: accumulated and isolated error per capture point, and where a
 deviation shows first.
 
-For every capture point of a run (prefill, or one decode step):
+For every capture point of a run (prefill, or decode steps):
   * accumulated: ours vs golden when every layer consumed our own previous output; its
     bound is the loose gate (k = 64 x transformers' own error): a model may amplify a
     valid rounding difference at one spot, and such a spike is no defect;
   * isolated: ours vs golden when every sub-module consumed the golden run's own input;
-    its bound is the strict calibrated one (k = 4): a sub-module fed the right input must
-    be about as accurate as transformers' on the same input.
-A check fails on any isolated breach, any gate breach or any non-finite value. The
-localization names the first sub-module that computes wrong (isolated breach) or, if
-none does, the first tensor whose accumulated error breaches the gate: never a spike that
-stays within the gate when a later tensor breaches it, and never past a NaN: a non-finite
-value is named where it first appears in the accumulated run, unless a finite isolated
-breach comes before it.
+    its bound is the strict calibrated one: a sub-module fed the right input must be
+    about as accurate as transformers' on the same input.
+A check fails on any isolated breach, any gate breach, any non-finite value, and on a
+planned capture point that is missing on either side (a comparison that silently compared
+less would pass for the wrong reason). The localization names the first sub-module that
+computes wrong (isolated breach: "starts here") or, if none does, the first tensor whose
+accumulated error breaches the gate, saying what the isolated comparison of that tensor
+found ("arrives from earlier layers" when it ran and held, "not measured" when the check
+has none): never a spike that stays within the gate when a later tensor breaches it, and
+never past a NaN: a non-finite value is named where it first appears in the accumulated
+run, unless a finite isolated breach comes before it. The KV cache of a layer is written
+before the layer attends (capture.py orders it so): a wrong cache write is named as the
+cache, not as the attention that reads it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from conformance.judge import Calibrated, calibrated_series, token_nmse
-from conformance.record import Amplification, Comparison, ErrorPoint, Localization, TensorRow
+from conformance.record import (
+    Amplification,
+    Bound,
+    Comparison,
+    ErrorPoint,
+    Localization,
+    TensorRow,
+)
 from infinilm_models.models.llama.capture import CapturePoint
 
 
@@ -54,6 +66,7 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
     rows: list[TensorRow] = []
     acc: list[tuple[CapturePoint, float, float]] = []
     iso: list[tuple[CapturePoint, float, float]] = []
+    missing = _missing(points, ours, golden, ours_iso)
     for p in points:
         g = golden.get(p.name)
         if g is None or p.name not in ours:
@@ -87,10 +100,17 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
         by_name[p.name].isolated.passed = ok
     result = CaptureResult(rows, [c_acc, c_iso] if iso else [c_acc],
                            amplification=first_amplification(rows))
+    if missing:
+        result.comparisons.insert(0, Comparison(
+            f"{label}: capture points compared", False,
+            f"{label}: {len(missing)} of {len(points)} planned capture points were not "
+            f"compared (missing {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})",
+            {"missing": float(len(missing)), "planned": float(len(points))},
+            Bound("exact", "every planned capture point on every side")))
 
     def loc(p: CapturePoint, value: float, limit: float, isolated: bool) -> None:
         result.localizations.append(_loc(phase, step, p, value, limit, isolated, steps,
-                                         context))
+                                         context, by_name[p.name].isolated))
 
     nonfinite = next(((p, o, r) for p, o, r in acc if math.isinf(o)), None)
     if nonfinite is not None:
@@ -130,6 +150,17 @@ def first_amplification(rows: list[TensorRow]) -> Amplification | None:
     return None
 
 
+def _missing(points: list[CapturePoint], ours: dict, golden: dict,
+             ours_iso: dict | None) -> list[str]:
+    """Planned points absent from a side (the isolated side only where it was run)."""
+    out = []
+    for p in points:
+        sides = [golden, ours] + ([ours_iso] if ours_iso is not None and p.isolatable else [])
+        if any(p.name not in side for side in sides):
+            out.append(p.name)
+    return out
+
+
 def _order(points: list[CapturePoint], p: CapturePoint) -> int:
     return next(i for i, q in enumerate(points) if q.name == p.name)
 
@@ -143,7 +174,8 @@ def _worst_step(steps: Sequence[dict], tensor: str, isolated: bool) -> int:
 
 
 def _loc(phase: str, step: int | None, p: CapturePoint, value: float, limit: float,
-         isolated: bool, steps: Sequence[dict] | None, context: str) -> Localization:
+         isolated: bool, steps: Sequence[dict] | None, context: str,
+         iso: ErrorPoint | None) -> Localization:
     where = f"layer {p.layer} {p.submodule}" if p.layer is not None else p.submodule
     n = None
     if steps:
@@ -152,18 +184,32 @@ def _loc(phase: str, step: int | None, p: CapturePoint, value: float, limit: flo
         when = f"{phase} (worst at step {step} of {n})"
     else:
         when = phase if step is None else f"{phase} step {step}"
-    if math.isinf(value):
-        what = "non-finite values"
-    elif isolated:
-        what = (f"computes wrong on the reference's own input: NMSE {value:.3g} > "
-                f"{limit:.3g}")
+    if isolated:
+        origin = "starts here"
+        what = ("non-finite values that start here (on the reference's own input too)"
+                if math.isinf(value) else
+                f"starts here: computes wrong on the reference's own input: NMSE {value:.3g} "
+                f"> {limit:.3g}")
     else:
-        what = (f"error arriving from earlier layers grew past the gate: NMSE {value:.3g} > "
-                f"{limit:.3g} (no sub-module computes wrong on its own)")
+        grew = ("non-finite values appear here first" if math.isinf(value) else
+                f"error grew past the gate here: NMSE {value:.3g} > {limit:.3g}")
+        if iso is None:
+            origin = "not measured"
+            what = f"{grew}; whether it starts here was not measured (no isolated run here)"
+        elif iso.passed is False:
+            origin = "starts here"
+            what = (f"{grew}; on the reference's own input it is out of bound too (NMSE "
+                    f"{iso.nmse:.3g} > {iso.threshold:.3g}): it starts here")
+        else:
+            origin = "arrives from earlier layers"
+            what = (f"{grew}; on the reference's own input it is within bound (NMSE "
+                    f"{iso.nmse:.3g} <= {iso.threshold:.3g}): the error arrives from earlier "
+                    "layers")
     lead = f"{context}: " if context else ""
     return Localization(
         phase=phase, step=step, steps=n, tensor=p.name, layer=p.layer,
         submodule=p.submodule, ops=list(p.ops),
         nmse=value if math.isfinite(value) else None, threshold=limit, isolated=isolated,
+        origin=origin,
         description=f"{lead}{when}: {where} ({p.name}) {what}; op-level checks to look at: "
                     f"{', '.join(p.ops)}")

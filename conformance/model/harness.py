@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 from infinilm_models.models.llama.capture import CapturePoint, capture_points
 
+from .. import fresh
 from .reference import Reference, cached
 
 TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
@@ -88,15 +90,31 @@ def hf_model(path: str, dtype: str, device: str):
     return model.to(device).eval()
 
 
+# Every model the checks of this process reuse (ours, parallel, benchmarked): reset when a
+# check starts (fresh.py).
+_reused: weakref.WeakSet = weakref.WeakSet()
+
+
+def reused(model):
+    """`model`, kept for later checks: its buffers are zeroed before each check."""
+    _reused.add(model)
+    return model
+
+
+@fresh.on_check_start
+def _reset_reused() -> None:
+    for model in list(_reused):
+        model.reset_buffers()
+
+
 @functools.lru_cache(maxsize=6)  # fused and plain of three dtypes
 def our_model(path: str, dtype: str, device: str, model_cls=None, fused: str = "auto"):
     """Ours as a user gets it (`fused` "auto": the fused ops the build has), or with
     "plain", the op sequence of InfiniCore 0.1.0 (the fused path's reference)."""
     from infinilm_models import AutoLlamaModel
 
-    if model_cls is not None:
-        return model_cls.from_pretrained(path, device, dtype, progress=False, fused=fused)
-    return AutoLlamaModel.from_pretrained(path, device, dtype, progress=False, fused=fused)
+    cls = model_cls if model_cls is not None else AutoLlamaModel
+    return reused(cls.from_pretrained(path, device, dtype, progress=False, fused=fused))
 
 
 def points_of(model) -> list[CapturePoint]:
@@ -217,6 +235,10 @@ def our_capture(model, ids: np.ndarray, *, cache=None, inject: dict | None = Non
     logits = model.forward(ids, cache=cache, all_logits=True, capture=got, inject=inject)
     got = {k: v.astype(np.float64) for k, v in got.items()}
     got["logits"] = logits.numpy().astype(np.float64)
+    if inject:
+        # The injected values (the golden's) are in the buffers now: a later run must not
+        # find right values there that its own ops did not write.
+        model.reset_buffers()
     if cache is not None:
         for i in range(model.config.num_hidden_layers):
             k, v = cache.keys[i], cache.values[i]

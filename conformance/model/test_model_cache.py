@@ -10,7 +10,7 @@ from conformance.judge import nmse
 
 from .checks import compare_capture
 from .conftest import prompt_ids
-from .harness import hf_decode, points_of
+from .harness import hf_decode, our_capture, points_of
 from .reference import Reference, cached
 
 PREFIX, STEPS = 6, 4
@@ -70,17 +70,24 @@ def test_model_cache(model_name, model_path, dtype, runtimes, verify, tolerances
 def _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache, ids) -> None:
     """Where a failing cached decode goes wrong: each layer's K/V cache after the steps,
     against transformers' DynamicCache after the same steps (calibrated per layer, as
-    test_model_decode judges them); the first layer out of bound is named."""
+    test_model_decode judges them), accumulated and isolated (the same decoding with every
+    sub-module fed the golden's input, so that a layer named says whether the wrong cache
+    starts there or arrives from earlier layers); the first layer out of bound is named."""
     points = [p for p in points_of(ours_m) if p.cache]
-    theirs = hf_decode(golden_m, None if ref_m is golden_m else ref_m, ids, PREFIX)[-1]
+    steps = hf_decode(golden_m, None if ref_m is golden_m else ref_m, ids, PREFIX)
+    iso_cache = ours_m.new_cache(ids.shape[0], PREFIX + STEPS)
+    for i, theirs in enumerate(steps):
+        chunk = ids[:, :PREFIX] if i == 0 else ids[:, PREFIX + i - 1:PREFIX + i]
+        ours_iso = our_capture(ours_m, chunk, cache=iso_cache, inject=theirs["golden"])
     ours = {}
     for i in range(ours_m.config.num_hidden_layers):
         for kind, t in (("key", cache.keys[i]), ("value", cache.values[i])):
             ours[f"layers.{i}.{kind}_cache"] = t.narrow(2, 0, cache.length).numpy().astype(
                 np.float64)
+    last = steps[-1]
     found = compare_capture(
-        points, ours=ours, ref=theirs["ref"], golden=theirs["golden"], ours_iso=None,
-        ref_iso=None, cal=tolerances.calibrated("model_activations", dtype),
+        points, ours=ours, ref=last["ref"], golden=last["golden"], ours_iso=ours_iso,
+        ref_iso=last["ref_iso"], cal=tolerances.calibrated("model_activations", dtype),
         gate=tolerances.calibrated("model_activations", dtype), phase="decode",
         context="KV cache after cached decoding")
     verify.localization.extend(found.localizations)

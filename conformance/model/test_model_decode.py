@@ -40,15 +40,21 @@ def test_model_decode(model_name, model_path, dtype, batch, runtimes, verify, to
         o = our_capture(ours_m, chunk, cache=caches["ours"])
         oi = our_capture(ours_m, chunk, cache=caches["ours_iso"], inject=theirs["golden"])
         runs.append({**theirs, "ours": o, "ours_iso": oi})
+    cal = tolerances.calibrated("model_activations", dtype)
+    gate = tolerances.calibrated("model_activations_gate", dtype)
+    # The prefill that built the caches is judged too (its K/V are what decoding reads).
+    first = runs[0]
+    verify.capture(compare_capture(
+        points, ours=first["ours"], ref=first["ref"], golden=first["golden"],
+        ours_iso=first["ours_iso"], ref_iso=first["ref_iso"], cal=cal, gate=gate,
+        phase="prefill"))
     runs = runs[1:]
     pooled = {k: pool([r[k] for r in runs]) for k in runs[0]}
     verify.param(batch=batch, prefix=PREFIX, steps=steps)
     verify.capture(compare_capture(
         points, ours=pooled["ours"], ref=pooled["ref"], golden=pooled["golden"],
-        ours_iso=pooled["ours_iso"], ref_iso=pooled["ref_iso"],
-        cal=tolerances.calibrated("model_activations", dtype),
-        gate=tolerances.calibrated("model_activations_gate", dtype), phase="decode",
-        steps=runs))
+        ours_iso=pooled["ours_iso"], ref_iso=pooled["ref_iso"], cal=cal, gate=gate,
+        phase="decode", steps=runs))
     verify.calibrated(pooled["ours"]["logits"], pooled["ref"]["logits"],
                       pooled["golden"]["logits"], "model_logits", dtype,
                       f"decode logits ({steps} steps)")

@@ -25,6 +25,7 @@ import pytest
 
 from conformance.judge import token_nmse
 from infinilm_models.runtime.graph import graph_backend
+from infinilm_models.runtime.memory import zero_fill
 
 from .conftest import prompt_ids
 from .harness import hf_forward
@@ -55,6 +56,10 @@ def test_model_graph(model_name, model_path, dtype, batch, runtimes, verify, inf
             tok = tokens[-1]
             plain_steps.append(ours.forward(tok[:, None], cache=plain_cache).numpy()
                                .reshape(batch, -1).astype(np.float64))
+            # The fixed step has buffers of its own; its logits are cleared before each step
+            # too, so a replay that computes nothing shows as zeros, never as an earlier
+            # step's (or the plain path's) logits.
+            zero_fill(decoder.bufs.logits.buffer)
             fixed_steps.append(decoder.step(tok).numpy().reshape(batch, -1)
                                .astype(np.float64))
             tokens.append(plain_steps[-1].argmax(-1))

@@ -27,7 +27,7 @@ from conformance.judge import token_nmse
 from .cases import INVALID, LAYOUTS, NO_LAYOUT
 from .checks import compare_capture
 from .conftest import prompt_ids
-from .harness import hf_forward, our_capture, points_of
+from .harness import hf_forward, our_capture, points_of, reused
 
 DECODE = 6
 
@@ -36,7 +36,8 @@ DECODE = 6
 def parallel_model(path: str, dtype: str, device: str, tp: int, pp: int):
     from infinilm_models import AutoLlamaModel
 
-    return AutoLlamaModel.from_pretrained(path, device, dtype, tp=tp, pp=pp, progress=False)
+    return reused(AutoLlamaModel.from_pretrained(path, device, dtype, tp=tp, pp=pp,
+                                                 progress=False))
 
 
 @pytest.fixture

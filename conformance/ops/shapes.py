@@ -6,3 +6,6 @@ GROUP = HEADS // KV_HEADS
 PREFILL = 37  # odd, so no kernel gets a friendly multiple
 DECODE_POS = 64  # a decode step attends to 65 positions
 CACHE_LEN = 128
+# Decode over a long cache, in every default run whatever a sweep draws: several hundred
+# keys (past 256, a common block size) and a few thousand (past 2048, the default cache).
+LONG_KEYS = (300, 2100)

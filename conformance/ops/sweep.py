@@ -92,7 +92,11 @@ def _causal_softmax(r: random.Random, n: int) -> list[dict]:
     oldest, or one in the middle), so the probability that lands there is large and a
     kernel that loses or misplaces it fails in every dtype."""
     cases = [{"shape": [9, 1, r.choice((33, 65, 129, 257))], "peak": "newest"},  # decode
-             {"shape": [3, 5, r.choice((5, 20, 70))], "peak": "oldest"}]
+             {"shape": [3, 5, r.choice((5, 20, 70))], "peak": "oldest"},
+             # decode over a long cache, whatever else is drawn: past 256 and past 2048
+             {"shape": [9, 1, r.choice((300, 511, 700))], "peak": r.choice(("newest",
+                                                                            "oldest"))},
+             {"shape": [3, 1, r.choice((2049, 2100, 3000))], "peak": "middle"}]
     while len(cases) < n:
         q = r.choice((1, 2, 5, 16, 17))
         cases.append({"shape": [r.choice((1, 3, 9)), q,

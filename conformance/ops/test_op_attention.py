@@ -11,13 +11,15 @@ from conformance.isolation import ChildError, run_isolated
 from infinilm_models.runtime import InfiniError
 
 from .common import host, rng_for
-from .shapes import CACHE_LEN, HEAD_DIM, HEADS, KV_HEADS, PREFILL
+from .shapes import CACHE_LEN, HEAD_DIM, HEADS, KV_HEADS, LONG_KEYS, PREFILL
 
 # name: (q heads, kv heads, seq, pos)
 CASES = {
     "gqa_prefill": (HEADS, KV_HEADS, PREFILL, 0),
     "gqa_decode": (HEADS, KV_HEADS, 1, 20),
     "mha_chunk": (4, 4, 5, 9),
+    # decode after several hundred and a few thousand cached positions
+    **{f"gqa_decode_{n}": (HEADS, KV_HEADS, 1, n - 1) for n in LONG_KEYS},
 }
 
 
@@ -58,8 +60,9 @@ def test_op_attention(case, dtype, infini_device, verify):
     rng = rng_for("attention", case, dtype)
     q = host((nh, seq, HEAD_DIM), dtype, rng)
     k, v = host((nkv, seq, HEAD_DIM), dtype, rng), host((nkv, seq, HEAD_DIM), dtype, rng)
-    k_cache = host((nkv, CACHE_LEN, HEAD_DIM), dtype, rng)
-    v_cache = host((nkv, CACHE_LEN, HEAD_DIM), dtype, rng)
+    cache_len = max(CACHE_LEN, pos + seq)
+    k_cache = host((nkv, cache_len, HEAD_DIM), dtype, rng)
+    v_cache = host((nkv, cache_len, HEAD_DIM), dtype, rng)
     expected, expected_k_cache = reference(q, k, v, k_cache, v_cache, pos)
     try:
         got = run_isolated(run_infinicore, str(infini_device), dtype, q, k, v, k_cache, v_cache,

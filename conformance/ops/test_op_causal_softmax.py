@@ -1,6 +1,7 @@
 """causal_softmax: attention probabilities for prefill (square mask), decode (one row over
-the cache), chunked prefill after a cache (bottom-right mask), rows longer than a
-1024-wide block, and a narrowed (strided) score buffer."""
+the cache, also over several hundred and a few thousand keys), chunked prefill after a
+cache (bottom-right mask), rows longer than a 1024-wide block, and a narrowed (strided)
+score buffer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import host, rng_for, to_device, unsupported_guard
-from .shapes import DECODE_POS, HEADS, PREFILL
+from .shapes import DECODE_POS, HEADS, LONG_KEYS, PREFILL
 from .sweep import describe
 
 # name: (shape, strided?) ; shape [batch(heads), q_len, kv_len] or 2-D [q_len, kv_len]
@@ -19,6 +20,8 @@ CASES = {
     "decode": ((HEADS, 1, DECODE_POS + 1), False),
     "chunk_after_cache": ((HEADS, 5, 40), False),
     "long_rows": ((2, 3, 1100), False),
+    # decode (one query row per head) over a long cache: the model's decode softmax
+    **{f"decode_{n}": ((HEADS, 1, n), False) for n in LONG_KEYS},
     "two_dim": ((PREFILL, PREFILL), False),
     "strided_scores": ((HEADS, 4, 70), True),
 }

@@ -9,7 +9,18 @@ import pytest
 from infinilm_models.runtime import Tensor, ops
 
 from .common import host, rng_for, to_device, unsupported_guard
-from .shapes import CACHE_LEN, DECODE_POS, GROUP, HEAD_DIM, HIDDEN, INTER, KV_HEADS, PREFILL, VOCAB
+from .shapes import (
+    CACHE_LEN,
+    DECODE_POS,
+    GROUP,
+    HEAD_DIM,
+    HIDDEN,
+    INTER,
+    KV_HEADS,
+    LONG_KEYS,
+    PREFILL,
+    VOCAB,
+)
 from .sweep import describe
 
 # name: (batch or None, M, K, N, b layout, alpha, beta)
@@ -33,6 +44,10 @@ CASES = {
     "attn_scores_decode": (KV_HEADS, GROUP, HEAD_DIM, DECODE_POS + 1, "cacheT", 0.125, 0.0),
     "attn_values_prefill": (KV_HEADS, GROUP * PREFILL, PREFILL, HEAD_DIM, "row", 1.0, 0.0),
     "attn_values_decode": (KV_HEADS, GROUP, DECODE_POS + 1, HEAD_DIM, "row", 1.0, 0.0),
+    **{f"attn_scores_decode_{n}": (KV_HEADS, GROUP, HEAD_DIM, n, "cacheT", 0.125, 0.0)
+       for n in LONG_KEYS},
+    **{f"attn_values_decode_{n}": (KV_HEADS, GROUP, n, HEAD_DIM, "row", 1.0, 0.0)
+       for n in LONG_KEYS},
     "alpha_beta_residual": (None, 16, 64, 48, "wT", 0.5, 1.0),
     "batch_broadcast_b": (4, 5, 24, 40, "bcast", 1.0, 0.0),
     # beta = 0 must not read C (BLAS convention): C starts as NaN here.
@@ -52,7 +67,7 @@ def _operands(name: str, dtype: str, device):
         b_ref = np.swapaxes(w, -1, -2)
         b = to_device(w, device, dtype).transpose(-1, -2)
     elif layout == "cacheT":
-        cache = host((batch, CACHE_LEN, k), dtype, rng, scale)
+        cache = host((batch, max(CACHE_LEN, n), k), dtype, rng, scale)
         b_ref = np.swapaxes(cache[:, :n, :], -1, -2)
         b = to_device(cache, device, dtype).narrow(1, 0, n).transpose(1, 2)
     elif layout == "bcast":

@@ -19,7 +19,7 @@ import pytest
 from infinilm_models.runtime import ops
 
 from .common import host, rng_for, to_device, unsupported_guard
-from .shapes import CACHE_LEN, DECODE_POS, HEAD_DIM, KV_HEADS, PREFILL
+from .shapes import CACHE_LEN, DECODE_POS, HEAD_DIM, KV_HEADS, LONG_KEYS, PREFILL
 
 # name: kv_heads, head_dim, max_len (cache rows), new (tokens per sequence), past (per
 #   sequence: its batch size), index (dtype of past_kv_lengths), layout:
@@ -44,6 +44,11 @@ CASES = {
                                    layout="narrowed_cache"),
     "tiny": dict(kv_heads=1, head_dim=16, max_len=8, new=3, past=(0, 5), index="i64",
                  layout="contiguous"),
+    # decode appends past several hundred and a few thousand cached positions
+    "smollm2_decode_long": dict(kv_heads=KV_HEADS, head_dim=HEAD_DIM,
+                                max_len=LONG_KEYS[-1] + 16, new=1,
+                                past=(LONG_KEYS[0], LONG_KEYS[-1]), index="i64",
+                                layout="contiguous"),
 }
 NARROW_PAD = 9  # rows of the longer cache buffer before the narrowed window
 

@@ -21,7 +21,7 @@ import pytest
 
 from .common import host, rng_for, to_device, unsupported_guard
 from .paged_layout import PreparedAttention, alibi_slopes, attend, make_layout, pools
-from .shapes import DECODE_POS, HEAD_DIM, HEADS, KV_HEADS, PREFILL
+from .shapes import DECODE_POS, HEAD_DIM, HEADS, KV_HEADS, LONG_KEYS, PREFILL
 
 # name: heads, kv_heads, lens (tokens each sequence holds, the new one included),
 #   block_size, index (dtype of block_tables and seq_lens), alibi, layout: "contiguous" or
@@ -43,6 +43,9 @@ CASES = {
                      index="i64", alibi=False, layout="contiguous"),
     "tiny_mqa": dict(heads=2, kv_heads=1, lens=(3, 10), block_size=4, index="i64",
                      alibi=False, layout="contiguous"),
+    # decode over several hundred and a few thousand cached positions
+    "smollm2_decode_long": dict(heads=HEADS, kv_heads=KV_HEADS, lens=LONG_KEYS, block_size=16,
+                                index="i64", alibi=False, layout="contiguous"),
 }
 SCALE = HEAD_DIM ** -0.5  # 0.125, exact in f32
 

@@ -21,7 +21,7 @@ from infinilm_models.runtime import ops
 
 from .common import host, rng_for, to_device, unsupported_guard
 from .paged_layout import Layout, make_layout
-from .shapes import DECODE_POS, HEAD_DIM, HEADS, KV_HEADS, PREFILL
+from .shapes import DECODE_POS, HEAD_DIM, HEADS, KV_HEADS, LONG_KEYS, PREFILL
 
 # name: kv_heads, head_dim, block_size, past (tokens each sequence already holds), new
 #   (tokens each appends now, flattened in sequence order), pad (padding tokens, slot -1,
@@ -44,6 +44,9 @@ CASES = {
                      new=(40,), pad=0, layout="contiguous"),
     "tiny": dict(kv_heads=1, head_dim=16, block_size=4, past=(0, 2), new=(3, 6), pad=0,
                  layout="contiguous"),
+    # decode appends past several hundred and a few thousand cached positions
+    "smollm2_decode_long": dict(kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_size=16,
+                                past=LONG_KEYS, new=(1, 1), pad=0, layout="contiguous"),
 }
 
 

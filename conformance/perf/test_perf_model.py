@@ -26,7 +26,7 @@ import time
 import numpy as np
 import pytest
 
-from conformance.model.harness import hf_model
+from conformance.model.harness import hf_model, reused
 from infinilm_models.runtime import Tensor, memory, ops
 from infinilm_models.runtime.ops._base import descriptors_created
 
@@ -48,7 +48,8 @@ def ours_model(path, dtype: str, device):
         from infinilm_models import AutoLlamaModel
 
         _models.clear()  # one model at a time: 30 layers x 3 dtypes would not fit a small host
-        _models[key] = AutoLlamaModel.from_pretrained(path, device, dtype, progress=False)
+        _models[key] = reused(AutoLlamaModel.from_pretrained(path, device, dtype,
+                                                            progress=False))
     return _models[key]
 
 

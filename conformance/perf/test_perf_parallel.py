@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from conformance.model.harness import reused
 from infinilm_models.runtime import device_count
 
 from .checkpoint import LLAMA_1B, LLAMA_1B_SMOKE, write_checkpoint
@@ -41,8 +42,8 @@ def _model(path, dtype: str, device, tp: int, pp: int):
             getattr(old, "close", lambda: None)()
         _loaded.clear()  # one at a time: a 1B model per layout would not fit together
         dev = device.type if device.type != "cpu" else "cpu"
-        _loaded[key] = AutoLlamaModel.from_pretrained(path, dev if tp * pp > 1 else device,
-                                                      dtype, tp=tp, pp=pp, progress=False)
+        _loaded[key] = reused(AutoLlamaModel.from_pretrained(
+            path, dev if tp * pp > 1 else device, dtype, tp=tp, pp=pp, progress=False))
     return _loaded[key]
 
 

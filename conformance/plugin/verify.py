@@ -193,6 +193,9 @@ def tolerances(pytestconfig: pytest.Config) -> judge.TolerancePolicy:
 def verify(request: pytest.FixtureRequest, tolerances: judge.TolerancePolicy):
     from infinilm_models.runtime.ops._base import CachedOp
 
+    from .. import fresh
+
+    fresh.start_check()
     v = Verify(request, tolerances, defects.defect_for(request.config, request.node.nodeid))
     request.node._infinilm_verify = v
 

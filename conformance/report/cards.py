@@ -114,7 +114,8 @@ def notes(r: CheckRecord) -> list[str]:
 def callout(loc: Localization, r: CheckRecord, ops: OpAnchors) -> dict:
     return {"where": where_label(loc.phase, loc.step), "phase": loc.phase, "step": loc.step,
             "layer": loc.layer, "submodule": loc.submodule, "tensor": loc.tensor,
-            "isolated": loc.isolated, "nmse": loc.nmse, "threshold": loc.threshold,
+            "isolated": loc.isolated, "origin": loc.origin, "nmse": loc.nmse,
+            "threshold": loc.threshold,
             "description": loc.description,
             "ops": [ops.link(dtype_of(r), op) for op in loc.ops]}
 

@@ -208,7 +208,7 @@ def synthetic_run(scale: int = 1):
                 measurements=[Measurement("perplexity", {"ours": 12.5})]))
             loc = [Localization("prefill", "layers.1.mlp", "mlp", ["rms_norm", "gemm", "swiglu"],
                                 5e-4, 2e-6, "layer 1 mlp output diverges", layer=1,
-                                isolated=True)] if bad else []
+                                isolated=True, origin="starts here")] if bad else []
             recs.append(CheckRecord(
                 nodeid=f"conformance/model/test_model_activations.py::"
                        f"test_model_activations[{mid}]",
@@ -237,7 +237,7 @@ def synthetic_run(scale: int = 1):
                     "decode", "layers.0.self_attn", "attention",
                     ["rms_norm", "gemm", "rope", "rearrange", "causal_softmax"], 2e-5, 2e-6,
                     "decode step 2: layer 0 attention diverges", layer=0, step=2,
-                    isolated=False)] if dec_bad else [],
+                    isolated=False, origin="arrives from earlier layers")] if dec_bad else [],
                 tensors=rows))
     # A crashed model check carries its case; not-run checks in the model matrix.
     recs.append(CheckRecord(

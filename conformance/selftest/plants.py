@@ -24,7 +24,14 @@ defects (must fail, naming the op, and at model level the layer and sub-module):
   add_rms_norm_scale     add_rms_norm's normalized output 0.2% too large (upstream builds)
   embedding_next_row     the embedding op returns the next row of the table (upstream)
   nan_rms_norm_7th       the 7th rms_norm call of a process writes a NaN (layer 3's input
-                         norm in the first forward)
+                         norm in the first forward); the check that made the call is
+                         appended to $INFINILM_PLANT_LOG when set
+  gemm_last_row_unwritten  a 2-D gemm of two or more rows leaves the last row of its
+                         output unwritten (a kernel that skips its last tile)
+  noop_replay            the fixed decode step computes nothing after its first step (a
+                         replay that executes no kernel)
+  softmax_long_decode    causal_softmax of a one-row (decode) matrix longer than 256 keys
+                         sees only its newest 256 keys (a kernel bounded by one block)
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ import pytest
 PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "gemm_bf16_ulp",
           "add_tail16", "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
-          "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th")
+          "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th",
+          "gemm_last_row_unwritten", "noop_replay", "softmax_long_decode")
+CURRENT: list[str] = [""]  # the node id of the check running in this process
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,6 +56,20 @@ def pytest_configure(config: pytest.Config) -> None:
     name = config.getoption("--plant")
     if name:
         install(name)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CURRENT[0] = item.nodeid
+
+
+def _log_call(what: str) -> None:
+    """Which check made a planted call (the self-tests read it back)."""
+    import os
+
+    path = os.environ.get("INFINILM_PLANT_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {CURRENT[0]} {what}\n")
 
 
 def _host(t) -> np.ndarray:
@@ -191,7 +214,38 @@ def install(name: str) -> None:
                 x = _host(y)
                 x.reshape(-1)[0] = np.nan
                 _store(y, x)
+                _log_call("rms_norm call 7: NaN written")
         wrap("rms_norm", nan7)
+    elif name == "gemm_last_row_unwritten":
+        def last_row(c, a, b, alpha=1.0, beta=0.0):
+            if c.ndim != 2 or c.shape[0] < 2:
+                return real["gemm"](c, a, b, alpha, beta)
+            before = _host(c)[-1].copy()
+            real["gemm"](c, a, b, alpha, beta)
+            x = _host(c)
+            x[-1] = before  # what was there before the call stays
+            _store(c, x)
+            return c
+        ops.gemm = last_row
+    elif name == "noop_replay":
+        from infinilm_models.models.llama.decode_step import FixedDecoder
+
+        device_step = FixedDecoder._device_step
+
+        def noop(self):
+            if self.steps == 0:
+                return device_step(self)
+            return self.bufs.logits.view(self.cache.batch_size, 1, self.model.config.vocab_size)
+        FixedDecoder._device_step = noop
+    elif name == "softmax_long_decode":
+        def window(y, x):
+            q, k = y.shape[-2:]
+            if q == 1 and k > 256:  # decode over a long cache: only the newest 256 keys
+                z = _host(x)
+                z[..., : k - 256] = -np.inf
+                z = np.exp(z - z.max(axis=-1, keepdims=True))
+                _store(y, z / z.sum(axis=-1, keepdims=True))
+        wrap("causal_softmax", window)
     elif name == "add_rms_norm_scale":
         def scale(y, *_, **__):
             _store(y, _host(y) * 1.002)

@@ -49,12 +49,20 @@ def test_b_upstream_drops_what_it_fixed_and_keeps_what_it_has() -> None:
     assert all(d.vouched for d in chosen)
 
 
-def test_b_upstream_on_a_device_the_table_has_not_seen_is_unvouched() -> None:
+def test_b_upstream_on_a_device_the_table_has_seen_is_vouched() -> None:
+    """The table has seen upstream 2cec6ce6 on NVIDIA (the H200 runs of 2026-12-02):
+    its entries for that device apply, vouched."""
     chosen, match = _select(UPSTREAM, "nvidia")
-    if match is not None:  # once the table has seen upstream on NVIDIA, (b) holds there
-        assert all(d.vouched for d in chosen)
-    else:
-        assert chosen and not any(d.vouched for d in chosen)
+    assert match is not None and match.key == "git:2cec6ce6"
+    assert chosen and all(d.vouched for d in chosen)
+
+
+def test_b_upstream_on_a_device_the_table_has_not_seen_is_unvouched() -> None:
+    """On MetaX nobody has run upstream: the shared ("*") entries apply, unvouched."""
+    chosen, match = _select(UPSTREAM, "metax")
+    assert match is None
+    assert chosen and not any(d.vouched for d in chosen)
+    assert {d.device for d in chosen} == {"*"}
 
 
 def test_c_unseen_build_applies_everything_unvouched() -> None:

@@ -29,8 +29,8 @@ from conformance.record import (
     verdict_of,
 )
 from conformance.report import render as render_mod
-from conformance.report.format import slug
 from conformance.report.cli import main
+from conformance.report.format import slug
 
 from .conftest import ROOT, inner_run, synthetic_run
 
@@ -358,12 +358,12 @@ def test_failing_checks_show_bounds_defects_bundles_and_localization(tmp_path):
     assert f'href="{bundle}/"' in page and f'href="{bundle}/README.txt"' in page
     assert f"python -m conformance.replay {bundle}" in text
     # Localization callouts: prefill (isolated) and decode-only (accumulated), ops linked.
-    assert ("prefill: layer 1 sub-module mlp (layers.1.mlp), isolated: yes (this layer "
-            "computes wrong on the reference's own input), NMSE 0.0005 > bound 2e-06; ops to "
-            "look at: rms_norm, gemm, swiglu") in text
-    assert ("decode step 2: layer 0 sub-module attention (layers.0.self_attn), isolated: "
-            "no (error arriving from earlier layers grew here), NMSE 2e-05 > bound 2e-06") \
-        in text
+    assert ("prefill: layer 1 sub-module mlp (layers.1.mlp): starts here (wrong on the "
+            "reference's own input too), NMSE 0.0005 > bound 2e-06; ops to look at: rms_norm, "
+            "gemm, swiglu") in text
+    assert ("decode step 2: layer 0 sub-module attention (layers.0.self_attn): arrives from "
+            "earlier layers (within bound on the reference's own input), NMSE 2e-05 > bound "
+            "2e-06") in text
     assert 'href="#op-bf16-gemm"' in page and 'id="op-bf16-gemm"' in page
     # causal_softmax and rearrange have no op check in bf16: named, not linked.
     assert 'href="#op-bf16-causal_softmax"' not in page

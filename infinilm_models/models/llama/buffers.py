@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ...runtime import Device, DType, Tensor
+from ...runtime.memory import zero_fill
 from .configuration import LlamaConfig
 
 
@@ -52,6 +53,21 @@ class BufferPool:
         self.config, self.device, self.dtype, self.max_len = config, device, dtype, max_len
         self.keep = keep
         self._pool: OrderedDict[tuple[int, int], Buffers] = OrderedDict()
+
+    def fresh(self, batch: int, seq: int) -> Buffers:
+        """Buffers of their own, outside the pool: a holder that keeps pointers (a captured
+        decode step) never shares memory with the plain path's calls of the same shape."""
+        return self._allocate(batch, seq)
+
+    def zero(self) -> None:
+        """Zero every pooled buffer: the next call of each shape starts from memory no
+        earlier call wrote (the pointers stay, so views and descriptors stay valid)."""
+        seen: set[int] = set()
+        for bufs in self._pool.values():
+            for value in vars(bufs).values():
+                if isinstance(value, Tensor) and id(value.buffer) not in seen:
+                    seen.add(id(value.buffer))
+                    zero_fill(value.buffer)
 
     def get(self, batch: int, seq: int) -> Buffers:
         key = (batch, seq)

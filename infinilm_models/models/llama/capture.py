@@ -6,14 +6,16 @@ One list serves the recorder (`forward(capture=...)`), the reference side's hook
 comparison and the report, so a name means the same tensor everywhere:
 
     embed_tokens                 embedding         host gather + one copy
+    layers.{i}.key_cache/value_cache  kv cache     rms_norm, gemm, rope, rearrange (read after)
     layers.{i}.self_attn         attention         rms_norm, gemm, rope, rearrange, causal_softmax
     layers.{i}.residual_attn     attention residual  add
     layers.{i}.mlp               mlp               rms_norm, gemm, swiglu
     layers.{i}                   mlp residual      add
     norm                         final norm        rms_norm
 
-and, read from the KV cache after a forward, layers.{i}.key_cache / value_cache (the kv
-cache sub-module: gemm for k/v, rope for k, rearrange for the append).
+The KV cache points are read from the cache after a forward (the input norm, gemm for
+k/v, rope for k, rearrange for the append); they come before the attention in this order because the
+cache is written before the layer attends over it.
 
 `forward(inject={name: array})` replaces the value of a capture point right after it is
 recorded, so the rest of the forward consumes the given value: injecting a reference
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 
 ATTENTION_OPS = ("rms_norm", "gemm", "rope", "rearrange", "causal_softmax")
 MLP_OPS = ("rms_norm", "gemm", "swiglu")
-CACHE_OPS = ("gemm", "rope", "rearrange")
+# The new K/V: the layer's input norm, the k/v projection, RoPE on k, the append.
+CACHE_OPS = ("rms_norm", "gemm", "rope", "rearrange")
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,14 @@ def capture_points(num_layers: int, *, caches: bool = True) -> list[CapturePoint
                         "model.embed_tokens", None)]
     prev = "embed_tokens"
     for i in range(num_layers):
-        pts.append(CapturePoint(f"layers.{i}.self_attn", i, "attention", ATTENTION_OPS,
-                                f"model.layers.{i}.self_attn", prev))
+        # The new K/V are written to the cache before the layer attends over it: a wrong
+        # cache write is the first wrong tensor, and is named as the cache.
         if caches:
             for kind in ("key", "value"):
                 pts.append(CapturePoint(f"layers.{i}.{kind}_cache", i, "kv cache", CACHE_OPS,
                                         None, prev, cache=True))
+        pts.append(CapturePoint(f"layers.{i}.self_attn", i, "attention", ATTENTION_OPS,
+                                f"model.layers.{i}.self_attn", prev))
         pts.append(CapturePoint(f"layers.{i}.residual_attn", i, "attention residual", ("add",),
                                 None, f"layers.{i}.self_attn"))
         pts.append(CapturePoint(f"layers.{i}.mlp", i, "mlp", MLP_OPS, f"model.layers.{i}.mlp",

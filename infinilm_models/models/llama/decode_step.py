@@ -41,7 +41,9 @@ class FixedDecoder:
         self.model, self.cache = model, cache
         b, c = cache.batch_size, model.config
         self.group = c.num_attention_heads // c.num_key_value_heads
-        self.bufs = model.buffers.get(b, 1)  # held: the graph points at these buffers
+        # Buffers of its own (a graph points at them), never the plain path's: a replay
+        # that computes nothing must not return the logits a plain step left there.
+        self.bufs = model.buffers.fresh(b, 1)
         rows, n = b * c.num_key_value_heads, cache.max_len + 1
         # kv_caching appends at the cache length read on the device (one int64 per row)
         self.append_in_place = model.fused.kv_caching

@@ -154,6 +154,15 @@ class LlamaForCausalLM:
         weights.setdefault(LM_HEAD_WEIGHT, weights[EMBED_WEIGHT])
         return cls(config, weights, dev, dt, max_cache_len, generation_config, fused=fused)
 
+    def reset_buffers(self) -> None:
+        """Zero the activation buffers and drop the scratch caches of uncached calls: the
+        next forward computes from memory no earlier call wrote. Reused buffers are what
+        keeps a decode loop allocation-free; between independent runs (the conformance
+        suite's checks) they would carry one run's values, or a backend's stray write,
+        into the next."""
+        self.buffers.zero()
+        self._scratch_caches.clear()
+
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         max_len = (self.max_cache_len if max_len is None

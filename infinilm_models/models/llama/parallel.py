@@ -234,6 +234,13 @@ class ParallelLlamaForCausalLM:
     def _reducer(comm: Communicator, t: int) -> Callable[[Tensor], None]:
         return lambda x: comm.all_reduce(x, rank=t)
 
+    def reset_buffers(self) -> None:
+        """Every rank's buffers zeroed and the model's own outputs dropped (see
+        LlamaForCausalLM.reset_buffers)."""
+        for rank in self.ranks:
+            rank.reset_buffers()
+        self._outputs.clear()
+
     def rank(self, stage: int, t: int) -> LlamaForCausalLM:
         return self.ranks[stage * self.tp + t]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from threading import get_ident
@@ -57,11 +58,21 @@ class Workspace:
     released when the thread ends."""
 
     _local = threading.local()  # .by_device: dict[Device, Workspace] of the calling thread
+    _all: weakref.WeakSet[Workspace] = weakref.WeakSet()  # of every thread
 
     def __init__(self, device: Device) -> None:
         self.device = device
         self.thread = get_ident()  # the thread that owns it (CachedOp._compute checks this)
         self.buffer: DeviceBuffer | None = None
+        Workspace._all.add(self)
+
+    @classmethod
+    def zero_all(cls) -> None:
+        """Zero every thread's workspace (while none of them runs an op): what one call
+        left in scratch memory never reaches a later, independent one."""
+        for ws in list(cls._all):
+            if ws.buffer is not None:
+                zero_fill(ws.buffer)
 
     @classmethod
     def of(cls, device: Device) -> Workspace:
