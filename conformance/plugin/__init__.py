@@ -99,15 +99,21 @@ def _interrupt_on_sigterm() -> None:
 
 def _select_backend(config: pytest.Config) -> None:
     """--infini-device picks the InfiniCore build: that backend's default prefix (an
-    explicit INFINI_ROOT or INFINILM_BACKEND still wins)."""
-    from infinilm_models.runtime.device import Device
-    from infinilm_models.runtime.library import set_default_backend
+    explicit INFINI_ROOT or INFINILM_BACKEND still wins). Then the name is checked against
+    the device types of the build found (its infinicore.h, read without loading it): a
+    name it does not know is a one-line usage error listing those it does."""
+    from infinilm_models.runtime.device import Device, kind_of
+    from infinilm_models.runtime.library import LibraryNotFound, set_default_backend
 
+    option = config.getoption("--infini-device")
     try:
-        kind = Device.parse(config.getoption("--infini-device")).type
+        kind = Device.parse(option).type
+        set_default_backend(kind_of(kind))
+        Device.parse(option)
     except ValueError as e:
         raise pytest.UsageError(f"--infini-device: {e}") from None
-    set_default_backend(kind)
+    except LibraryNotFound:
+        pass  # no build yet: each check says so
 
 
 @pytest.hookimpl(optionalhook=True)
