@@ -100,7 +100,8 @@ def our_model(path: str, dtype: str, device: str, model_cls=None, fused: str = "
 
 
 def points_of(model) -> list[CapturePoint]:
-    return capture_points(model.config.num_hidden_layers)
+    """The model's capture points, their ops those of the fusion plan it runs."""
+    return capture_points(model.config.num_hidden_layers, fused=getattr(model, "fused", None))
 
 
 # -- transformers side ----------------------------------------------------------------------
