@@ -5,6 +5,7 @@ One module per job:
   defects     known upstream defects and their envelopes
   verify      the `verify` fixture (what checks state) and the session fixtures
   recording   items and reports -> CheckRecords; the plan written at collection
+  supports    an op check whose C op the build does not export: unsupported at collection
   supervisor  crash isolation: checks run in a supervised child process
   session     the end of a run: not-run checks, results.json, the report, the summary
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ..results import append_part, new_run_id
-from . import defects, recording, session, supervisor, threads, verify
+from . import defects, recording, session, supervisor, supports, threads, verify
 from .options import dtypes, pytest_addoption  # noqa: F401 - a hook, found by name
 
 _controller: pytest.Config | None = None
@@ -39,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # torch runs anything: cores / workers threads each.
     config._infinilm_threads = threads.configure(config)
     for name, module in (("infinilm-verify", verify), ("infinilm-recording", recording),
-                         ("infinilm-session", session)):
+                         ("infinilm-session", session), ("infinilm-supports", supports)):
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.register(module, name)
     recording.CONFIG = config
