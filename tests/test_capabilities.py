@@ -105,8 +105,8 @@ def spec_ops(fusion: str) -> tuple[str, ...]:
     return next(f.ops for f in FUSIONS if f.name == fusion)
 
 
-# A build record without AddRMSNorm, made in the inner run's controller and workers before
-# collection: the real library stays loaded as it is (this only trims what the record says).
+# A build record without AddRMSNorm and SiluAndMul, made in the inner run's controller and
+# workers before collection: the real library stays as it is (only the record is trimmed).
 TRIM = """
 from dataclasses import replace
 
@@ -117,21 +117,23 @@ from infinilm_models.runtime.ops.specs import spec
 
 def pytest_configure(config):
     build = capabilities.build_at(find_root())
-    capabilities.remember(replace(build, exports=build.exports - set(spec("{op}").functions)))
+    gone = set(spec("AddRMSNorm").functions) | set(spec("SiluAndMul").functions)
+    capabilities.remember(replace(build, exports=build.exports - gone))
 """
 
 
 def test_an_op_the_build_lacks_is_unsupported_at_collection(tmp_path: Path) -> None:
     plugin = tmp_path / "plugin"
     plugin.mkdir()
-    (plugin / "trim_record.py").write_text(textwrap.dedent(TRIM.format(op="AddRMSNorm")))
+    (plugin / "trim_record.py").write_text(textwrap.dedent(TRIM))
     reports = tmp_path / "reports"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)])}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
          "-p", "no:xdist", "-p", "trim_record", "-q", "--infini-device", "cpu",
          f"--report-dir={reports}", "--dtype", "f32", "conformance/ops/test_op_add_rms_norm.py",
-         "conformance/ops/test_op_rms_norm.py", "-k", "decode or prefill"],
+         "conformance/ops/test_op_rms_norm.py", "conformance/ops/test_op_silu.py",
+         "-k", "decode or prefill"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     doc = json.loads(((reports / "latest").resolve() / "results.json").read_text())
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -145,7 +147,14 @@ def test_an_op_the_build_lacks_is_unsupported_at_collection(tmp_path: Path) -> N
         assert "infiniopAddRMSNorm: not exported by this build" in r["message"]
         assert "decided at collection" in r["message"] and r["infini_ops"] == []
     assert all(r["status"] == "passed" for r in by_check["op_rms_norm"])
-    assert "AddRMSNorm" in doc["coverage"]["not_exported"]
+    # test_op_silu.py checks two ops: each check is decided by its own
+    silu = {r["test"]: r for r in by_check["op_silu"] if r["params"]["case"] == "decode"}
+    fused = silu["test_op_silu_and_mul"]
+    assert fused["op"] == "silu_and_mul" and fused["status"] == "unsupported"
+    assert "infiniopSiluAndMul: not exported by this build" in fused["message"]
+    plain = silu["test_op_silu"]
+    assert ("decided at collection" in plain["message"]) == (not current_build().has_op("Silu"))
+    assert {"AddRMSNorm", "SiluAndMul"} <= set(doc["coverage"]["not_exported"])
     assert spec("AddRMSNorm").compute_fn == "infiniopAddRMSNorm"
 
 
