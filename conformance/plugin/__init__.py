@@ -103,13 +103,14 @@ def _select_backend(config: pytest.Config) -> None:
     explicit INFINI_ROOT or INFINILM_BACKEND still wins). Then the name is checked against
     the device types of the build found (its infinicore.h, read without loading it): a
     name it does not know is a one-line usage error listing those it does."""
-    from infinilm_models.runtime.device import Device, kind_of
+    from infinilm_models.runtime.device import Device, backend_of
     from infinilm_models.runtime.library import LibraryNotFound, set_default_backend
 
     option = config.getoption("--infini-device")
     try:
-        kind = Device.parse(option).type
-        set_default_backend(kind_of(kind))
+        backend = backend_of(option)
+        if backend is not None:
+            set_default_backend(backend)
         Device.parse(option)
     except ValueError as e:
         raise pytest.UsageError(f"--infini-device: {e}") from None

@@ -44,6 +44,13 @@ def kind_of(name: str) -> str:
     return kind[0] if kind else n
 
 
+def backend_of(spec: str) -> str | None:
+    """The backend (build) a device spec asks for, by its kind's upstream name and without
+    asking any build ("sugon:1" -> "hygon"); None for a spec that names no word."""
+    name = kind_of(str(spec).partition(":")[0])
+    return name if name.isidentifier() else None
+
+
 def _table() -> DeviceTable | None:
     """The device table of the build in hand (loaded, else the one discovery finds); None
     where there is no build yet (names then resolve by KINDS alone)."""
