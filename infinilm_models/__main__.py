@@ -87,11 +87,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .models.llama.configuration import LlamaConfig
     from .models.llama.modeling_llama import _max_cache_len
     from .runtime import Device, library
+    from .runtime.device import backend_of
 
     model_dir = Path(args.model)
+    # --device nvidia finds the nvidia build without INFINILM_BACKEND (INFINI_ROOT wins);
+    # then the device is named as that build names it (hygon is sugon on 0.1.0).
+    if backend_of(args.device) is not None:
+        library.set_default_backend(backend_of(args.device))
     device = Device.parse(args.device)
-    # --device nvidia finds the nvidia build without INFINILM_BACKEND (INFINI_ROOT wins).
-    library.set_default_backend(device.type)
     model_class(model_dir)  # an unknown model_type is refused before anything else
     config = LlamaConfig.from_pretrained(model_dir)
     base = GenerationConfig.from_pretrained(model_dir, config)

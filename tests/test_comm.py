@@ -18,6 +18,7 @@ import pytest
 
 from infinilm_models.runtime import Device, InfiniError, Tensor, device, library, load
 from infinilm_models.runtime import comm as comm_module
+from infinilm_models.runtime.capabilities import current_build
 from infinilm_models.runtime.comm import (
     CommError,
     InfiniCCLCommunicator,
@@ -242,16 +243,22 @@ def test_cpu_build_has_no_infiniccl_backend() -> None:
     assert "no InfiniCCL backend for cpu" in str(info.value)
 
 
-def test_cpu_build_lacks_init_rank() -> None:
-    """InfiniCore 0.1.0 has no infinicclGetUniqueId/infinicclCommInitRank: detected, not
-    declared, and init_rank says so."""
+def test_init_rank_follows_the_build_record() -> None:
+    """Whether the loaded libinfiniccl has infinicclGetUniqueId/infinicclCommInitRank is
+    what its Build record (ELF exports) says: InfiniCore 0.1.0 lacks them (not declared;
+    init_rank says so), upstream has them (declared; its CPU backend refuses)."""
     ccl = load().ccl
     assert ccl is not None
-    assert not library.has_ccl_init_rank(ccl)
-    assert not InfiniCCLCommunicator.supports_init_rank()
-    with pytest.raises(MissingSymbol) as info:
-        InfiniCCLCommunicator.init_rank("cpu:0", rank=0, world_size=1)
-    assert info.value.unsupported and "newer than 0.1.0" in str(info.value)
+    has = current_build().ccl_init_rank
+    assert library.has_ccl_init_rank(ccl) == InfiniCCLCommunicator.supports_init_rank() == has
+    if not has:
+        with pytest.raises(MissingSymbol) as info:
+            InfiniCCLCommunicator.init_rank("cpu:0", rank=0, world_size=1)
+        assert info.value.unsupported and "newer than 0.1.0" in str(info.value)
+    else:
+        with pytest.raises(InfiniError) as refused:
+            InfiniCCLCommunicator.init_rank("cpu:0", rank=0, world_size=1)
+        assert refused.value.unsupported and refused.value.call == "infinicclGetUniqueId"
 
 
 # -- InfiniCCL against a stand-in library -----------------------------------------------------
@@ -480,7 +487,7 @@ def test_bf16_reference_helper_rounds_like_infinicore() -> None:
 def test_infiniccl_that_did_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """A build with InfiniCCL whose NCCL is gone still runs ops; a communicator says why."""
     lib = load()
-    broken = library.Library(root=lib.root, rt=lib.rt, op=lib.op, ccl=None,
+    broken = library.Library(root=lib.root, rt=lib.rt, op=lib.op, ccl=None, build=lib.build,
                              ccl_error="libnccl.so.2: cannot open shared object file")
     monkeypatch.setattr(library, "_lib", broken)
     with pytest.raises(MissingSymbol, match="did not load: libnccl.so.2") as info:

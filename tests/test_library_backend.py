@@ -65,7 +65,8 @@ def test_missing_build_names_the_backend(prefixes: dict[str, Path],
 
 def test_cannot_switch_after_loading(prefixes: dict[str, Path],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = library.Library(root=prefixes["cpu"], rt=None, op=None, ccl=None)  # type: ignore
+    loaded = library.Library(root=prefixes["cpu"], rt=None, op=None, ccl=None,  # type: ignore
+                             build=None)
     monkeypatch.setattr(library, "_lib", loaded)
     library.set_default_backend("cpu")  # the same build: fine
     with pytest.raises(RuntimeError, match="already loaded"):

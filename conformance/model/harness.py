@@ -1,9 +1,12 @@
 """Model-level comparison machinery: which checkpoints, the three runtimes, captured tensors.
 
 Three runs of the same checkpoint on the same token ids:
-  * golden  – transformers LlamaForCausalLM in float32 on CPU (eager attention);
-  * ref     – transformers in the tested dtype, on the tested device where torch has it
-              (its error against golden is what that dtype costs a mature implementation);
+  * golden  – transformers LlamaForCausalLM (eager attention): float32 on the CPU for a
+              CPU run, float64 for an accelerator (on its torch device where float64
+              works there, else on the CPU: conformance/placement.py);
+  * ref     – transformers in the tested dtype, on the torch device InfiniCore's own tests
+              map the tested device to, where that backend works (else the CPU; its error
+              against golden is what that dtype costs a mature implementation);
   * ours    – infinilm_models on InfiniCore in the tested dtype and device.
 Tensors are captured under the names of the model package's declared capture points
 (`infinilm_models.models.llama.capture`), on both sides, also while decoding with a
@@ -24,6 +27,7 @@ import numpy as np
 from infinilm_models.models.llama.capture import CapturePoint, capture_points
 
 from .. import fresh
+from ..placement import golden_placement, torch_device  # noqa: F401 - the harness's API
 from .reference import Reference, cached
 
 TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
@@ -52,25 +56,6 @@ def resolve_model(name: str) -> Path:
 def model_names(option: str | None) -> list[str]:
     raw = option or os.environ.get("INFINILM_MODELS") or ",".join(DEFAULT_MODELS)
     return [m.strip() for m in raw.split(",") if m.strip()]
-
-
-def torch_device(infini_device: str) -> str:
-    """Where the same-dtype reference runs: the matching torch device when there is one."""
-    import torch
-
-    kind = infini_device.split(":")[0]
-    if kind == "nvidia" and torch.cuda.is_available():
-        return "cuda:" + (infini_device.split(":")[1] if ":" in infini_device else "0")
-    return "cpu"
-
-
-def golden_placement(infini_device: str) -> tuple[str, str]:
-    """(dtype, torch device) of the golden run: float32 on the CPU where the device under
-    test is the CPU (the numbers every CPU run has been judged by), float64 on the GPU
-    where it is one (at least as golden, and far faster than the CPU for SmolLM2;
-    test_model_golden verifies it against float64 on the CPU)."""
-    tdev = torch_device(infini_device)
-    return ("f64", tdev) if tdev.startswith("cuda") else ("f32", "cpu")
 
 
 @functools.cache
@@ -118,7 +103,8 @@ def our_model(path: str, dtype: str, device: str, model_cls=None, fused: str = "
 
 
 def points_of(model) -> list[CapturePoint]:
-    return capture_points(model.config.num_hidden_layers)
+    """The model's capture points, their ops those of the fusion plan it runs."""
+    return capture_points(model.config.num_hidden_layers, fused=getattr(model, "fused", None))
 
 
 # -- transformers side ----------------------------------------------------------------------

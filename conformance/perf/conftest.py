@@ -70,9 +70,15 @@ def bench_scale(pytestconfig: pytest.Config) -> Scale:
 
 
 def torch_device_for(infini_device) -> str:
-    from conformance.model.harness import torch_device
+    from conformance.placement import torch_device
 
     return torch_device(str(infini_device))
+
+
+def torch_note(infini_device, tdev: str) -> str | None:
+    from conformance.placement import torch_note as note
+
+    return note(infini_device, tdev)
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +102,9 @@ def infini_sync(device) -> Callable[[], None]:
 def torch_sync(torch_device: str) -> Callable[[], None]:
     import torch
 
-    if torch_device.startswith("cuda"):
-        return torch.cuda.synchronize
-    return lambda: None
+    from conformance.placement import synchronize
+
+    return synchronize(torch, torch_device)
 
 
 # group -> impl -> mean seconds, for the ours/reference ratio of the same configuration.
@@ -148,19 +154,26 @@ def _ratios(benchmarks: list[dict]) -> list[dict]:
     """Per group: time of ours (infinicore/ours) over the reference (torch/hf), on medians:
     a shared CPU gives the odd descheduled round that would dominate a mean."""
     by_group: dict[str, dict[str, float]] = defaultdict(dict)
+    where: dict[tuple[str, str], dict] = {}
     for b in benchmarks:
-        impl = (b.get("extra_info") or {}).get("impl")
+        extra = b.get("extra_info") or {}
+        impl = extra.get("impl")
         stats = b.get("stats") or {}
         if impl and "median" in stats:
             by_group[b["group"]][impl] = stats["median"]
+            where[b["group"], impl] = extra
     rows = []
     for group, m in sorted(by_group.items()):
         for ours, ref in (("infinicore", "torch"), ("ours", "hf")):
             if ours in m and ref in m:
+                extra = where[group, ref]
                 rows.append({"group": group, "ours": ours, "reference": ref,
                              "ours_median_s": m[ours], "reference_median_s": m[ref],
                              "time_ratio": m[ours] / m[ref],
-                             "speedup_vs_reference": m[ref] / m[ours]})
+                             "speedup_vs_reference": m[ref] / m[ours],
+                             # which torch: "cpu" against an accelerator is said so
+                             "reference_device": extra.get("torch_device"),
+                             "reference_note": extra.get("torch_note")})
     return rows
 
 
@@ -186,7 +199,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr = terminalreporter
     tr.section("infinilm perf: ours / reference (median time ratio; < 1 = ours faster)")
     width = max(len(r["group"]) for r in rows)
-    tr.write_line(f"{'configuration':<{width}}  {'ours ms':>10}  {'ref ms':>10}  {'ratio':>7}")
+    tr.write_line(f"{'configuration':<{width}}  {'ours ms':>10}  {'ref ms':>10}  {'ratio':>7}"
+                  "  ref on")
     for r in rows:
         tr.write_line(f"{r['group']:<{width}}  {r['ours_median_s'] * 1e3:>10.3f}  "
-                      f"{r['reference_median_s'] * 1e3:>10.3f}  {r['time_ratio']:>7.3f}")
+                      f"{r['reference_median_s'] * 1e3:>10.3f}  {r['time_ratio']:>7.3f}  "
+                      f"{r['reference_device'] or '?'}")
+    notes = sorted({r["reference_note"] for r in rows if r["reference_note"]})
+    for note in notes:
+        tr.write_line(f"note: {note}")

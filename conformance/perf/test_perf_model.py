@@ -31,7 +31,14 @@ from infinilm_models.runtime import Tensor, memory, ops
 from infinilm_models.runtime.ops._base import descriptors_created
 
 from .checkpoint import spec_with_layers, write_checkpoint
-from .conftest import infini_sync, ratio_to, run_benchmark, torch_device_for, torch_sync
+from .conftest import (
+    infini_sync,
+    ratio_to,
+    run_benchmark,
+    torch_device_for,
+    torch_note,
+    torch_sync,
+)
 
 _models: dict[tuple, object] = {}
 
@@ -96,6 +103,13 @@ def _pick_tokens(logits: Tensor, results: Tensor, out: np.ndarray) -> None:
         ops.random_sample(results.select(0, b), logits.select(0, b).select(0, 0),
                           0.0, 0.0, 1, 1.0)
     out[:] = results.numpy()
+
+
+def _torch_info(device, tdev: str) -> dict:
+    """Which torch the "vs hf" ratio is against (and a note when it is CPU torch against an
+    accelerator)."""
+    note = torch_note(device, tdev)
+    return {"torch_device": tdev, **({"torch_note": note} if note else {})}
 
 
 def _peak_info(impl: str, device, tdev: str) -> dict:
@@ -219,7 +233,7 @@ def test_perf_prefill(benchmark, kind, seq, impl, dtype, infini_device, bench_sc
     _finish(benchmark, verify, info, group, impl,
             {"kind": kind, "seq": seq, "batch": 1, "dtype": dtype, "impl": impl,
              "layers": spec.num_hidden_layers, "scale": bench_scale.name,
-             **_peak_info(impl, infini_device, tdev)})
+             **_peak_info(impl, infini_device, tdev), **_torch_info(infini_device, tdev)})
 
 
 @pytest.mark.parametrize("impl", ["hf", "hf_compiled", "ours", "ours_graph"])
@@ -335,7 +349,7 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
              # Medians over the last round's steps, in ms.
              "host_issue_ms": 1e3 * statistics.median(issue),
              "step_ms": 1e3 * statistics.median(step),
-             **_peak_info(impl, infini_device, tdev)}
+             **_peak_info(impl, infini_device, tdev), **_torch_info(infini_device, tdev)}
     if impl in ("ours", "ours_graph"):
         # Attention shapes grow with the cache: a non-zero count means descriptor creation
         # inside the decode loop (measured over the last timed round).

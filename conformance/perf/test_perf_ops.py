@@ -24,7 +24,14 @@ import pytest
 from conformance.ops.common import host, rng_for, unsupported_guard
 from infinilm_models.runtime import DType, Tensor, ops
 
-from .conftest import infini_sync, ratio_to, run_benchmark, torch_device_for, torch_sync
+from .conftest import (
+    infini_sync,
+    ratio_to,
+    run_benchmark,
+    torch_device_for,
+    torch_note,
+    torch_sync,
+)
 from .peaks import throughput
 
 H, INTER, NH, NKV, D, VOCAB = 576, 1536, 9, 3, 64, 49152
@@ -341,7 +348,10 @@ def test_perf_op(benchmark, impl, op, phase, batch, dtype, infini_device, device
     info = run_benchmark(benchmark, timed, lambda: None, bench_scale, group=group, impl=impl,
                          first_call_s=first)
     perf = {"group": group, "impl": impl, "scale": bench_scale.name, "bytes": case.nbytes,
-            "flops": case.flops}
+            "flops": case.flops, "torch_device": tdev}
+    note = torch_note(infini_device, tdev)
+    if note:  # the ratio "vs torch" is against CPU torch: said with it
+        benchmark.extra_info["torch_note"] = perf["torch_note"] = note
     if info:
         tp = throughput(info["mean_s"], case.nbytes, case.flops, dtype, device_peak)
         benchmark.extra_info.update(tp)

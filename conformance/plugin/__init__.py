@@ -6,6 +6,7 @@ One module per job:
   verify      the `verify` fixture (what checks state) and the session fixtures
   recording   items and reports -> CheckRecords; the plan written at collection
   narrowing   cases left out on this device: planned, recorded unsupported with the reason
+  supports    an op check whose C op the build does not export: unsupported at collection
   supervisor  crash isolation: checks run in a supervised child process
   session     the end of a run: not-run checks, results.json, the report, the summary
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ..results import append_part, new_run_id
-from . import defects, narrowing, recording, session, supervisor, threads, verify
+from . import defects, narrowing, recording, session, supervisor, supports, threads, verify
 from .options import dtypes, pytest_addoption  # noqa: F401 - a hook, found by name
 
 _controller: pytest.Config | None = None
@@ -40,7 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # torch runs anything: cores / workers threads each.
     config._infinilm_threads = threads.configure(config)
     for name, module in (("infinilm-verify", verify), ("infinilm-recording", recording),
-                         ("infinilm-session", session), ("infinilm-narrowing", narrowing)):
+                         ("infinilm-session", session), ("infinilm-narrowing", narrowing),
+                         ("infinilm-supports", supports)):
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.register(module, name)
     recording.CONFIG = config
@@ -100,15 +102,22 @@ def _interrupt_on_sigterm() -> None:
 
 def _select_backend(config: pytest.Config) -> None:
     """--infini-device picks the InfiniCore build: that backend's default prefix (an
-    explicit INFINI_ROOT or INFINILM_BACKEND still wins)."""
-    from infinilm_models.runtime.device import Device
-    from infinilm_models.runtime.library import set_default_backend
+    explicit INFINI_ROOT or INFINILM_BACKEND still wins). Then the name is checked against
+    the device types of the build found (its infinicore.h, read without loading it): a
+    name it does not know is a one-line usage error listing those it does."""
+    from infinilm_models.runtime.device import Device, backend_of
+    from infinilm_models.runtime.library import LibraryNotFound, set_default_backend
 
+    option = config.getoption("--infini-device")
     try:
-        kind = Device.parse(config.getoption("--infini-device")).type
+        backend = backend_of(option)
+        if backend is not None:
+            set_default_backend(backend)
+        Device.parse(option)
     except ValueError as e:
         raise pytest.UsageError(f"--infini-device: {e}") from None
-    set_default_backend(kind)
+    except LibraryNotFound:
+        pass  # no build yet: each check says so
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -28,14 +28,24 @@ def base_record(item: pytest.Item) -> CheckRecord:
     module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
     check = module.removeprefix("test_")
     op = None
+    test = getattr(item, "originalname", None) or item.name
     if check.startswith("op_"):
-        op = str(params.get("op") or check.removeprefix("op_"))
+        op = str(params.get("op") or _op_named(test) or check.removeprefix("op_"))
     case = params.get("case", params.get("sweep_case", params.get("shape")))
     return CheckRecord(
-        nodeid=item.nodeid, check=check,
-        test=getattr(item, "originalname", None) or item.name, status="not_run",
+        nodeid=item.nodeid, check=check, test=test, status="not_run",
         params=params, dtype=_str(params.get("dtype")), model=_str(params.get("model_name")),
         op=op, case=_str(case))
+
+
+def _op_named(test: str) -> str | None:
+    """The op a test function names, the longest that fits: test_op_silu_and_mul_sweep
+    checks silu_and_mul (in test_op_silu.py), test_op_rope_batched rope."""
+    from infinilm_models.runtime.ops.specs import BY_PY
+
+    name = test.removeprefix("test_op_")
+    fits = [op for op in BY_PY if name == op or name.startswith(op + "_")]
+    return max(fits, key=len) if fits else None
 
 
 def _str(v: Any) -> str | None:

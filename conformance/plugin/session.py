@@ -139,14 +139,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run.durations = duration_table(run.results)
     run.environment["known_defects_scope"] = defects.scope_note(config)
     run.environment["threads"] = threads.describe(config)
-    from ..model.harness import golden_placement
     from ..model.reference import cache_dir
+    from ..placement import describe as placement
 
-    gdtype, gdevice = golden_placement(config.getoption("--infini-device"))
-    run.environment["golden"] = (
-        f"transformers {gdtype} on {gdevice}" + (" (checked against float64 on the CPU by "
-                                                 "test_model_golden)" if gdevice != "cpu"
-                                                 else ""))
+    # Where ours, the reference and the golden ran, and the torch device probe's outcome.
+    run.environment["placement"] = where = placement(config.getoption("--infini-device"),
+                                                     dtypes(config))
+    run.environment["golden"] = where["golden"] + (
+        " (checked against float64 on the CPU by test_model_golden)"
+        if not where["golden"].endswith(" on cpu") else "")
     folder = cache_dir()
     run.environment["reference_cache"] = str(folder) if folder else "off"
     run.environment["models"] = model_identities(run)

@@ -39,7 +39,15 @@ def environment_rows(run: RunRecord) -> list[tuple[str, object]]:
         if left_out:
             rows.append(("ops left out of the build", ", ".join(sorted(left_out))))
     rows.append(("known defects", env.get("known_defects_scope")))
+    where = env.get("placement") or {}
+    probe = where.get("probe") or {}
+    rows += [("ours ran on", where.get("ours")), ("reference ran on", where.get("reference"))]
     rows.append(("golden", env.get("golden")))
+    if probe:
+        rows.append(("torch device probe", f"InfiniCore's tests map {probe.get('infini_device')}"
+                     f" to {where.get('torch_device_mapped')}: {probe.get('outcome')}"
+                     + (" (CPU torch against an accelerator)"
+                        if where.get("cpu_reference_for_accelerator") else "")))
     rows.append(("reference cache", env.get("reference_cache")))
     rows.append(("threads", env.get("threads")))
     rows += [

@@ -1,36 +1,99 @@
-"""What an InfiniCore build is and what it can do, learned once per prefix.
+"""What an InfiniCore build is and what it can do, learned once per prefix: the one place
+that says which ops, optional APIs and device types a build has.
 
     build = current_build()            # the build library discovery finds (not loaded)
     build.identity.key                 # "pypi:0.1.0", "git:2cec6ce6...", "sha256:..."
-    build.has_op("AddRMSNorm")         # infiniopCreate/Get...WorkspaceSize/compute/Destroy
-    build.ccl_init_rank, build.graph_api
+    build.has_op("AddRMSNorm")         # every C function of its ops/specs.py row exported
+    build.ccl_init_rank, build.graph_api, build.graph_runtime
+    build.devices                      # infiniDevice_t of its installed infinicore.h
 
-Everything here reads files: the prefix's stamp (written by `build.py`) and the exported
-function names of its shared libraries, taken from their ELF dynamic symbol tables, so
-the suite's controller can plan checks without loading InfiniCore (a crash in a kernel
-must never take the controller down). The readers are the op declarations (library.py),
-the communicator, the graph API, the model's fused-op choice, `results.environment()`,
-known-defect matching and the suite's coverage list.
+Everything here reads files: the prefix's stamp (written by `build.py`), its installed
+`include/infinicore.h`, and the exported function and needed library names of its shared
+libraries, taken from their ELF dynamic sections, so the suite's controller can plan
+checks without loading InfiniCore (a crash in a kernel must never take the controller
+down). The loaded library (library.py) is made from this record and declares exactly what
+it lists; the model's fusion plan, the communicator, the graph API, `results.environment()`,
+known-defect matching and the suite's collection (an op the build lacks is `unsupported`
+there) all read it. Only where the ELF tables cannot be read (`exports_known` False) does
+library.py complete it by looking the names up in the loaded libraries.
+
+The C names of the optional APIs live here (`GRAPH`, `CCL_INIT_RANK`), with their ctypes
+signatures, so that what is probed and what is declared cannot drift apart.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import re
 import struct
-from dataclasses import dataclass, field
+from ctypes import POINTER, c_int, c_size_t, c_void_p
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from ..build.prefix import read_stamp, sha256_file
 
 LIBRARIES = ("libinfinirt.so", "libinfiniop.so", "libinfiniccl.so")
-# One process per rank: exported by InfiniCore after 0.1.0 (commit 1ba15fe0), not by 0.1.0.
-CCL_INIT_RANK_SYMBOLS = ("infinicclGetUniqueId", "infinicclCommInitRank")
-# infinirt's vendor-neutral capture API (after 0.1.0; "Luanch" is upstream's spelling).
-GRAPH_SYMBOLS = ("infinirtStreamBeginCapture", "infinirtStreamEndCapture",
-                 "infinirtGraphInstantiate", "infinirtGraphLuanch",
-                 "infinirtGraphExecDestroy", "infinirtGraphDestroy")
 _CREATE = re.compile(r"infiniopCreate(\w+)Descriptor")
+
+
+class InfinicclUniqueId(ctypes.Structure):
+    """infinicclUniqueId_t of newer InfiniCore (not 0.1.0): 128 opaque bytes, the same
+    size as ncclUniqueId, passed by value to infinicclCommInitRank."""
+
+    _fields_ = [("internal", ctypes.c_char * 128)]
+
+
+@dataclass(frozen=True)
+class Api:
+    """A group of C functions a build has or lacks as a whole (declared only where all
+    are exported): name -> ctypes argtypes (every one returns infiniStatus_t)."""
+
+    name: str
+    library: str
+    functions: dict
+    since: str
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(self.functions)
+
+
+# infinirt's vendor-neutral capture API (after 0.1.0; "Luanch" is upstream's spelling).
+GRAPH = Api("graph", "libinfinirt.so", {
+    "infinirtStreamBeginCapture": (c_void_p, c_int),
+    "infinirtStreamEndCapture": (c_void_p, POINTER(c_void_p)),
+    "infinirtGraphInstantiate": (POINTER(c_void_p), c_void_p, POINTER(c_void_p), c_void_p,
+                                 c_size_t),
+    "infinirtGraphLuanch": (c_void_p, c_void_p),
+    "infinirtGraphExecDestroy": (c_void_p,),
+    "infinirtGraphDestroy": (c_void_p,),
+}, "after 0.1.0")
+# One process per rank: exported by InfiniCore after 0.1.0 (commit 1ba15fe0), not by 0.1.0.
+CCL_INIT_RANK = Api("ccl_init_rank", "libinfiniccl.so", {
+    "infinicclGetUniqueId": (POINTER(InfinicclUniqueId),),
+    # comm out, nranks, unique id BY VALUE, rank
+    "infinicclCommInitRank": (POINTER(c_void_p), c_int, InfinicclUniqueId, c_int),
+}, "after 0.1.0 (1ba15fe0)")
+APIS = (GRAPH, CCL_INIT_RANK)
+GRAPH_SYMBOLS = GRAPH.symbols
+CCL_INIT_RANK_SYMBOLS = CCL_INIT_RANK.symbols
+# A CUDA runtime a build links against (DT_NEEDED): where infinirt has no capture API of
+# its own (InfiniCore 0.1.0), the CUDA runtime's stream capture works on its streams.
+_CUDA_RUNTIME = re.compile(r"libcudart\.so(\.\d+)*")
+
+# infiniDevice_t of the installed header; each release's own table where a prefix has no
+# headers (a vendor's INFINI_ROOT with lib/ only). Names are the enum's, lower-cased.
+_DEVICE_ENUM = re.compile(r"typedef\s+enum\s*\{([^}]*)\}\s*infiniDevice_t\s*;")
+_DEVICE_ENTRY = re.compile(r"\bINFINI_DEVICE_(\w+)\s*(?:=\s*(\d+))?")
+_BASE_DEVICES = ("cpu", "nvidia", "cambricon", "ascend", "metax", "moore", "iluvatar",
+                 "kunlun")
+DEVICE_TABLES: dict[str, tuple[str, ...]] = {
+    "pypi:0.1.0": _BASE_DEVICES + ("sugon",),
+    "git:2cec6ce6": _BASE_DEVICES + ("hygon", "qy", "ali"),
+}
+NEWEST_DEVICE_TABLE = "git:2cec6ce6"
 
 
 class ExportsUnknown(Exception):
@@ -41,6 +104,12 @@ def elf_exports(path: Path) -> frozenset[str]:
     """Names of the functions `path` (an ELF shared object) defines and exports: global or
     weak FUNC symbols of .dynsym with a section (not undefined) and default or protected
     visibility. Raises ExportsUnknown for anything else (then callers probe by name)."""
+    return elf_dynamic(path)[0]
+
+
+def elf_dynamic(path: Path) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(exported function names as `elf_exports` reads them, DT_NEEDED library names in
+    their order) of the ELF shared object `path`; ExportsUnknown if it is not one."""
     data = path.read_bytes()
     if data[:4] != b"\x7fELF":
         raise ExportsUnknown(f"{path}: not an ELF file")
@@ -52,17 +121,33 @@ def elf_exports(path: Path) -> frozenset[str]:
             shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)
             sec = end + "IIQQQQIIQQ"
             sym, symsize = end + "IBBHQQ", 24
+            dyn, dynsize = end + "qQ", 16
         else:
             shoff, = struct.unpack_from(end + "I", data, 0x20)
             shentsize, shnum = struct.unpack_from(end + "HH", data, 0x2E)
             sec = end + "IIIIIIIIII"
             sym, symsize = end + "IIIBBH", 16
+            dyn, dynsize = end + "iI", 8
+
+        def string(table: int, at: int) -> str:
+            stop = data.index(b"\0", table + at)
+            return data[table + at:stop].decode("ascii", "replace")
+
         sections = [struct.unpack_from(sec, data, shoff + i * shentsize) for i in range(shnum)]
         names: set[str] = set()
+        needed: list[str] = []
         for s in sections:
+            offset, size, link = s[4], s[5], s[6]
+            if s[1] == 6:  # SHT_DYNAMIC: DT_NEEDED (tag 1) entries name libraries
+                strtab = sections[link][4]
+                for i in range(size // dynsize):
+                    tag, value = struct.unpack_from(dyn, data, offset + i * dynsize)
+                    if tag == 0:  # DT_NULL ends the table
+                        break
+                    if tag == 1:
+                        needed.append(string(strtab, value))
             if s[1] != 11:  # SHT_DYNSYM
                 continue
-            offset, size, link = s[4], s[5], s[6]
             strtab = sections[link][4]
             for i in range(size // symsize):
                 fields = struct.unpack_from(sym, data, offset + i * symsize)
@@ -75,9 +160,8 @@ def elf_exports(path: Path) -> frozenset[str]:
                 if st_shndx == 0 or (st_info & 0xF) != 2 or (st_info >> 4) not in (1, 2) \
                         or (st_other & 0x3) not in (0, 3):
                     continue
-                stop = data.index(b"\0", strtab + st_name)
-                names.add(data[strtab + st_name:stop].decode("ascii", "replace"))
-        return frozenset(names)
+                names.add(string(strtab, st_name))
+        return frozenset(names), tuple(needed)
     except (struct.error, IndexError, ValueError) as e:
         raise ExportsUnknown(f"{path}: unreadable ELF ({e})") from None
 
@@ -117,6 +201,65 @@ class BuildIdentity:
 
 
 @dataclass(frozen=True)
+class DeviceTable:
+    """infiniDevice_t of a build: lower-cased enum names -> codes, and where they came
+    from (its header, or the table of its release when the prefix has no headers)."""
+
+    codes: dict
+    source: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.codes, key=self.codes.__getitem__))
+
+
+def parse_device_enum(text: str) -> dict[str, int]:
+    """The infiniDevice_t enum of an infinicore.h: {"cpu": 0, ..., "hygon": 8, ...}
+    (implicit values count on from the previous one, as in C; TYPE_COUNT is no device)."""
+    found = _DEVICE_ENUM.search(re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S))
+    if found is None:
+        return {}
+    codes: dict[str, int] = {}
+    value = -1
+    for m in _DEVICE_ENTRY.finditer(found.group(1)):
+        value = int(m.group(2)) if m.group(2) is not None else value + 1
+        if m.group(1) != "TYPE_COUNT":
+            codes[m.group(1).lower()] = value
+    return codes
+
+
+_device_tables: dict[Path, DeviceTable] = {}
+
+
+def device_table(root: Path) -> DeviceTable:
+    """The device types the build at `root` knows, read once per prefix without loading
+    it: its installed include/infinicore.h, else its release's table (by its stamp; a
+    build without either gets the newest release's)."""
+    found = _device_tables.get(root)
+    if found is not None:
+        return found
+    header = root / "include" / "infinicore.h"
+    codes: dict[str, int] = {}
+    try:
+        codes = parse_device_enum(header.read_text(errors="replace"))
+    except OSError:
+        pass
+    if codes:
+        table = DeviceTable(codes, str(header))
+    else:
+        key = _identity(read_stamp(root), "", root).key
+        probe = BuildIdentity(key=key, label="")
+        release = next((k for k in DEVICE_TABLES if probe.matches(k)), None)
+        why = (f"the table of {release} ({header} absent or without infiniDevice_t)"
+               if release else f"the table of {NEWEST_DEVICE_TABLE}, the newest known "
+               f"({header} absent or without infiniDevice_t; build {key})")
+        names = DEVICE_TABLES[release or NEWEST_DEVICE_TABLE]
+        table = DeviceTable({n: i for i, n in enumerate(names)}, why)
+    _device_tables[root] = table
+    return table
+
+
+@dataclass(frozen=True)
 class Build:
     root: Path
     identity: BuildIdentity
@@ -124,6 +267,7 @@ class Build:
     exports_known: bool  # read from the ELF tables (False: unreadable, probe by name)
     library_sha256: dict = field(default_factory=dict)
     stamp: dict | None = None
+    needed: tuple[str, ...] = ()  # DT_NEEDED names of its libraries, in LIBRARIES order
 
     @property
     def exports_digest(self) -> str:
@@ -132,23 +276,73 @@ class Build:
         return hashlib.sha256("".join(n + "\n" for n in sorted(self.exports)).encode()
                               ).hexdigest()
 
-    @property
+    @cached_property
     def ops(self) -> frozenset[str]:
+        """Every C op it exports (create + compute), with or without a spec of ours."""
         return ops_of(self.exports)
+
+    @cached_property
+    def bound_ops(self) -> frozenset[str]:
+        """The ops of ops/specs.py it exports every function of: what library.py
+        declares and `CachedOp` can call."""
+        from .ops.specs import SPECS
+
+        return frozenset(s.name for s in SPECS if all(f in self.exports for f in s.functions))
 
     def has(self, symbol: str) -> bool:
         return symbol in self.exports
 
     def has_op(self, name: str) -> bool:
-        return name in self.ops
+        """The op can be called: every C function of its spec row is exported (an op
+        without a row: its create and compute functions)."""
+        from .ops.specs import BY_NAME
+
+        s = BY_NAME.get(name)
+        if s is None:
+            return name in self.ops
+        return all(f in self.exports for f in s.functions)
+
+    def has_api(self, api: Api) -> bool:
+        return all(self.has(s) for s in api.symbols)
 
     @property
     def ccl_init_rank(self) -> bool:
-        return all(self.has(s) for s in CCL_INIT_RANK_SYMBOLS)
+        return self.has_api(CCL_INIT_RANK)
 
     @property
     def graph_api(self) -> bool:
-        return all(self.has(s) for s in GRAPH_SYMBOLS)
+        return self.has_api(GRAPH)
+
+    @property
+    def cuda_runtime(self) -> str | None:
+        """The CUDA runtime (its soname) one of its libraries links against, if any."""
+        return next((n for n in self.needed if _CUDA_RUNTIME.fullmatch(n)), None)
+
+    @property
+    def graph_runtime(self) -> str | None:
+        """Whose stream capture runs captured steps: "infinirt" where the build exports
+        infinirt's graph API, else the CUDA runtime it links against (its soname), else
+        None (no graph API: steps run eagerly). Whether a given device's streams take
+        it is the device's answer (graph.py asks it once)."""
+        if self.graph_api:
+            return "infinirt"
+        return self.cuda_runtime
+
+    @property
+    def devices(self) -> DeviceTable:
+        return device_table(self.root)
+
+    def probed(self, exported) -> Build:
+        """This build completed by a by-name lookup (`exported(symbol) -> bool` on the
+        loaded libraries) of every symbol a capability needs: only for a build whose ELF
+        tables could not be read (`exports_known` False); a readable one is returned as
+        it is."""
+        if self.exports_known:
+            return self
+        from .ops.specs import SPECS
+
+        wanted = {f for s in SPECS for f in s.functions} | {n for a in APIS for n in a.symbols}
+        return replace(self, exports=self.exports | {n for n in wanted if exported(n)})
 
     def describe(self) -> dict:
         """The identity block of results.json's environment (`infinicore`)."""
@@ -161,6 +355,8 @@ class Build:
             "exported_functions": len(self.exports),
             "exported_ops": sorted(self.ops),
             "ccl_init_rank": self.ccl_init_rank, "graph_api": self.graph_api,
+            "graph_runtime": self.graph_runtime,
+            "device_types": dict(self.devices.codes), "device_types_from": self.devices.source,
             "library_sha256": dict(self.library_sha256),
         }
 
@@ -189,6 +385,7 @@ def read_build(root: Path) -> Build:
     """The build installed at `root` (a prefix with lib/), without loading it."""
     libdir = root / "lib"
     exports: set[str] = set()
+    needed: list[str] = []
     known = True
     hashes = {}
     for lib in LIBRARIES:
@@ -197,28 +394,42 @@ def read_build(root: Path) -> Build:
             continue
         hashes[lib] = sha256_file(p)
         try:
-            exports |= elf_exports(p)
+            names, libs = elf_dynamic(p)
         except (ExportsUnknown, OSError):
             known = False
+            continue
+        exports |= names
+        needed += [n for n in libs if n not in needed]
     digest = hashlib.sha256("".join(n + "\n" for n in sorted(exports)).encode()).hexdigest()
     stamp = read_stamp(root)
     return Build(root=root, identity=_identity(stamp, digest, root),
                  exports=frozenset(exports), exports_known=known, library_sha256=hashes,
-                 stamp=stamp)
+                 stamp=stamp, needed=tuple(needed))
 
 
 _cache: dict[Path, Build] = {}
+
+
+def build_at(root: Path) -> Build:
+    """The build at `root`, read once per prefix (library.py replaces the entry with the
+    by-name completed one when it loads a build whose exports are unknown)."""
+    root = root.resolve()
+    found = _cache.get(root)
+    if found is None:
+        found = _cache[root] = read_build(root)
+    return found
+
+
+def remember(build: Build) -> None:
+    """Make `build` the record of its prefix (the loaded library's, completed by name)."""
+    _cache[build.root.resolve()] = build
 
 
 def current_build() -> Build:
     """The build library discovery finds now (INFINI_ROOT, ...), read once per prefix."""
     from .library import find_root
 
-    root = find_root().resolve()
-    found = _cache.get(root)
-    if found is None:
-        found = _cache[root] = read_build(root)
-    return found
+    return build_at(find_root())
 
 
 # Ops that cannot be captured into a device graph, per build and device type, as the

@@ -1,4 +1,12 @@
-"""Devices by name, selection, synchronization and the per-device infiniop handle."""
+"""Devices by name, selection, synchronization and the per-device infiniop handle.
+
+Device names and codes are the build's: its installed include/infinicore.h
+(capabilities.device_table; read without loading the library), so InfiniCore 0.1.0's
+8 = sugon and upstream's 8 = hygon, 9 = qy, 10 = ali both hold. The names InfiniCore,
+InfiniLM and the vendors' toolkits also use for a kind (KINDS: cuda, npu, mlu, musa,
+xpu, dcu, ppu, ...) resolve to whichever of the kind's names the build has, so
+`hygon`, `sugon` and `dcu` are the same device on either release.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +14,93 @@ import ctypes
 import threading
 from dataclasses import dataclass
 
-from .library import check, load
+from .capabilities import DeviceTable, device_table
+from .library import LibraryNotFound, check, find_root, load, loaded_root
 
-# infiniDevice_t, by the names users type.
-DEVICE_TYPES: dict[str, int] = {
-    "cpu": 0,
-    "nvidia": 1,
-    "cambricon": 2,
-    "ascend": 3,
-    "metax": 4,
-    "moore": 5,
-    "iluvatar": 6,
-    "kunlun": 7,
-    "sugon": 8,
-}
-_ALIASES = {"cuda": "nvidia", "gpu": "nvidia", "mlu": "cambricon", "npu": "ascend"}
+# Each device kind by every name it goes by: the first is upstream InfiniCore's enum name
+# (include/infinicore.h, lower-cased), then older enum names (0.1.0's SUGON), InfiniLM's
+# and InfiniCore's test flags, xmake's backend words and the torch/toolkit device names.
+KINDS: tuple[tuple[str, ...], ...] = (
+    ("cpu",),
+    ("nvidia", "cuda", "gpu", "nv"),
+    ("cambricon", "mlu", "bang"),
+    ("ascend", "npu"),
+    ("metax", "maca"),
+    ("moore", "musa", "mthreads"),
+    ("iluvatar", "corex"),
+    ("kunlun", "xpu"),
+    ("hygon", "sugon", "dcu"),
+    ("qy",),
+    ("ali", "ppu"),
+)
+_KIND_OF = {name: kind for kind in KINDS for name in kind}
 
+
+def kind_of(name: str) -> str:
+    """The kind's canonical (upstream) name for any name of it, without asking a build:
+    "sugon" -> "hygon", "cuda" -> "nvidia"; an unknown name is returned as it is."""
+    n = name.strip().lower()
+    kind = _KIND_OF.get(n)
+    return kind[0] if kind else n
+
+
+def backend_of(spec: str) -> str | None:
+    """The backend (build) a device spec asks for, by its kind's upstream name and without
+    asking any build ("sugon:1" -> "hygon"); None for a spec that names no word."""
+    name = kind_of(str(spec).partition(":")[0])
+    return name if name.isidentifier() else None
+
+
+def _table() -> DeviceTable | None:
+    """The device table of the build in hand (loaded, else the one discovery finds); None
+    where there is no build yet (names then resolve by KINDS alone)."""
+    root = loaded_root()
+    if root is None:
+        try:
+            root = find_root()
+        except LibraryNotFound:
+            return None
+    table = _tables.get(root)  # activate() asks on every call: no path resolution then
+    if table is None:
+        table = _tables[root] = device_table(root.resolve())
+    return table
+
+
+_tables: dict = {}
+
+
+def _aliases(names) -> str:
+    extra = sorted({a for n in names for a in _KIND_OF.get(n, ()) if a not in names})
+    return f" (aliases: {', '.join(extra)})" if extra else ""
+
+
+def resolve_type(name: str, table: DeviceTable | None = None) -> str:
+    """`name` (any name of a kind) as the build names it: "hygon" is "sugon" on 0.1.0.
+    ValueError in one line listing the names the build knows, for one it does not."""
+    n = str(name).strip().lower()
+    table = table if table is not None else _table()
+    if table is None:
+        if n in _KIND_OF:
+            return _KIND_OF[n][0]
+        known = [k[0] for k in KINDS]
+        raise ValueError(f"unknown device type {name!r}; expected one of "
+                         f"{', '.join(known)}{_aliases(known)}")
+    if n in table.codes:
+        return n
+    for member in _KIND_OF.get(n, ()):
+        if member in table.codes:
+            return member
+    raise ValueError(f"unknown device type {name!r} for this InfiniCore build (device types "
+                     f"from {table.source}); it knows: {', '.join(table.names)}"
+                     f"{_aliases(table.names)}")
+
+
+def device_types() -> dict[str, int]:
+    """infiniDevice_t of the build in hand: name -> code."""
+    table = _table()
+    if table is None:
+        raise LibraryNotFound("no InfiniCore build found to read its device types from")
+    return dict(table.codes)
 
 
 class _ThreadState(threading.local):
@@ -49,10 +128,7 @@ class Device:
     index: int = 0
 
     def __post_init__(self) -> None:
-        if self.type not in DEVICE_TYPES:
-            raise ValueError(
-                f"unknown device type {self.type!r}; expected one of {sorted(DEVICE_TYPES)}"
-            )
+        object.__setattr__(self, "type", resolve_type(self.type))
         if self.index < 0:
             raise ValueError(f"device index must be >= 0, got {self.index}")
 
@@ -61,7 +137,6 @@ class Device:
         if isinstance(spec, Device):
             return spec
         name, _, idx = str(spec).strip().lower().partition(":")
-        name = _ALIASES.get(name, name)
         try:
             index = int(idx) if idx else 0
         except ValueError:
@@ -70,7 +145,12 @@ class Device:
 
     @property
     def code(self) -> int:
-        return DEVICE_TYPES[self.type]
+        """infiniDevice_t of this type in the build in hand."""
+        table = _table()
+        if table is None:
+            raise LibraryNotFound("no InfiniCore build found to read device codes from")
+        code = table.codes.get(self.type)
+        return code if code is not None else table.codes[resolve_type(self.type, table)]
 
     def __str__(self) -> str:
         return f"{self.type}:{self.index}"
@@ -133,18 +213,15 @@ def forget_current() -> None:
 def device_count(device_type: str) -> int:
     """How many devices of this type the loaded InfiniCore build can use (0 if not built)."""
     lib = load()
-    name = _ALIASES.get(device_type, device_type)
-    if name not in DEVICE_TYPES:
-        raise ValueError(
-            f"unknown device type {device_type!r}; expected one of {sorted(DEVICE_TYPES)}")
+    code = device_types()[resolve_type(device_type)]
     n = ctypes.c_int(0)
-    status = lib.rt.infinirtGetDeviceCount(DEVICE_TYPES[name], ctypes.byref(n))
+    status = lib.rt.infinirtGetDeviceCount(code, ctypes.byref(n))
     # A backend that was not compiled in answers with an error rather than zero.
     return n.value if status == 0 else 0
 
 
 def available_devices() -> list[str]:
-    return [name for name in DEVICE_TYPES if device_count(name) > 0]
+    return [name for name in device_types() if device_count(name) > 0]
 
 
 def current_stream() -> int | None:

@@ -4,12 +4,14 @@
     step.capture()                               # record; fn's ops are not executed
     step.replay()                                # run them all, one launch per segment
 
-Where the build exports infinirt's capture API (upstream InfiniCore: implemented for CUDA,
-MetaX and Ascend), steps are captured through it, vendor-neutral. InfiniCore 0.1.0 has no
-graph API; there, on NVIDIA, the CUDA runtime's stream capture (cudaStreamBeginCapture ...
-cudaGraphLaunch) from the libcudart InfiniCore links against. Another backend plugs in
-its own `GraphBackend`; a device without one has `graph_backend(device) is None` and
-callers keep their eager path.
+Which API captures is the build's answer (`Build.graph_runtime`, read from its exports
+and the libraries it links): where it exports infinirt's capture API (upstream InfiniCore:
+implemented for CUDA, MetaX and Ascend), steps are captured through it, vendor-neutral.
+InfiniCore 0.1.0 has no graph API; a build of it that links the CUDA runtime gets that
+runtime's stream capture (cudaStreamBeginCapture ... cudaGraphLaunch) from the libcudart
+it links. Whether a device's streams take the API is the device's answer to one empty
+capture. Another backend plugs in its own `GraphBackend`; a device without one has
+`graph_backend(device) is None` and callers keep their eager path.
 
 An op that cannot be captured on a backend (one that copies from pageable host memory or
 synchronizes inside its call) splits the step: the ops before it form one graph, it runs
@@ -22,7 +24,6 @@ the names that failed as `eager_ops`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 from collections.abc import Callable, Iterable
 
@@ -151,28 +152,36 @@ _backends: dict[str, GraphBackend | None] = {}
 def graph_backend(device: Device) -> GraphBackend | None:
     """The graph API of this device's backend, or None (then run steps eagerly)."""
     if device.type not in _backends:
-        _backends[device.type] = _find_backend(device.type)
+        _backends[device.type] = _find_backend(device)
     return _backends[device.type]
 
 
-def _find_backend(kind: str) -> GraphBackend | None:
-    if kind == "cpu":
-        return None
+def _find_backend(device: Device) -> GraphBackend | None:
+    """The build says whose capture API there is (`Build.graph_runtime`); the device says
+    whether its streams take it: a device whose infinirt streams are null (the host's ops
+    run synchronously) has nothing to capture, and one whose backend answers an empty
+    capture with an error (infinirt's stubs answer DEVICE_TYPE_NOT_SUPPORTED) has none."""
+    from .device import Stream
     from .library import load
 
     lib = load()
-    if lib.graph_api:
-        return InfinirtGraphs(lib.rt)
-    if kind != "nvidia":
+    runtime = lib.build.graph_runtime
+    if runtime is None:
         return None
-    for name in ("libcudart.so.13", "libcudart.so.12", ctypes.util.find_library("cudart")):
-        if not name:
-            continue
-        try:
-            return CudaGraphs(ctypes.CDLL(name))
-        except (OSError, AttributeError):
-            continue
-    return None
+    stream = Stream(device)
+    if not stream.handle:
+        return None
+    try:
+        backend: GraphBackend = (InfinirtGraphs(lib.rt) if runtime == "infinirt"
+                                 else CudaGraphs(ctypes.CDLL(runtime)))
+    except (OSError, AttributeError):
+        return None
+    try:
+        backend.begin(stream.handle)
+        backend.destroy(backend.end(stream.handle), 0)
+    except GraphError:
+        return None
+    return backend
 
 
 class _Session(threading.local):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..build.prefix import build_command, default_prefix
+from .capabilities import CCL_INIT_RANK, GRAPH, Api, Build, InfinicclUniqueId, build_at, remember
 
 STATUS_NAMES = {
     0: "INFINI_STATUS_SUCCESS",
@@ -122,6 +123,11 @@ def candidate_roots() -> list[tuple[str, Path]]:
     return roots
 
 
+def loaded_root() -> Path | None:
+    """The prefix of the loaded build; None before `load()`."""
+    return _lib.root if _lib is not None else None
+
+
 def find_root() -> Path:
     looked = []
     for why, root in candidate_roots():
@@ -140,13 +146,30 @@ def find_root() -> Path:
 
 @dataclass
 class Library:
+    """The loaded build: made from its `Build` record (capabilities.py), it declares
+    exactly the ops and optional APIs that record lists."""
+
     root: Path
     rt: ctypes.CDLL
     op: ctypes.CDLL
     ccl: ctypes.CDLL | None
+    build: Build
     ccl_error: str | None = None  # why libinfiniccl.so is there but did not load
-    ops: frozenset[str] = frozenset()  # the ops of ops/specs.py this build exports
-    graph_api: bool = False  # infinirt's stream capture and graph calls are declared
+
+    @property
+    def ops(self) -> frozenset[str]:
+        """The ops of ops/specs.py this build exports (all declared)."""
+        return self.build.bound_ops
+
+    @property
+    def graph_api(self) -> bool:
+        """infinirt's stream capture and graph calls are declared."""
+        return self.build.graph_api
+
+    @property
+    def ccl_init_rank(self) -> bool:
+        """infinicclGetUniqueId/infinicclCommInitRank are declared."""
+        return self.ccl is not None and self.build.ccl_init_rank
 
     def path(self, name: str) -> Path:
         return self.root / "lib" / name
@@ -183,25 +206,9 @@ def _declare_rt(rt: ctypes.CDLL) -> None:
     _declare(rt, "infinirtMemcpy", P, P, c_size_t, c_int)
 
 
-# infinirt's capture/graph API (after 0.1.0; "Luanch" is upstream's spelling): declared
-# where the build exports it (graph.py's InfinirtGraphs uses it).
-GRAPH_ARGTYPES = {
-    "infinirtStreamBeginCapture": [c_void_p, c_int],
-    "infinirtStreamEndCapture": [c_void_p, POINTER(c_void_p)],
-    "infinirtGraphInstantiate": [POINTER(c_void_p), c_void_p, POINTER(c_void_p), c_void_p,
-                                 c_size_t],
-    "infinirtGraphLuanch": [c_void_p, c_void_p],
-    "infinirtGraphExecDestroy": [c_void_p],
-    "infinirtGraphDestroy": [c_void_p],
-}
-
-
-def _declare_graph(rt: ctypes.CDLL) -> bool:
-    if not all(hasattr(rt, name) for name in GRAPH_ARGTYPES):
-        return False
-    for name, args in GRAPH_ARGTYPES.items():
-        _declare(rt, name, *args)
-    return True
+def _declare_api(lib: ctypes.CDLL, api: Api) -> None:
+    for name, args in api.functions.items():
+        _declare(lib, name, *args)
 
 
 def _declare_ccl(ccl: ctypes.CDLL) -> None:
@@ -213,52 +220,40 @@ def _declare_ccl(ccl: ctypes.CDLL) -> None:
     _declare(ccl, "infinicclAllReduce", P, P, c_size_t, c_int, c_int, P, P)
 
 
-INFINICCL_UNIQUE_ID_BYTES = 128
-
-
-class InfinicclUniqueId(ctypes.Structure):
-    """infinicclUniqueId_t of newer InfiniCore (not 0.1.0): 128 opaque bytes, the same
-    size as ncclUniqueId, passed by value to infinicclCommInitRank."""
-
-    _fields_ = [("internal", ctypes.c_char * INFINICCL_UNIQUE_ID_BYTES)]
-
-
-# One process per rank: exported by InfiniCore after 0.1.0 (commit 1ba15fe0), not by 0.1.0.
-CCL_INIT_RANK_SYMBOLS = ("infinicclGetUniqueId", "infinicclCommInitRank")
+INFINICCL_UNIQUE_ID_BYTES = ctypes.sizeof(InfinicclUniqueId)
 
 
 def has_ccl_init_rank(ccl: object | None) -> bool:
-    """Whether `ccl` (the loaded libinfiniccl, or a stand-in) exports the one-process-per-
-    rank API. hasattr on a CDLL looks the symbol up (dlsym) without declaring anything."""
-    return ccl is not None and all(hasattr(ccl, name) for name in CCL_INIT_RANK_SYMBOLS)
+    """Whether `ccl` exports the one-process-per-rank API: the loaded libinfiniccl as its
+    Build lists it; any other object (a stand-in, whose exports nobody read) by name."""
+    if ccl is None:
+        return False
+    if _lib is not None and ccl is _lib.ccl:
+        return _lib.ccl_init_rank
+    return all(hasattr(ccl, name) for name in CCL_INIT_RANK.symbols)
 
 
 def declare_ccl_init_rank(ccl: ctypes.CDLL) -> None:
-    """Declare infinicclGetUniqueId and infinicclCommInitRank; only where
-    has_ccl_init_rank(ccl), since 0.1.0 lacks them."""
-    _declare(ccl, "infinicclGetUniqueId", POINTER(InfinicclUniqueId))
-    # comm out, nranks, unique id BY VALUE, rank
-    _declare(ccl, "infinicclCommInitRank", PP, c_int, InfinicclUniqueId, c_int)
+    """Declare infinicclGetUniqueId and infinicclCommInitRank on a stand-in (the loaded
+    library declares them at load where its Build has them)."""
+    if _lib is None or ccl is not _lib.ccl:
+        _declare_api(ccl, CCL_INIT_RANK)
 
 
-def _declare_op(op: ctypes.CDLL) -> frozenset[str]:
+def _declare_op(op: ctypes.CDLL, build: Build) -> None:
     """Declare the handle and tensor-descriptor calls (every build has them) and each op of
-    ops/specs.py whose functions this build exports; returns the names of those ops. An op
-    the build lacks stays undeclared: calling it raises NotExported (an 'unsupported')."""
-    from .ops.specs import SPECS, argtypes
+    ops/specs.py the build exports (`Build.bound_ops`). An op the build lacks stays
+    undeclared: calling it raises NotExported (an 'unsupported')."""
+    from .ops.specs import BY_NAME, argtypes
 
     _declare(op, "infiniopCreateHandle", PP)
     _declare(op, "infiniopDestroyHandle", P)
     _declare(op, "infiniopCreateTensorDescriptor", PP, c_size_t, POINTER(c_size_t),
              POINTER(c_ssize_t), c_int)
     _declare(op, "infiniopDestroyTensorDescriptor", P)
-    declared = set()
-    for s in SPECS:
-        if all(hasattr(op, fn) for fn in s.functions):  # dlsym, nothing declared yet
-            for fn, args in argtypes(s).items():
-                _declare(op, fn, *args)
-            declared.add(s.name)
-    return frozenset(declared)
+    for name in sorted(build.bound_ops):
+        for fn, args in argtypes(BY_NAME[name]).items():
+            _declare(op, fn, *args)
 
 
 def load() -> Library:
@@ -298,17 +293,24 @@ def load() -> Library:
                 ccl = ctypes.CDLL(str(ccl_path), mode=mode)
             except OSError as e:
                 ccl_error = str(e)
+        # What this build can do, as read from its files; only a build whose ELF tables
+        # could not be read is completed by looking the names up (dlsym) here.
+        build = build_at(root).probed(
+            lambda name: any(hasattr(lib, name) for lib in (rt, op, ccl) if lib is not None))
+        remember(build)
         try:
             _declare_rt(rt)
-            graph_api = _declare_graph(rt)
-            ops = _declare_op(op)
+            if build.graph_api:
+                _declare_api(rt, GRAPH)
+            _declare_op(op, build)
             if ccl is not None:
                 _declare_ccl(ccl)
+                if build.ccl_init_rank:
+                    _declare_api(ccl, CCL_INIT_RANK)
         except AttributeError as e:
             raise LibraryNotFound(
                 f"{libdir} lacks a function every InfiniCore build has ({e}); is it InfiniCore?"
             ) from e
         check(rt.infinirtInit(), "infinirtInit")
-        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, ccl_error=ccl_error, ops=ops,
-                       graph_api=graph_api)
+        _lib = Library(root=root, rt=rt, op=op, ccl=ccl, build=build, ccl_error=ccl_error)
         return _lib

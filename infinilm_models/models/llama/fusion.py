@@ -1,5 +1,5 @@
 """Which fused InfiniCore ops the model runs: chosen once, at construction, from what the
-loaded build exports (runtime/capabilities.py).
+loaded build exports (its `Build` record, runtime/capabilities.py).
 
     FUSIONS          one row per fused op: the C ops it needs and the plain sequence it
                      replaces (what runs on a build without it, e.g. InfiniCore 0.1.0)
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...runtime import Device, DType, InfiniError, Tensor, ops
+from ...runtime.capabilities import Build
 
 
 def _z(device: Device, dtype: DType, *shape: int, of: str | DType | None = None) -> Tensor:
@@ -82,9 +83,9 @@ BY_NAME = {f.name: f for f in FUSIONS}
 _probed: dict[tuple[str, Device, DType], bool] = {}
 
 
-def works(fusion: Fusion, exported: frozenset[str], device: Device, dtype: DType) -> bool:
+def works(fusion: Fusion, build: Build, device: Device, dtype: DType) -> bool:
     """The build exports the fusion's ops and they run on this device and dtype."""
-    if not set(fusion.ops) <= exported or dtype not in fusion.dtypes:
+    if not all(build.has_op(op) for op in fusion.ops) or dtype not in fusion.dtypes:
         return False
     key = (fusion.name, device, dtype)
     if key not in _probed:
@@ -96,19 +97,19 @@ def works(fusion: Fusion, exported: frozenset[str], device: Device, dtype: DType
     return _probed[key]
 
 
-def available(exported: Iterable[str], device: Device, dtype: DType,
+def available(build: Build, device: Device, dtype: DType,
               config: object | None = None) -> frozenset[str]:
-    exported = frozenset(exported)
+    """The fusions `build` (capabilities.Build) has and that run on this device/dtype."""
     return frozenset(f.name for f in FUSIONS if (config is None or f.fits(config))
-                     and works(f, exported, device, dtype))
+                     and works(f, build, device, dtype))
 
 
-def plan(want: str | Iterable[str], exported: Iterable[str], device: Device,
+def plan(want: str | Iterable[str], build: Build, device: Device,
          dtype: DType, config: object | None = None) -> frozenset[str]:
     """The fusions to use (see the module docstring); ValueError naming what is wrong."""
     if want == "plain":
         return frozenset()
-    have = available(exported, device, dtype, config)
+    have = available(build, device, dtype, config)
     if want == "auto":
         return frozenset(n for n in have if BY_NAME[n].auto)
     if isinstance(want, str):

@@ -101,7 +101,7 @@ class LlamaForCausalLM:
         self.device = device
         self.dtype = dtype
         # The fused ops this model runs, chosen once from what the build exports.
-        self.fused = Fused.of(plan(fused, load().ops, device, dtype, config))
+        self.fused = Fused.of(plan(fused, load().build, device, dtype, config))
         self.model = LlamaModel(config, weights, first_layer, self.fused)
         # None on a pipeline stage that does not end the model (parallel.py)
         self.lm_head = weights.get("lm_head.weight")
