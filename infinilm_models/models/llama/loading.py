@@ -60,6 +60,8 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from ... import files
+
 __all__ = [
     "EMBED_WEIGHT",
     "INDEX_FILE",
@@ -135,11 +137,15 @@ def _layout(model_dir: Path) -> _Layout:
         raise CheckpointError(f"{model_dir}: not a directory (expected a checkpoint directory)")
     single = model_dir / SINGLE_FILE
     index = model_dir / INDEX_FILE
-    # Same precedence as transformers, so both load the same bytes.
-    if single.is_file():
+    # Same precedence as transformers, so both load the same bytes. A name that is there
+    # but is no regular file (a pipe, a device, a looping link) is refused as what it is,
+    # not skipped as if absent.
+    if files.present(single):
+        files.check_file(single, CheckpointError)
         _refuse_outside(model_dir, single)
         return _Layout(files=[single], weight_map=None, source=single)
-    if index.is_file():
+    if files.present(index):
+        files.check_file(index, CheckpointError)
         _refuse_outside(model_dir, index)
         return _layout_from_index(model_dir, index)
     others = [name for name in _UNSUPPORTED_FORMATS if (model_dir / name).exists()]
@@ -152,11 +158,9 @@ def _layout(model_dir: Path) -> _Layout:
 
 def _layout_from_index(model_dir: Path, index: Path) -> _Layout:
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(files.read_text(index, CheckpointError))
+    except json.JSONDecodeError as exc:
         raise CheckpointError(f"{index}: invalid JSON ({exc})") from exc
-    except OSError as exc:
-        raise CheckpointError(f"{index}: cannot read ({exc})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -173,13 +177,17 @@ def _layout_from_index(model_dir: Path, index: Path) -> _Layout:
     resolved: dict[str, Path] = {}
     for entry, names in tensors_of.items():
         what = f"weight_map entry {entry!r} (for {_describe_names(names)})"
-        reason = _outside_reason(model_dir, entry)
+        reason = _entry_reason(entry)
+        path = model_dir / entry
+        # The file's own check before resolve(): a looping link raises inside pathlib.
+        problem = None if reason is not None else files.problem(path)
+        if reason is None and problem is None:
+            reason = _link_reason(model_dir, entry)
         if reason is not None:
             problems.append(f"{what} {reason}")
             continue
-        path = model_dir / entry
-        if not path.is_file():
-            problems.append(f"{what}: shard file {path} does not exist")
+        if problem is not None:
+            problems.append(f"{what}: shard file {path} {problem}")
             continue
         resolved[entry] = path
     if problems:
@@ -202,7 +210,13 @@ def _refuse_outside(model_dir: Path, path: Path) -> None:
 
 
 def _outside_reason(model_dir: Path, entry: str) -> str | None:
-    """Why an index entry may not be read, or None if it stays inside the checkpoint."""
+    """Why an index entry may not be read, or None if it stays inside the checkpoint
+    (`entry` must name a regular file: `files.check_file` first)."""
+    return _entry_reason(entry) or _link_reason(model_dir, entry)
+
+
+def _entry_reason(entry: str) -> str | None:
+    """The rules on the entry's text alone."""
     # An index is downloaded data: it must not be able to make us read arbitrary files.
     if not entry:
         return "is empty"
@@ -210,6 +224,11 @@ def _outside_reason(model_dir: Path, entry: str) -> str | None:
         return "is an absolute path, outside the model directory"
     if PureWindowsPath(entry).drive or ".." in PurePosixPath(entry.replace("\\", "/")).parts:
         return "points outside the model directory ('..')"
+    return None
+
+
+def _link_reason(model_dir: Path, entry: str) -> str | None:
+    """Where the entry's symlinks lead, if that is outside the checkpoint."""
     target = (model_dir / entry).resolve()
     root = model_dir.resolve()
     if target.is_relative_to(root) or _in_hf_blob_store(target):
