@@ -15,7 +15,7 @@ _EXPORTS = {
     "LlamaConfig": ".models.llama", "LlamaForCausalLM": ".models.llama",
     "KVCache": ".models.llama",
     "GenerationConfig": ".generation", "GenerationOutput": ".generation",
-    "generate": ".generation",
+    "generate": ".generation", "NonFiniteLogitsError": ".generation",
 }
 __all__ = sorted(_EXPORTS)
 

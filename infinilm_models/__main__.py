@@ -1,9 +1,10 @@
 """Command line: `python -m infinilm_models generate --model PATH --prompt "..."`.
 
 Every user error (a bad argument, config.json, generation_config.json, tokenizer or
-checkpoint; an unavailable device or InfiniCore build) ends as one line
-``error: <message>`` on stderr and exit status 2, as argparse's own errors do. Anything
-else is a bug and keeps its traceback (exit status 1).
+checkpoint, any of them a path that is not a regular file; an unavailable device or
+InfiniCore build) ends as one line ``error: <message>`` on stderr and exit status 2, as
+argparse's own errors do, and so do non-finite logits (nothing is printed on stdout then).
+Anything else is a bug and keeps its traceback (exit status 1).
 
 The directory is read cheapest first, so the first problem reported is the one a user
 would fix first: config.json, generation_config.json, the tokenizer (only with --prompt or
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +39,24 @@ def _one_line(message: str) -> str:
 
 def _tokenizer(model_dir: Path, why: str) -> Any:
     """The checkpoint's own tokenizer.json through `tokenizers` (no torch needed)."""
-    from tokenizers import Tokenizer
+    from .files import present
+    from .tokenizer import TOKENIZER_FILE, TokenizerError, load_tokenizer
 
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
+    path = model_dir / TOKENIZER_FILE
+    if not present(path):
         raise UsageError(f"{path} not found: {why} needs the checkpoint's tokenizer.json "
                          "(give --token-ids and --output ids for a directory without one)")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises plain Exception for a corrupt file
-        raise UsageError(f"{path}: cannot load the tokenizer: {exc}") from exc
+    try:  # a pipe, a device, a looping link, unparsable content: one line naming it
+        return load_tokenizer(path)
+    except TokenizerError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any,
+                  **__: Any) -> None:
+    """A warning as one line ``warning: <message>`` (Python's own format adds the source
+    line of the warning call, which says nothing to a user)."""
+    print(f"warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 def _token_id_list(text: str) -> list[int]:
@@ -82,6 +92,7 @@ def _generation_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .files import present
     from .generation import GenerationConfig, generate
     from .models.auto import AutoLlamaModel, model_class
     from .models.llama.configuration import LlamaConfig
@@ -105,7 +116,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     output = args.output
     if output == "auto":
-        output = "text" if args.prompt is not None or (model_dir / "tokenizer.json").is_file() \
+        # A tokenizer.json that is there but unusable (a pipe, a broken link) is an error
+        # naming it, not a reason to print ids instead.
+        output = "text" if args.prompt is not None or present(model_dir / "tokenizer.json") \
             else "ids"
     tok = None
     if args.prompt is not None or output == "text":
@@ -207,13 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .generation import NonFiniteLogitsError
     from .models.llama import CheckpointError, ConfigError
     from .runtime import LibraryNotFound
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (UsageError, ConfigError, CheckpointError, LibraryNotFound, ValueError) as exc:
+        with warnings.catch_warnings():  # restores showwarning for an in-process caller
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (UsageError, ConfigError, CheckpointError, LibraryNotFound, ValueError,
+            NonFiniteLogitsError) as exc:
+        # NonFiniteLogitsError: the model computes NaN/Inf (weights loaded with
+        # --allow-nonfinite, or an op); no token is printed.
         # ValueError: our argument checks (token id out of range, dtype, device, cache
         # length...) raise it with the argument named; a bug raising one is the price.
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)

@@ -2,9 +2,15 @@
 random_sample op (temperature, top-k, top-p), reproducible from a seed.
 
 Defaults come from the checkpoint as transformers reads them (`GenerationConfig.
-from_pretrained`): its ``generation_config.json`` when there is one, else the model
-config's bos/eos ids. `generate` applies the model's defaults when it is given no config,
+from_pretrained`): its ``generation_config.json`` when there is one, else config.json's
+generation fields (pad/bos/eos ids, do_sample, ...: transformers' `GenerationConfig.
+from_model_config`). `generate` applies the model's defaults when it is given no config,
 and explicit keyword arguments override either.
+
+`generate` never takes a token from non-finite logits: a NaN/Inf among a step's logits
+(of a row still generating) raises `NonFiniteLogitsError` naming the step, the row and the
+first such value, and returns nothing (InfiniCore's argmax of NaN logits is some token,
+and a run would print it as a result).
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from . import files
 from .arguments import check_bool, check_float, check_int, ragged_token_ids
 from .runtime import Tensor, ops
 
-__all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput", "generate"]
+__all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput",
+           "NonFiniteLogitsError", "generate"]
 
 GENERATION_CONFIG_FILE = "generation_config.json"
+MODEL_CONFIG_FILE = "config.json"
 
 # Fields of generation_config.json we apply; others (repetition_penalty, ...) are ignored,
 # as unknown config.json keys are. The length follows transformers: max_new_tokens if
@@ -120,7 +129,8 @@ class GenerationConfig:
 
     @classmethod
     def from_model_config(cls, model_config: Any) -> GenerationConfig:
-        """Defaults from config.json alone: its bos and eos ids."""
+        """Defaults from a parsed model config alone: its bos and eos ids (config.json's
+        pad_token_id and other generation fields come with `from_pretrained`)."""
         return cls(eos_token_ids=tuple(getattr(model_config, "eos_token_ids", ())),
                    bos_token_id=getattr(model_config, "bos_token_id", None))
 
@@ -131,25 +141,48 @@ class GenerationConfig:
 
         With ``generation_config.json`` in the directory, that file alone decides (its
         ``eos_token_id``, an int or a list, replaces config.json's; absent there means no
-        eos, as in transformers); without it, ``model_config``'s bos/eos ids. Applied
-        fields: eos_token_id, bos_token_id, pad_token_id, do_sample, temperature, top_k,
-        top_p, max_new_tokens; null means "not set". A bad value raises ConfigError
-        naming the file and the field.
+        eos, as in transformers). Without it, the fields of the same names that config.json
+        sets, as a transformers model takes them into its generation_config then
+        (``GenerationConfig.from_model_config``): pad_token_id (finished rows are filled
+        with it, not with eos), bos/eos ids, and any sampling field; one config.json does
+        not set is unset, as there. Without either file, ``model_config``'s bos/eos ids.
+        Applied fields: eos_token_id,
+        bos_token_id, pad_token_id, do_sample, temperature, top_k, top_p, max_new_tokens,
+        max_length; null means "not set". A bad value raises ConfigError naming the file
+        and the field; so does a path there that is not a regular file (files.py).
         """
+        generation_file = Path(model_dir) / GENERATION_CONFIG_FILE
+        if files.present(generation_file):
+            return cls._from_json(generation_file)
+        config_file = Path(model_dir) / MODEL_CONFIG_FILE
+        if files.present(config_file):
+            return cls._from_json(config_file, model_config=True)
+        return cls() if model_config is None else cls.from_model_config(model_config)
+
+    @classmethod
+    def _from_json(cls, file: Path, model_config: bool = False) -> GenerationConfig:
+        """The generation fields of a JSON object file (`model_config`: config.json)."""
         from .models.llama.configuration import ConfigError
 
-        file = Path(model_dir) / GENERATION_CONFIG_FILE
-        if not file.is_file():
-            return cls() if model_config is None else cls.from_model_config(model_config)
+        text = files.read_text(file, ConfigError)
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{file}: cannot read: {exc}") from exc
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{file}: invalid JSON: {exc}") from exc
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: must be a JSON object, got {type(data).__name__}")
         values = {k: data[k] for k in _FILE_FIELDS if data.get(k) is not None}
+        pad = values.get("pad_token_id")
+        if model_config and isinstance(pad, int) and not isinstance(pad, bool) and pad < 0:
+            import warnings
+
+            # Old LLaMA conversions have "pad_token_id": -1 in config.json; transformers
+            # loads them with a warning. Refusing the model for a field of its config that
+            # only pads finished rows would be out of proportion.
+            values.pop("pad_token_id")
+            warnings.warn(f"{file}: pad_token_id {pad} is negative; ignored (finished rows "
+                          "are filled with the first eos id, where transformers writes "
+                          f"{pad})", UserWarning, stacklevel=3)
         kwargs: dict[str, Any] = {}
         try:
             if "eos_token_id" in values:
@@ -168,8 +201,30 @@ class GenerationConfig:
             # transformers loads such a file too; generating with it raises.
             warnings.warn(f"{file}: do_sample is true but {problem}: loaded as transformers "
                           "does; sampling with these defaults will raise (pass do_sample="
-                          "False or a valid temperature/top_p)", UserWarning, stacklevel=2)
+                          "False or a valid temperature/top_p)", UserWarning, stacklevel=3)
         return config
+
+
+class NonFiniteLogitsError(FloatingPointError):
+    """`generate` met NaN/Inf logits and took no token from them; the message names the
+    step, the row and the first such value."""
+
+
+def _check_logits(logits: np.ndarray, live: np.ndarray, step: int) -> None:
+    """Refuse a step whose logits [batch, vocab] hold NaN/Inf in a row still generating
+    (a finished row's next token is padding whatever its logits)."""
+    finite = np.isfinite(logits)
+    if finite.all():  # the common case in one pass (the masked form costs 7x as much)
+        return
+    bad = ~finite & live[:, None]
+    if not bad.any():
+        return
+    b, v = (int(i) for i in np.argwhere(bad)[0])
+    raise NonFiniteLogitsError(
+        f"generate: the logits of step {step} (new token {step + 1}), row {b}, hold "
+        f"{int(bad[b].sum())} non-finite value(s) out of {logits.shape[1]} (first: "
+        f"{float(logits[b, v])} at token id {v}); no token is taken from them. The weights "
+        "(see allow_nonfinite) or an op produce NaN/Inf: forward(capture=...) shows where")
 
 
 @dataclass
@@ -241,22 +296,28 @@ def generate(model: Any, input_ids: Sequence[Sequence[int]] | np.ndarray,
             decoder = model.fixed_decoder(cache, graph=graph)
     if decoder is None:
         model.prepare_decode(cache, cfg.max_new_tokens - 1)
-    for step in range(cfg.max_new_tokens):
-        if return_logits:
-            step_logits.append(logits.numpy().reshape(batch, vocab))
-        for b in range(batch):
-            row = logits.select(0, b).select(0, 0)  # [vocab]
-            r = float(rng.random()) if cfg.do_sample else 0.0
-            ops.random_sample(slots[b], row, r, topp, topk, temperature)
-        out[:, step] = np.where(done, pad, results.numpy())
-        done |= np.isin(out[:, step], eos)
-        if done.all() or step + 1 == cfg.max_new_tokens:
-            out = out[:, : step + 1]
-            break
+    try:
+        for step in range(cfg.max_new_tokens):
+            # One host copy of the step's logits (batch x vocab), checked before any token
+            # is taken from them.
+            host = logits.numpy().reshape(batch, vocab)
+            _check_logits(host, ~done, step)
+            if return_logits:
+                step_logits.append(host)
+            for b in range(batch):
+                row = logits.select(0, b).select(0, 0)  # [vocab]
+                r = float(rng.random()) if cfg.do_sample else 0.0
+                ops.random_sample(slots[b], row, r, topp, topk, temperature)
+            out[:, step] = np.where(done, pad, results.numpy())
+            done |= np.isin(out[:, step], eos)
+            if done.all() or step + 1 == cfg.max_new_tokens:
+                out = out[:, : step + 1]
+                break
+            if decoder is not None:
+                logits = decoder.step(out[:, step])
+            else:
+                logits = model.forward(out[:, step:step + 1], cache=cache)
+    finally:
         if decoder is not None:
-            logits = decoder.step(out[:, step])
-        else:
-            logits = model.forward(out[:, step:step + 1], cache=cache)
-    if decoder is not None:
-        decoder.close()
+            decoder.close()
     return GenerationOutput(tokens=out, logits=step_logits, prompt_length=prompt_len)

@@ -1,7 +1,8 @@
 """Property-based tests of config.json (Hypothesis): fuzzed field types, ranges, missing
 keys and nesting end in a ConfigError whose message names the file and a field that was
 changed, or in a valid config; fuzzed valid tiny architectures load, run to finite logits
-of the right shape, and match transformers float32 on CPU.
+of the right shape, and match transformers float32 on CPU; a checkpoint's files replaced
+by what is not a regular file (behind chains of links) end in one error naming the path.
 
 Derandomized with a fixed number of examples, so CI runs the same cases every time.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
+from infinilm_fixtures import special_files
+from infinilm_fixtures.tiny import ensure
 from infinilm_models import AutoLlamaModel
+from infinilm_models.files import MAX_LINK_HOPS
 from infinilm_models.models.llama.configuration import ConfigError, LlamaConfig
+from infinilm_models.models.llama.loading import CheckpointError
+from infinilm_models.tokenizer import TokenizerError, load_tokenizer
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -210,3 +218,76 @@ def test_fuzzed_valid_architecture_runs_like_transformers(
         ref = hf(torch.from_numpy(ids)).logits.double().numpy()
     nmse = float(np.mean((ours - ref) ** 2) / max(np.mean(ref ** 2), 1e-300))
     assert nmse <= 1e-10, (d, nmse)
+
+
+# ------------------------------------------------- paths that are not regular files
+
+# file of a checkpoint -> (fixture, the error that names it)
+SPECIAL_TARGETS = {
+    "config.json": "gqa", "generation_config.json": "gqa", "model.safetensors": "gqa",
+    "tokenizer.json": "gqa", "model.safetensors.index.json": "sharded",
+    "model-00002-of-00003.safetensors": "sharded",
+}
+# /dev/zero is left to the CLI tests (tests/test_hardening_files.py), which read it under a
+# memory limit; here /dev/null stands for the devices.
+SPECIAL_KINDS = ["regular", *(k for k in special_files.KINDS if k != "dev-zero")]
+# links each kind is itself (before the chain in front of it); None: a loop in any case
+OWN_LINKS = {"dev-null": 1, "dangling-link": 1, "self-loop": None, "two-link-loop": None,
+             "long-chain": None}
+
+
+def _expected(kind: str, chain: int) -> str | None:
+    """The words of the refusal, or None where the file must load."""
+    own = OWN_LINKS.get(kind, 0)
+    if own is None or chain + own > MAX_LINK_HOPS:
+        return "is a symlink loop"
+    return None if kind == "regular" else special_files.KINDS[kind]
+
+
+# About 50 ms an example (a copy of the fixture, a refusal or a load).
+@settings(FUZZ, max_examples=100)
+@given(st.sampled_from(sorted(SPECIAL_TARGETS)), st.sampled_from(SPECIAL_KINDS),
+       st.one_of(st.integers(0, 3), st.integers(38, 44)))
+def test_fuzzed_path_that_is_not_a_regular_file(tmp_path_factory: pytest.TempPathFactory,
+                                                name: str, kind: str, chain: int) -> None:
+    """A checkpoint file replaced by a directory, a pipe, a device, a socket or a link that
+    dangles or loops, behind a chain of `chain` symlinks: one error naming the path and
+    what it is, never a wait on a pipe; a regular file behind at most 40 links loads."""
+    model_dir = tmp_path_factory.mktemp("special") / "m"
+    shutil.copytree(ensure(SPECIAL_TARGETS[name]), model_dir)
+    path = model_dir / name
+    if kind != "regular":
+        special_files.make(path, kind)
+    elif not path.exists():  # the fixtures have no generation_config.json
+        path.write_text('{"max_new_tokens": 3}')
+    if chain:
+        hidden = path.with_name(name + ".target")
+        path.rename(hidden)
+        previous = hidden.name
+        for i in range(chain - 1):
+            (model_dir / f"{name}.hop{i}").symlink_to(previous)
+            previous = f"{name}.hop{i}"
+        path.symlink_to(previous)
+    words = _expected(kind, chain)
+
+    def expired(*_: object) -> None:
+        raise TimeoutError(f"{name} ({kind}): still waiting after 20 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    try:
+        if name == "tokenizer.json":
+            run = lambda: load_tokenizer(model_dir)  # noqa: E731 - the suite's and the CLI's
+        else:
+            run = lambda: AutoLlamaModel.from_pretrained(  # noqa: E731
+                model_dir, "cpu", "f32", progress=False)
+        if words is None:
+            assert run() is not None
+            return
+        with pytest.raises((ConfigError, CheckpointError, TokenizerError)) as info:
+            run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    line = next((x for x in str(info.value).splitlines() if f"{path}" in x), "")
+    assert words in line, (name, kind, chain, str(info.value))

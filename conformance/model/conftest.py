@@ -45,16 +45,17 @@ def prompt_ids(model_path: Path, batch: int, seq: int, verify=None) -> np.ndarra
     """Windows of the fixture text tokenized by the checkpoint's own tokenizer (realistic
     token statistics for a trained model); a directory without tokenizer.json gets seeded
     random ids in its vocabulary range instead, and the record says which."""
-    tok = model_path / "tokenizer.json"
-    if tok.is_file():
-        from tokenizers import Tokenizer
+    from infinilm_models.files import present
+    from infinilm_models.tokenizer import load_tokenizer
 
-        ids = Tokenizer.from_file(str(tok)).encode(TEXT.read_text()).ids
+    tok = model_path / "tokenizer.json"
+    if present(tok):  # there but unusable (a pipe, invalid JSON): an error naming it
+        ids = load_tokenizer(tok).encode(TEXT.read_text()).ids
         source = "fixture text, checkpoint tokenizer"
     else:
-        import json
+        from infinilm_models.models.llama.configuration import LlamaConfig
 
-        vocab = int(json.loads((model_path / "config.json").read_text())["vocab_size"])
+        vocab = LlamaConfig.from_pretrained(model_path).vocab_size
         rng = np.random.default_rng([20261130, vocab])
         ids = rng.integers(0, vocab, 4096).tolist()
         source = f"seeded random ids in [0, {vocab}) (no tokenizer.json)"

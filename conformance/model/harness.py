@@ -50,7 +50,23 @@ def resolve_model(name: str) -> Path:
         raise FileNotFoundError(
             f"--model {name!r}: neither a fixture name ({', '.join(DEFAULT_MODELS)}) nor a "
             "directory")
+    check_checkpoint_files(path)
     return path
+
+
+def check_checkpoint_files(path: Path) -> None:
+    """Every file of a checkpoint directory that a check may open, ours or transformers
+    (which would wait forever on a pipe), checked to be a regular file first: one line
+    naming the file and what it is (infinilm_models/files.py)."""
+    from infinilm_models.files import check_file, present
+    from infinilm_models.models.llama.configuration import ConfigError
+    from infinilm_models.models.llama.loading import weights_files
+
+    check_file(path / "config.json", ConfigError)
+    for optional in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        if present(path / optional):
+            check_file(path / optional)
+    weights_files(path)  # the loader's own rules: every weights file and the index
 
 
 def model_names(option: str | None) -> list[str]:

@@ -42,9 +42,9 @@ def prompts_for(model_name: str, model_path: Path, dtype: str, cpu: bool, verify
                 ) -> tuple[list[list[int]], int]:
     if model_name != "smollm2":
         return [prompt_ids(model_path, 1, 5, verify)[0].tolist()], 12
-    from tokenizers import Tokenizer
+    from infinilm_models.tokenizer import load_tokenizer
 
-    tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    tok = load_tokenizer(model_path)
     texts = json.loads(PROMPTS.read_text())["prompts"]
     if dtype == "f32":
         return [tok.encode(t).ids for t in texts], 20

@@ -43,9 +43,8 @@ def test_model_perplexity(model_name, model_path, dtype, infini_device, runtimes
 
 def _text_tokens(model_path) -> int:
     """The whole fixture text (what SmolLM2's perplexity is quoted on)."""
-    from tokenizers import Tokenizer
+    from infinilm_models.tokenizer import load_tokenizer
 
     from .conftest import TEXT
 
-    return len(Tokenizer.from_file(str(model_path / "tokenizer.json")).encode(
-        TEXT.read_text()).ids)
+    return len(load_tokenizer(model_path).encode(TEXT.read_text()).ids)

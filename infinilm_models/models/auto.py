@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..runtime import DType
 from .llama.configuration import ConfigError
 from .llama.modeling_llama import LlamaForCausalLM
@@ -23,12 +24,12 @@ def model_class(model_path: str | os.PathLike[str]) -> type:
     if not isinstance(model_path, (str, os.PathLike)):
         raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
     config_file = Path(model_path) / "config.json"
+    if not files.present(config_file):
+        raise ConfigError(f"{config_file}: not found (is {model_path} a model directory?)")
+    text = files.read_text(config_file, ConfigError)  # a pipe, a device...: one line
     try:
-        data: Any = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{config_file}: not found (is {model_path} a model "
-                          "directory?)") from None
-    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
+        data: Any = json.loads(text)
+    except ValueError as e:  # invalid JSON
         raise ConfigError(f"{config_file}: cannot read: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{config_file}: config must be a JSON object, got "

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ...files import present, read_text
+
 __all__ = [
     "ConfigError", "LlamaConfig", "SUPPORTED_DTYPES", "SUPPORTED_ROPE_TYPES", "WeightShapes",
 ]
@@ -451,12 +453,9 @@ class LlamaConfig:
         """Read ``config.json`` from a checkpoint directory, or the file itself."""
         p = Path(path)
         file = p / "config.json" if p.is_dir() else p
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{file}: cannot read config file: {exc}") from exc
+        if not present(file):
+            raise ConfigError(f"{file}: config file not found")
+        text = read_text(file, ConfigError)  # a pipe, device, looping link...: one line
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

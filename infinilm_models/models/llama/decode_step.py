@@ -38,6 +38,7 @@ class FixedDecoder:
                  eager_ops: tuple[str, ...] | None = None) -> None:
         if graph not in (True, False, "auto"):
             raise ValueError(f"graph must be True, False or 'auto', got {graph!r}")
+        model.check_cache(cache)  # another model's, dtype's or device's: one line, first
         self.model, self.cache = model, cache
         b, c = cache.batch_size, model.config
         self.group = c.num_attention_heads // c.num_key_value_heads

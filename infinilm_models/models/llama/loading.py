@@ -33,7 +33,10 @@ the residual stream and attention (all logits NaN, greedy decoding then returns 
 forever), so a warning would let a run go on that can only produce garbage while looking
 like a result. ``allow_nonfinite=True`` loads such a checkpoint anyway with a
 ``UserWarning`` per tensor, for diagnosing where the values come from (e.g. with
-``forward(capture=...)``).
+``forward(capture=...)``). The same holds for a value finite as stored that is not in
+the run's dtype (a float64 1e300 in f32, bf16 or f16; a float32 70000 in f16): weights are
+checked in the dtype the run uses, and the error names the tensor, the index, the stored
+value and that dtype.
 
 A mismatch report lists at most ``LIST_LIMIT`` entries per kind plus the counts: a
 config.json claiming 10^6 layers against a 2-layer checkpoint once produced a 505 MB
@@ -59,6 +62,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 from tqdm import tqdm
+
+from ... import files
 
 __all__ = [
     "EMBED_WEIGHT",
@@ -91,7 +96,6 @@ _STORED_DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16),
 }
-_F16_MAX = float(np.finfo(np.float16).max)
 # Entries listed per kind of mismatch; the counts are always complete.
 LIST_LIMIT = 20
 # Elements per slice of the non-finite scan: bounds the temporary mask to 4 MB.
@@ -135,11 +139,15 @@ def _layout(model_dir: Path) -> _Layout:
         raise CheckpointError(f"{model_dir}: not a directory (expected a checkpoint directory)")
     single = model_dir / SINGLE_FILE
     index = model_dir / INDEX_FILE
-    # Same precedence as transformers, so both load the same bytes.
-    if single.is_file():
+    # Same precedence as transformers, so both load the same bytes. A name that is there
+    # but is no regular file (a pipe, a device, a looping link) is refused as what it is,
+    # not skipped as if absent.
+    if files.present(single):
+        files.check_file(single, CheckpointError)
         _refuse_outside(model_dir, single)
         return _Layout(files=[single], weight_map=None, source=single)
-    if index.is_file():
+    if files.present(index):
+        files.check_file(index, CheckpointError)
         _refuse_outside(model_dir, index)
         return _layout_from_index(model_dir, index)
     others = [name for name in _UNSUPPORTED_FORMATS if (model_dir / name).exists()]
@@ -152,11 +160,9 @@ def _layout(model_dir: Path) -> _Layout:
 
 def _layout_from_index(model_dir: Path, index: Path) -> _Layout:
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(files.read_text(index, CheckpointError))
+    except json.JSONDecodeError as exc:
         raise CheckpointError(f"{index}: invalid JSON ({exc})") from exc
-    except OSError as exc:
-        raise CheckpointError(f"{index}: cannot read ({exc})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -173,13 +179,17 @@ def _layout_from_index(model_dir: Path, index: Path) -> _Layout:
     resolved: dict[str, Path] = {}
     for entry, names in tensors_of.items():
         what = f"weight_map entry {entry!r} (for {_describe_names(names)})"
-        reason = _outside_reason(model_dir, entry)
+        reason = _entry_reason(entry)
+        path = model_dir / entry
+        # The file's own check before resolve(): a looping link raises inside pathlib.
+        problem = None if reason is not None else files.problem(path)
+        if reason is None and problem is None:
+            reason = _link_reason(model_dir, entry)
         if reason is not None:
             problems.append(f"{what} {reason}")
             continue
-        path = model_dir / entry
-        if not path.is_file():
-            problems.append(f"{what}: shard file {path} does not exist")
+        if problem is not None:
+            problems.append(f"{what}: shard file {path} {problem}")
             continue
         resolved[entry] = path
     if problems:
@@ -202,7 +212,13 @@ def _refuse_outside(model_dir: Path, path: Path) -> None:
 
 
 def _outside_reason(model_dir: Path, entry: str) -> str | None:
-    """Why an index entry may not be read, or None if it stays inside the checkpoint."""
+    """Why an index entry may not be read, or None if it stays inside the checkpoint
+    (`entry` must name a regular file: `files.check_file` first)."""
+    return _entry_reason(entry) or _link_reason(model_dir, entry)
+
+
+def _entry_reason(entry: str) -> str | None:
+    """The rules on the entry's text alone."""
     # An index is downloaded data: it must not be able to make us read arbitrary files.
     if not entry:
         return "is empty"
@@ -210,6 +226,11 @@ def _outside_reason(model_dir: Path, entry: str) -> str | None:
         return "is an absolute path, outside the model directory"
     if PureWindowsPath(entry).drive or ".." in PurePosixPath(entry.replace("\\", "/")).parts:
         return "points outside the model directory ('..')"
+    return None
+
+
+def _link_reason(model_dir: Path, entry: str) -> str | None:
+    """Where the entry's symlinks lead, if that is outside the checkpoint."""
     target = (model_dir / entry).resolve()
     root = model_dir.resolve()
     if target.is_relative_to(root) or _in_hf_blob_store(target):
@@ -358,23 +379,65 @@ def _check_finite(arr: np.ndarray, path: Path, name: str, allow: bool) -> None:
         "it anyway for diagnosis")
 
 
-def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str) -> np.ndarray:
+def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str,
+             allow_nonfinite: bool = False) -> np.ndarray:
+    """`arr` in the run's dtype, refusing a finite stored value that does not survive the
+    conversion (`_check_converted`)."""
     if arr.dtype == target:
         return np.ascontiguousarray(arr)
     # Through float32: exact for f16/bf16 sources, and the single rounding step to
-    # the target is then numpy's/ml_dtypes' round-to-nearest-even.
-    wide = arr.astype(np.float32, copy=False)
-    with np.errstate(over="ignore"):  # reported below as an error naming the tensor
+    # the target is then numpy's/ml_dtypes' round-to-nearest-even. Overflow (in either
+    # step) is reported below, naming the tensor, instead of numpy's bare warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = arr.astype(np.float32, copy=False)
         out = np.ascontiguousarray(wide.astype(target))
-    if target == np.float16 and not np.isfinite(out).all():
-        overflow = np.isfinite(wide) & ~np.isfinite(out)
-        if overflow.any():
-            worst = float(np.abs(wide[overflow]).max())
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has values up to {worst:g}, beyond float16's "
-                f"{_F16_MAX:g}; load it as bf16 or f32"
-            )
+    if ml_dtypes.finfo(arr.dtype).max > ml_dtypes.finfo(target).max:  # may overflow
+        _check_converted(arr, out, path, name, allow_nonfinite)
     return out
+
+
+def _check_converted(stored: np.ndarray, out: np.ndarray, path: Path, name: str,
+                     allow: bool) -> None:
+    """Refuse (or, with ``allow``, warn about) values finite as stored but NaN/Inf in the
+    run's dtype: a float64 1e300 is inf in f32, bf16 and f16, a float32 70000 is inf in
+    f16. Every logit would be NaN, as with a stored NaN (`_check_finite`), so the same
+    rule applies; stored NaN/Inf were reported there and are not counted again."""
+    flat_out, flat_in = out.reshape(-1), stored.reshape(-1)
+    bad = 0
+    first: int | None = None
+    for start in range(0, flat_out.size, _SCAN_CHUNK):
+        chunk = slice(start, start + _SCAN_CHUNK)
+        mask = ~np.isfinite(flat_out[chunk])
+        if mask.any():
+            mask &= np.isfinite(flat_in[chunk])
+            if mask.any():
+                if first is None:
+                    first = start + int(np.argmax(mask))
+                bad += int(np.count_nonzero(mask))
+    if first is None:
+        return
+    where = [int(i) for i in np.unravel_index(first, out.shape)]
+    value = float(flat_in[first])
+    short = next(k for k, v in _TARGET_DTYPES.items() if v == out.dtype)
+    limit = float(ml_dtypes.finfo(out.dtype).max)
+    with np.errstate(over="ignore"):
+        wide = np.float32(value)
+        holds = [k for k, v in _TARGET_DTYPES.items()
+                 if np.isfinite(wide) and np.isfinite(wide.astype(v))]
+    hint = (f"load it as {' or '.join(holds)}" if holds
+            else "no supported dtype (f32, f16, bf16) holds it")
+    message = (f"{path}: tensor {name!r} holds {bad} value(s) out of {flat_out.size} that "
+               f"are finite as stored ({stored.dtype}) but not in {out.dtype} ({short}), "
+               f"the dtype of this run (first: {value!r} at index {where} becomes "
+               f"{float(flat_out[first])}; {short}'s largest finite value is {limit:g}); "
+               f"{hint}")
+    if allow:
+        warnings.warn(message + "; loaded anyway (allow_nonfinite=True)", UserWarning,
+                      stacklevel=4)
+        return
+    raise CheckpointError(
+        message + ". Pass allow_nonfinite=True to from_pretrained (the CLI: "
+        "--allow-nonfinite) to load it anyway for diagnosis")
 
 
 # ------------------------------------------------------------------------------ check
@@ -513,8 +576,9 @@ def load_state_dict(
 
     Raises CheckpointError (a ValueError) naming the file and tensor for any layout,
     format or content problem; all mismatches against ``expected`` come in one error.
-    A NaN/Inf among the stored values is such a problem unless ``allow_nonfinite`` (then a
-    UserWarning per tensor); see the module docstring for why.
+    A NaN/Inf among the stored values, or one produced by the conversion to ``dtype``, is
+    such a problem unless ``allow_nonfinite`` (then a UserWarning per tensor); see the
+    module docstring for why.
     """
     if dtype not in _TARGET_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_TARGET_DTYPES)}, got {dtype!r}")
@@ -544,7 +608,7 @@ def load_state_dict(
             part = shard(name, info.shape) if shard is not None else None
             raw = _read_tensor(handles[info.file], info.file, name, info, part)
             _check_finite(raw, info.file, name, allow_nonfinite)
-            loaded[name] = _convert(raw, target, info.file, name)
+            loaded[name] = _convert(raw, target, info.file, name, allow_nonfinite)
             del raw
 
     if tie_word_embeddings and EMBED_WEIGHT in loaded:

@@ -180,6 +180,7 @@ class LlamaForCausalLM:
         """Create, before a decode loop, the op descriptors its steps will need: the
         attention's shapes change with every new cache length (the other ops' do not, and
         every layer shares them), so the loop itself then creates none."""
+        self.check_cache(cache)
         end = min(cache.length + new_tokens, cache.max_len)
         bufs = self.buffers.get(cache.batch_size, 1)
         self.model.layers[0].self_attn.prepare(bufs, cache, range(cache.length + 1, end + 1))
@@ -224,6 +225,8 @@ class LlamaForCausalLM:
         mask = None if attention_mask is None else padding_mask(attention_mask, ids.shape)
         if cache is None:
             cache = self._scratch_cache(batch, seq)
+        else:
+            self.check_cache(cache)
         start = cache.reserve(batch, seq)
         if position_ids is None:
             pos = cache.next_positions(seq, mask)
@@ -240,6 +243,25 @@ class LlamaForCausalLM:
         bufs = self.buffers.get(batch, seq)
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
         return ids, bufs, cache, start, self._recorder(capture, inject, batch, seq)
+
+    def check_cache(self, cache: object) -> None:
+        """Refuse, in one line and before any InfiniCore call, a cache this model cannot
+        use: one made by another model (its layers, KV heads or head_dim differ), in
+        another dtype or on another device. InfiniCore would fail on it deep inside an
+        op (or write past a layer's K/V) after the cache had recorded the tokens."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache (from this model's new_cache()), got "
+                            f"{type(cache).__name__}")
+        c = self.config
+        wrong = [f"{what} {got} (the model's: {want})" for what, got, want in (
+            ("layers", cache.num_layers, c.num_hidden_layers),
+            ("KV heads", cache.num_kv_heads, c.num_key_value_heads),
+            ("head_dim", cache.head_dim, c.head_dim),
+            ("dtype", cache.dtype, self.dtype),
+            ("device", cache.device, self.device)) if got != want]
+        if wrong:
+            raise ValueError(f"cache does not fit this model: {', '.join(wrong)}; make it "
+                             "with this model's new_cache()")
 
     def embed(self, ids: np.ndarray, bufs: Buffers, record: Capture | None) -> None:
         self.model.embed(ids, bufs.hidden, bufs.ids)

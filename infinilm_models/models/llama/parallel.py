@@ -285,7 +285,22 @@ class ParallelLlamaForCausalLM:
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> ParallelCache:
         return ParallelCache([r.new_cache(batch_size, max_len) for r in self.ranks])
 
+    def check_cache(self, cache: object) -> None:
+        """Refuse a cache of another model, layout, dtype or device (one line, before any
+        InfiniCore call): each rank checks its own (LlamaForCausalLM.check_cache)."""
+        if not isinstance(cache, ParallelCache) or len(cache.caches) != len(self.ranks):
+            got = (f"a ParallelCache of {len(cache.caches)} ranks"
+                   if isinstance(cache, ParallelCache) else type(cache).__name__)
+            raise TypeError(f"cache must be this model's new_cache() (a ParallelCache of "
+                            f"{len(self.ranks)} ranks), got {got}")
+        for i, (r, c) in enumerate(zip(self.ranks, cache.caches)):
+            try:
+                r.check_cache(c)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"rank {i}: {exc}") from None
+
     def prepare_decode(self, cache: ParallelCache, new_tokens: int) -> None:
+        self.check_cache(cache)
         for r, c in zip(self.ranks, cache.caches):
             r.prepare_decode(c, new_tokens)
 
@@ -303,6 +318,8 @@ class ParallelLlamaForCausalLM:
         mask = None if attention_mask is None else padding_mask(attention_mask, ids.shape)
         if cache is None:  # an uncached forward: a private cache of this size
             cache = self.new_cache(batch, min(max(seq, 16), self.max_cache_len))
+        else:
+            self.check_cache(cache)
         start = cache.caches[0].reserve(batch, seq)
         positions = [c.admit(start, seq, mask) for c in cache.caches][0]
         if position_ids is not None:
