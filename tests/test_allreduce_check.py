@@ -61,4 +61,4 @@ def test_check_plumbing_with_the_loopback(tmp_path: Path) -> None:
         if r["params"]["place"] == "out_of_place":
             expected = ["rank 0", "rank 0 input", "rank 1", "rank 1 input", "ranks agree"]
         assert whats == expected, (r["nodeid"], whats)
-        assert r["info"]["world_size"] == 2
+        assert r["setup"]["world_size"] == 2
