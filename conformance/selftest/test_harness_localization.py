@@ -27,17 +27,21 @@ def fresh_model():
     return AutoLlamaModel.from_pretrained(resolve_model(MODEL), "cpu", "f32", progress=False)
 
 
-def localize(model, ids, *, ours_cache=None, hf_cache=None):
-    """The first localization of an f32 prefill (or a decode step, given caches), with
-    isolation: golden == reference on the CPU in f32."""
+def localize(model, ids, *, ours_cache=None, hf_cache=None, iso_cache=None):
+    """The first localization of an f32 prefill (or a decode step, given caches; with
+    `iso_cache`, a second cache in the same state, the isolated run too): golden ==
+    reference on the CPU in f32."""
     golden_m = hf_model(str(resolve_model(MODEL)), "f32", "cpu")
     golden = hf_capture(golden_m, ids, cache=hf_cache)
     ours = our_capture(model, ids, cache=ours_cache)
-    rows, _, locs = compare_capture(
-        points_of(model), ours=ours, ref=golden, golden=golden, ours_iso=None, ref_iso=None,
+    iso = None if iso_cache is None else our_capture(model, ids, cache=iso_cache,
+                                                     inject=golden)
+    found = compare_capture(
+        points_of(model), ours=ours, ref=golden, golden=golden, ours_iso=iso,
+        ref_iso=None if iso is None else golden,
         cal=POLICY.calibrated("model_activations", "f32"),
         gate=POLICY.calibrated("model_activations", "f32"), phase="prefill")
-    return rows, (locs[0] if locs else None)
+    return found.rows, (found.localizations[0] if found.localizations else None)
 
 
 def ids():
@@ -116,11 +120,18 @@ def test_kv_cache_off_by_one_fails_cache_check_and_is_localized():
     result = calibrated_value("cached vs recompute", error_metrics(step, full)["nmse"], 0.0,
                               POLICY.calibrated("cache_vs_recompute", "f32"), "nmse")
     assert not result.passed
-    # and localizing the decode step against transformers' cached step names layer 0 attention.
-    cache = OffByOneCache(model.config, 2, PREFIX + STEPS, model.device, model.dtype)
-    model.forward(toks[:, :PREFIX], cache=cache)
+    # and localizing the decode step against transformers' cached step names layer 0's KV
+    # cache, where the wrong write is (not the attention that reads it), and says it starts
+    # there (the isolated decode step writes it wrong too).
+    caches = []
+    for _ in range(2):
+        caches.append(OffByOneCache(model.config, 2, PREFIX + STEPS, model.device, model.dtype))
+        model.forward(toks[:, :PREFIX], cache=caches[-1])
     golden_m = hf_model(str(resolve_model(MODEL)), "f32", "cpu")
     hf_cache = DynamicCache()
     hf_capture(golden_m, toks[:, :PREFIX], cache=hf_cache)
-    _, first = localize(model, toks[:, PREFIX:PREFIX + 1], ours_cache=cache, hf_cache=hf_cache)
-    assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
+    _, first = localize(model, toks[:, PREFIX:PREFIX + 1], ours_cache=caches[0],
+                        hf_cache=hf_cache, iso_cache=caches[1])
+    assert first is not None, "no localization"
+    assert (first.layer, first.submodule, first.origin) == (0, "kv cache", "starts here"), \
+        first.description

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from conformance.record import SCHEMA_VERSION
+
 pytest_plugins = ("pytester",)
 
 INNER = '''
@@ -184,7 +186,7 @@ def _check(result, doc):
     assert finding["kind"] == "finding" and finding["passed"] is False
     prop = by_test["test_property"]["comparisons"][0]
     assert prop["kind"] == "property" and "not correctly rounded" in prop["reason"]
-    assert doc["verdict"] == "fail" and doc["schema_version"] == 2
+    assert doc["verdict"] == "fail" and doc["schema_version"] == SCHEMA_VERSION
 
 
 def test_statuses_are_recorded_serially(pytester):

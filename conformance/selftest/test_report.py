@@ -159,8 +159,8 @@ def test_localization_is_highlighted_with_plot(report_run):
     page = (report_run / "index.html").read_text()
     rows = re.findall(r'<tr class="first-divergence"><td><code>([^<]+)</code>', page)
     assert rows == [loc.tensor]
-    where = f"{loc.phase}: layer {loc.layer} sub-module {loc.submodule} ({loc.tensor}), " \
-            f"isolated: {'yes' if loc.isolated else 'no'}"
+    where = f"{loc.phase}: layer {loc.layer} sub-module {loc.submodule} ({loc.tensor}): " \
+            f"{loc.origin}"
     assert where in _text(page)
     # One inline SVG plot per phase/step group (a prefill here), nothing fetched elsewhere.
     assert page.count('<svg class="plot"') == 1
