@@ -539,7 +539,7 @@ def _convert(annotation: str, value: Any, name: str) -> Any:
     optional = ann.endswith("|None")
     base = ann.removesuffix("|None")
     if value is None:
-        if optional:
+        if optional or base == "Scalar":  # a Scalar may be null (a sweep's batch None)
             return None
         raise RecordError(f"field {name}: null where {base} is required")
     if base in _NESTED:
