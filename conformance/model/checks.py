@@ -38,6 +38,9 @@ class CaptureResult:
     comparisons: list[Comparison] = field(default_factory=list)
     localizations: list[Localization] = field(default_factory=list)
     amplification: Amplification | None = None
+    # The captures judged, by side (ours, ref, golden, ours_iso, ref_iso): not recorded;
+    # kept by `verify` only for --dump-tensors (conformance/dump.py).
+    sides: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden: dict,
@@ -86,7 +89,9 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
     for (p, _, _), ok in zip(iso, iso_ok):
         by_name[p.name].isolated.passed = ok
     result = CaptureResult(rows, [c_acc, c_iso] if iso else [c_acc],
-                           amplification=first_amplification(rows))
+                           amplification=first_amplification(rows),
+                           sides={"ours": ours, "ref": ref, "golden": golden,
+                                  "ours_iso": ours_iso, "ref_iso": ref_iso})
 
     def loc(p: CapturePoint, value: float, limit: float, isolated: bool) -> None:
         result.localizations.append(_loc(phase, step, p, value, limit, isolated, steps,
