@@ -8,7 +8,8 @@ name: gemm, rms_norm, rope, causal_softmax, swiglu, add, mul, rearrange, silu), 
 tensor `test.N.<name>` per operand holding its values contiguous in the tensor's dtype,
 `test.N.<name>.strides` (element strides, last dimension first, as GGUF stores shapes),
 and for the outputs no data but `test.N.<name>.shape` (outer dimension first), and
-`test.N.ans`: the expected output in F64. The runner lays each operand out with its
+`test.N.ans`: the expected output in F64 (a copy's, rearrange, in its own dtype: the
+runner compares it bit for bit). The runner lays each operand out with its
 strides, runs the op and compares the output with `ans`.
 
 Beyond upstream's keys (which its runner ignores) each case carries `test.N.atol`,
@@ -52,6 +53,7 @@ ATTRS = {"Gemm": (("alpha", "f32", "compute", 0), ("beta", "f32", "compute", 1))
          "AddRMSNorm": (("epsilon", "f32", "create", 0),),
          "RoPE": (("algo", "i32", "create", 0),)}
 FILE = "infiniop-test.gguf"
+EXACT = frozenset({"Rearrange"})  # the runner's rearrange test compares with allEqual
 
 
 @dataclass
@@ -126,9 +128,12 @@ def write(path: Path, cases: list[Case]) -> Path:
             w.add_tensor(key(o.name), np.ascontiguousarray(data.astype(npd)),
                          raw_dtype=_ggml(o.dtype))
         for j, (name, ans) in enumerate(c.answers.items()):
+            # a copy is compared bit for bit (allEqual): its answer in the copy's dtype
+            dtype = next(o.dtype for o in c.operands if o.name == name) \
+                if c.op in EXACT else "f64"
             w.add_tensor(key("ans" if j == 0 else f"{name}.ans"),
-                         np.ascontiguousarray(ans, dtype=np.float64),
-                         raw_dtype=_ggml("f64"))
+                         np.ascontiguousarray(np.asarray(ans).astype(_numpy(dtype))),
+                         raw_dtype=_ggml(dtype))
         for k in ("atol", "rtol", "nmse"):
             if c.tolerance.get(k) is not None:
                 w.add_float64(key(k), float(c.tolerance[k]))
@@ -171,10 +176,12 @@ def read(path: Path) -> dict:
             name = t.name[len(prefix):]
             shape = attrs.get(f"{name}.shape") or [int(n) for n in reversed(t.shape)]
             strides = attrs.get(f"{name}.strides")
+            data = np.asarray(t.data)
+            if t.tensor_type.name == "BF16":  # the reader hands BF16 out as raw bytes
+                data = np.frombuffer(data.tobytes(), dtype=_numpy("bf16"))
             tensors[name] = {"type": t.tensor_type.name, "shape": list(shape),
                              "strides": list(reversed(strides)) if strides else None,
-                             "data": np.asarray(t.data).reshape(
-                                 [int(n) for n in reversed(t.shape)])}
+                             "data": data.reshape([int(n) for n in reversed(t.shape)])}
         cases.append({"op_name": attrs.pop("op_name"), "attrs": attrs, "tensors": tensors})
     return {"architecture": kv.get("general.architecture"), "test_count": count,
             "cases": cases}

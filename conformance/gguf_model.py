@@ -27,6 +27,8 @@ def distinct_calls(model: str, device: str, dtype: str) -> list[dict]:
     seen: dict[tuple, dict] = {}
 
     def hook(op, tensors, compute_args, create_params) -> None:
+        if CachedOp.observer is None:  # the fusion plan's probes while the model is built
+            return
         metas = [None if t is None else
                  {"dtype": t.dtype.short, "shape": list(t.shape), "strides": list(t.strides)}
                  for t in tensors]

@@ -56,6 +56,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.getoption("--stages"):
         gate = session.config._infinilm_stages = stages.Gate()
         gate.plan([i.nodeid for i in session.items])
+        session.config._infinilm_session = session
 
 
 def _failing(report: pytest.TestReport) -> bool:
@@ -67,14 +68,22 @@ def _failing(report: pytest.TestReport) -> bool:
     return False
 
 
+# trylast: after pytest's own, which sets shouldfail when -x/--maxfail is reached
+@pytest.hookimpl(trylast=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """A check is finished at its call report, or at a setup that did not pass."""
     from .recording import CONFIG
 
     gate = getattr(CONFIG, "_infinilm_stages", None)
-    if gate is not None and (report.when == "call" or
-                             (report.when == "setup" and not report.passed)):
-        gate.finished(report.nodeid, _failing(report), str(report.longrepr or ""))
+    if gate is None or not (report.when == "call" or
+                            (report.when == "setup" and not report.passed)):
+        return
+    gate.finished(report.nodeid, _failing(report), str(report.longrepr or ""))
+    session = getattr(CONFIG, "_infinilm_session", None)
+    if session is not None and session.shouldfail and gate.stopped is None:
+        gate.stopped = stages.stage_of(report.nodeid) or "other"  # -x: the stage it is in
+        session.shouldfail = (f"{session.shouldfail}, in stage '{gate.stopped}' at "
+                              f"{report.nodeid} (--stages)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -123,22 +132,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     config = item.config
     verify = getattr(item, "_infinilm_verify", None)
     probe = getattr(item, "_infinilm_probe", None)
-    if probe is not None:
+    if probe is not None:  # (no known defect applies under --support: defects.active)
         _support_verdict(item, report, verify, probe)
         return
-    if verify is None:
+    target = config.getoption("--dump-tensors")
+    cases = config.getoption("--infiniop-cases") == "all"
+    if verify is None or (target is None and not cases):
         return
     from .recording import decide
 
+    # the status recording will give it (the same decision, made here as well)
     status, message = decide(report, call, verify.comparisons, verify.defect)
-    target = config.getoption("--dump-tensors")
     if target is not None and status == "failed" and "/model/" in item.nodeid:
         from ..dump import dump
 
         dump(target, item.nodeid, message, reproduce_line(config, item), verify.captures)
     verify.captures.clear()
-    if config.getoption("--infiniop-cases") == "all" and verify.trace is not None \
-            and status not in ("failed", "crashed"):
+    if cases and verify.trace is not None and status not in ("failed", "crashed"):
         from ..replay import write_case
 
         write_case(config._infinilm_run_dir / "infiniop-test", item, verify)
