@@ -44,8 +44,14 @@ class ChildError(RuntimeError):
 
 
 def run_isolated(func, *args, timeout: float = 600.0):
-    """`func(*args)` in a fresh process; `func` must be importable at module level."""
+    """`func(*args)` in a fresh process; `func` must be importable at module level.
+    Under the support probe (describe-only op calls, which compute nothing) it runs here,
+    so that the probe sees its calls; the check's own process is still supervised."""
     from infinilm_models.runtime.library import default_backend
+    from infinilm_models.runtime.ops._base import CachedOp
+
+    if CachedOp.observer is not None:
+        return func(*args)
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)

@@ -314,6 +314,36 @@ class DurationRow:
     slowest: str = ""
 
 
+SUPPORT_STATES = ("supported", "partial", "refused", "not_exported", "crashed")
+
+
+@dataclass
+class SupportCell:
+    """One op x dtype of a support probe (`--support`, conformance/support.py): of the
+    distinct descriptor signatures the checks (`source` "checks") or a model's forward
+    (`source` the model) asked for, how many the build refused and with which statuses.
+    `state`: supported (none refused), partial, refused (all), not_exported, crashed."""
+
+    op: str
+    dtype: str
+    state: str
+    cases: int = 0
+    refused: int = 0
+    statuses: list[str] = field(default_factory=list)
+    example: str = ""  # one refused signature, as the build was asked for it
+    source: str = "checks"
+
+
+@dataclass
+class SupportMatrix:
+    """What the build accepts: descriptors created, nothing computed (`--support`)."""
+
+    cells: list[SupportCell] = field(default_factory=list)
+    descriptors: int = 0  # distinct signatures probed
+    seconds: float = 0.0  # the run's wall time
+    models: list[str] = field(default_factory=list)
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -333,6 +363,7 @@ class RunRecord:
     perf: dict[str, Any] | None = None
     coverage: Coverage | None = None
     durations: list[DurationRow] = field(default_factory=list)
+    support: SupportMatrix | None = None  # a --support run's matrix (conformance/support.py)
 
     @property
     def not_run(self) -> int:
@@ -507,7 +538,8 @@ _NESTED = {"Bound": Bound, "Comparison": Comparison, "Localization": Localizatio
            "Crash": Crash, "DefectRef": DefectRef, "CheckRecord": CheckRecord,
            "Coverage": Coverage, "DurationRow": DurationRow, "ErrorPoint": ErrorPoint,
            "TensorRow": TensorRow, "Amplification": Amplification,
-           "Generation": Generation, "Measurement": Measurement, "PerfSample": PerfSample}
+           "Generation": Generation, "Measurement": Measurement, "PerfSample": PerfSample,
+           "SupportCell": SupportCell, "SupportMatrix": SupportMatrix}
 _ALLOWED = {
     (CheckRecord, "status"): STATUSES,
     (Comparison, "kind"): COMPARISON_KINDS,
@@ -515,6 +547,7 @@ _ALLOWED = {
     (TensorRow, "phase"): ("prefill", "decode"),
     (Localization, "origin"): ("", "starts here", "arrives from earlier layers",
                                "not measured"),
+    (SupportCell, "state"): SUPPORT_STATES,
 }
 
 
@@ -542,10 +575,10 @@ def _build(cls: type, d: Any, where: str) -> Any:
 
 def _convert(annotation: str, value: Any, name: str) -> Any:
     ann = annotation.replace(" ", "")
-    optional = ann.endswith("|None") or ann == "Scalar"  # a Scalar may be null
+    optional = ann.endswith("|None")
     base = ann.removesuffix("|None")
     if value is None:
-        if optional:
+        if optional or base == "Scalar":  # a Scalar may be null (a sweep's batch None)
             return None
         raise RecordError(f"field {name}: null where {base} is required")
     if base in _NESTED:
@@ -587,6 +620,7 @@ def _short(value: object) -> str:
 __all__ = [
     "Amplification", "Bound", "CheckRecord", "Comparison", "Coverage", "Crash", "DefectRef",
     "DurationRow", "ErrorPoint", "FAILING", "Generation", "Localization", "Measurement",
-    "PerfSample", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "Scalar",
-    "TensorRow", "build_label", "results_path", "summarize", "verdict_of",
+    "PerfSample", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES", "SUPPORT_STATES",
+    "Scalar", "SupportCell", "SupportMatrix", "TensorRow", "build_label", "results_path",
+    "summarize", "verdict_of",
 ]

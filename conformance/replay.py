@@ -71,6 +71,8 @@ class Trace:
         self.bytes = 0
         self.too_large = False
         self.pending = os.environ.get(PENDING_ENV)
+        # what the bundle says about its check (the plugin fills it: node id, op, rerun)
+        self.meta: dict = {"nodeid": "(crash re-run)"}
 
     @classmethod
     def start(cls) -> Trace:
@@ -118,7 +120,7 @@ class Trace:
         self.calls = (self.calls + [call])[-KEEP_CALLS:]
         if self.pending:
             # About to make a call that may kill this process: leave it on disk first.
-            _write(Path(self.pending), self, {}, {"nodeid": "(crash re-run)", "crashed": True})
+            _write(Path(self.pending), self, {}, {**self.meta, "crashed": True})
 
 
 def bundle_dir(run_dir: Path, nodeid: str) -> Path:
@@ -133,9 +135,40 @@ def write_bundle(run_dir: Path, item, verify) -> str | None:
     if not trace.calls:
         return None
     target = bundle_dir(run_dir, item.nodeid)
-    meta = {"nodeid": item.nodeid, "crashed": False}
-    _write(target, trace, verify.expected, meta)
+    _write(target, trace, verify.expected, bundle_meta(item))
     return str(target.relative_to(run_dir))
+
+
+def write_case(folder: Path, item, verify) -> Path | None:
+    """--infiniop-cases all: a check's infiniop-test case file, `<folder>/<check>.gguf`
+    (a failing check's goes into its bundle)."""
+    from .gguf_cases import expectations, from_call, write
+
+    trace: Trace = verify.trace
+    op = bundle_meta(item)["op"]
+    calls = [c for c in trace.calls if _py(c["op"]) == op]
+    if not calls or trace.too_large:
+        return None
+    case, _ = from_call(calls[-1], trace.buffers, expectations(verify.expected), item.nodeid)
+    if case is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return write(folder / f"{bundle_dir(folder, item.nodeid).name}.gguf", [case])
+
+
+def _py(c_op: str) -> str:
+    from infinilm_models.runtime.ops.specs import BY_NAME
+
+    return BY_NAME[c_op].py
+
+
+def bundle_meta(item) -> dict:
+    """What a bundle says about its check: node id, op, and the command rerunning it."""
+    from .plugin.bringup import reproduce_line
+    from .plugin.recording import base_record
+
+    return {"nodeid": item.nodeid, "crashed": False, "op": base_record(item).op,
+            "rerun": reproduce_line(item.config, item)}
 
 
 def _write(target: Path, trace: Trace, expected: dict, meta: dict) -> None:
@@ -159,14 +192,48 @@ def _write(target: Path, trace: Trace, expected: dict, meta: dict) -> None:
                  **{f"e{i}": np.asarray(arr, dtype=np.float64)
                     for i, (arr, _, _) in enumerate(expected.values())})
     (target / "calls.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (target / "README.txt").write_text(
-        f"Replay of {meta['nodeid']}\n\n"
-        f"  INFINI_ROOT=/path/to/infinicore python -m conformance.replay {target}\n\n"
-        "(run from the conformance suite's checkout; --device picks another device). "
-        + ("The inputs were too large to save: re-run the check itself with\n"
-           f"  pytest '{meta['nodeid']}'\n" if trace.too_large else "")
-        + ("This check crashed: calls.json ends with the call that killed it.\n"
-           if meta.get("crashed") else ""))
+    case = None if meta.get("crashed") or trace.too_large else _gguf_case(target)
+    (target / "README.txt").write_text(_readme(target, trace, meta, case))
+
+
+def _gguf_case(target: Path) -> str:
+    """infiniop-test.gguf beside the bundle (InfiniCore's own runner), or why not."""
+    from .gguf_cases import from_bundle
+
+    try:
+        path, text = from_bundle(target)
+    except Exception as e:  # noqa: BLE001 - the bundle stands without it
+        return f"no infiniop-test case: {type(e).__name__}: {e}"
+    if path is None:
+        return f"no infiniop-test case: {text}"
+    return (f"The same call as an infiniop-test case (InfiniCore's runner, built with "
+            f"`xmake build infiniop-test`; the harness's atol/rtol):\n  {text}\n")
+
+
+def _readme(target: Path, trace: Trace, meta: dict, case: str | None) -> str:
+    from infinilm_models.runtime.library import load
+
+    device = trace.calls[-1]["device"] if trace.calls else "cpu"
+    try:
+        root = str(load().root)
+    except Exception:  # noqa: BLE001 - the README still names the command
+        root = os.environ.get("INFINI_ROOT", "/path/to/infinicore")
+    lines = [f"Replay of {meta['nodeid']}", "",
+             "Replay the recorded InfiniCore calls (this build, this device; another build: "
+             "another INFINI_ROOT):",
+             f"  cd {Path(__file__).resolve().parents[1]} && INFINI_ROOT={root} "
+             f"{sys.executable} -m conformance.replay "
+             f"{target.resolve()} --device {device}", ""]
+    if meta.get("rerun"):
+        lines += ["Run the check itself again (same build, device, dtype and case):",
+                  f"  {meta['rerun']}", ""]
+    if trace.too_large:
+        lines += ["The inputs were too large to save: only the check itself reruns it.", ""]
+    if meta.get("crashed"):
+        lines += ["This check crashed: calls.json ends with the call that killed it.", ""]
+    if case:
+        lines += [case]
+    return "\n".join(lines) + "\n"
 
 
 # -- replay -------------------------------------------------------------------------------

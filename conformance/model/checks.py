@@ -50,6 +50,9 @@ class CaptureResult:
     comparisons: list[Comparison] = field(default_factory=list)
     localizations: list[Localization] = field(default_factory=list)
     amplification: Amplification | None = None
+    # The captures judged, by side (ours, ref, golden, ours_iso, ref_iso): not recorded;
+    # kept by `verify` only for --dump-tensors (conformance/dump.py).
+    sides: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden: dict,
@@ -99,7 +102,9 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
     for (p, _, _), ok in zip(iso, iso_ok):
         by_name[p.name].isolated.passed = ok
     result = CaptureResult(rows, [c_acc, c_iso] if iso else [c_acc],
-                           amplification=first_amplification(rows))
+                           amplification=first_amplification(rows),
+                           sides={"ours": ours, "ref": ref, "golden": golden,
+                                  "ours_iso": ours_iso, "ref_iso": ref_iso})
     if missing:
         result.comparisons.insert(0, Comparison(
             f"{label}: capture points compared", False,

@@ -19,8 +19,19 @@ from pathlib import Path
 
 import pytest
 
+from .. import stages
 from ..results import append_part, new_run_id
-from . import defects, narrowing, recording, session, supervisor, supports, threads, verify
+from . import (
+    bringup,
+    defects,
+    narrowing,
+    recording,
+    session,
+    supervisor,
+    supports,
+    threads,
+    verify,
+)
 from .options import dtypes, pytest_addoption  # noqa: F401 - a hook, found by name
 
 _controller: pytest.Config | None = None
@@ -42,12 +53,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config._infinilm_threads = threads.configure(config)
     for name, module in (("infinilm-verify", verify), ("infinilm-recording", recording),
                          ("infinilm-session", session), ("infinilm-narrowing", narrowing),
-                         ("infinilm-supports", supports)):
+                         ("infinilm-supports", supports), ("infinilm-bringup", bringup)):
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.register(module, name)
     recording.CONFIG = config
     dtypes(config)
     _select_backend(config)
+    for stage, what in stages.MARKERS.items():  # also in pyproject.toml, for --strict-markers
+        config.addinivalue_line("markers", f"{stage}: {what}")
+    bringup.configure(config)
     if config.option.collectonly or getattr(config.option, "help", False):
         return
     defects.active(config)  # a bad known_defects.toml is a usage error, before any check
@@ -187,8 +201,12 @@ def _cost_rank(item: pytest.Item) -> int:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slowest checks first (a stable sort: every xdist worker gets the same order)."""
-    items.sort(key=_cost_rank)
+    """The slowest checks first (a stable sort: every xdist worker gets the same order);
+    under --stages, stage by stage first (conformance/stages.py), then the slowest."""
+    if config.getoption("--stages"):
+        items.sort(key=lambda i: (stages.rank(i.nodeid), _cost_rank(i)))
+    else:
+        items.sort(key=_cost_rank)
 
 
 def _explicit(metafunc: pytest.Metafunc, name: str) -> bool:

@@ -62,6 +62,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "disabled, else cpu or full by device")
 
 
+    _bringup_options(g)
+
+
+def _bringup_options(g) -> None:
+    """Bring-up tools (conformance/support.py, stages.py, dump.py, gguf_cases.py)."""
+    g.addoption("--support", action="store_true",
+                help="support probe: run the checks with every InfiniCore call creating its "
+                     "descriptor and computing nothing; writes the op x dtype matrix of what "
+                     "the build accepts (console, results.json, report, support.md). With "
+                     "--model, the checkpoint's own forward is probed too")
+    g.addoption("--stages", action="store_true",
+                help="run the checks stage by stage (ops, layer, model, parallel, perf) and "
+                     "stop after the first stage with a failing check; the later stages' "
+                     "checks are recorded not_run naming it (serial runs only)")
+    g.addoption("--dump-tensors", type=Path, default=None, metavar="DIR",
+                help="for each failing model check, write ours, the golden and the "
+                     "reference at every capture point of the first failing layer and its "
+                     "input as .npz, with an index and the command reproducing the check")
+    g.addoption("--infiniop-cases", choices=("failing", "all"), default="failing",
+                help="which op checks get an infiniop-test GGUF case file (InfiniCore's own "
+                     "runner): failing (in their replay bundle; default) or all (also under "
+                     "<run>/infiniop-test/)")
+
+
 def dtypes(config: pytest.Config) -> list[str]:
     values = [d.strip().lower() for d in str(config.getoption("--dtype")).split(",")
               if d.strip()]

@@ -23,7 +23,7 @@ from ..record import (
     verdict_of,
 )
 from ..results import assemble, point_latest, write_results
-from . import defects, threads
+from . import bringup, defects, threads
 from .options import dtypes
 
 SUMMARY_LINES = 40
@@ -136,6 +136,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         run.results = sorted(run.results + extra, key=lambda r: r.nodeid)
         run.counts, run.verdict = summarize(run.results), verdict_of(run.results)
     run.coverage = coverage_of(run)
+    bringup.finish_run(config, run)  # reproduce context, --support matrix, --stages
     run.durations = duration_table(run.results)
     run.environment["known_defects_scope"] = defects.scope_note(config)
     run.environment["threads"] = threads.describe(config)

@@ -48,6 +48,9 @@ class Verify:
         self.expected: dict[str, tuple[np.ndarray, judge.Tolerance | None, str | None]] = {}
         self.trace = None  # conformance.replay.Trace of the InfiniCore calls (op checks)
         self.ops_called: set[str] = set()  # C op names this check called (the coverage)
+        # --dump-tensors: the layer comparisons with their captures, until the check ends
+        self.keep_captures = request.config.getoption("--dump-tensors", None) is not None
+        self.captures: list = []
 
     # -- recording ------------------------------------------------------------------------
 
@@ -134,6 +137,8 @@ class Verify:
         self.tensors.extend(result.rows)
         if self.amplification is None:
             self.amplification = result.amplification
+        if self.keep_captures:
+            self.captures.append(result)
 
     def param(self, **values: Scalar) -> None:
         """What the check ran with beyond its pytest parameters (prompt source, batch,

@@ -120,8 +120,10 @@ def callout(loc: Localization, r: CheckRecord, ops: OpAnchors) -> dict:
             "ops": [ops.link(dtype_of(r), op) for op in loc.ops]}
 
 
-def card(r: CheckRecord, anchors: Anchors, ops: OpAnchors, layer_anchor: str | None) -> dict:
-    """Everything the record says about a check that did not pass."""
+def card(r: CheckRecord, anchors: Anchors, ops: OpAnchors, layer_anchor: str | None,
+         reproduce: str | None = None) -> dict:
+    """Everything the record says about a check that did not pass; `reproduce`: the
+    command that runs it again (conformance/reproduce.py)."""
     rows = [comparison_row(c) for c in r.comparisons]
     rows.sort(key=lambda x: (not x["against"], x["explained_by"] is None,
                              x["passed"]))  # stable: failing first, in recorded order
@@ -151,4 +153,4 @@ def card(r: CheckRecord, anchors: Anchors, ops: OpAnchors, layer_anchor: str | N
             "callouts": [callout(loc, r, ops) for loc in r.localization],
             "generations": [generation_line(g) for g in r.generations],
             "measurements": [measurement_row(m) for m in r.measurements],
-            "notes": notes(r), "layer_anchor": layer_anchor}
+            "notes": notes(r), "layer_anchor": layer_anchor, "reproduce": reproduce}

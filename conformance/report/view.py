@@ -5,12 +5,14 @@ findings, performance, coverage, durations and the environment."""
 from __future__ import annotations
 
 from conformance.record import FAILING, STATUSES, CheckRecord, RunRecord
+from conformance.reproduce import command as rerun_command
 
 from .cards import card, comparison_row
 from .environment import benchmarks, environment_rows, perf_rows
 from .format import SEVERITY, Anchors, OpAnchors, case_label, dtype_of, ordered_dtypes, slug
 from .matrices import matrices
 from .sections import NO_CARD, model_section, op_section
+from .support import support_view
 
 
 def build_view(run: RunRecord, plots: bool = True) -> dict:
@@ -39,7 +41,8 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
     def cards(statuses) -> list[dict]:
         chosen = [r for r in records if r.status in statuses]
         chosen.sort(key=lambda r: (SEVERITY.index(r.status), r.nodeid))
-        return [card(r, anchors, ops, layer_anchors.get(r.nodeid)) for r in chosen]
+        return [card(r, anchors, ops, layer_anchors.get(r.nodeid),
+                     rerun(run.environment.get("reproduce"), r)) for r in chosen]
 
     perf_columns, perf_table = perf_rows(records)
     return {
@@ -63,9 +66,17 @@ def build_view(run: RunRecord, plots: bool = True) -> dict:
         "unvouched": sum(1 for r in records if r.known_defect is not None
                          and not r.known_defect.vouched and r.status == "known_defect"),
         "coverage": run.coverage,
+        "support": support_view(run),
         "durations": run.durations,
         "total": len(records),
     }
+
+
+def rerun(ctx: dict | None, r: CheckRecord) -> str | None:
+    """The command that runs `r` again, where the run recorded how (reproduce.py)."""
+    if not ctx or "::" not in r.nodeid or r.nodeid.startswith("known_defects.toml"):
+        return None
+    return rerun_command(ctx, r.nodeid, r.dtype, r.model)
 
 
 def _not_run(records: list[CheckRecord]) -> list[dict]:

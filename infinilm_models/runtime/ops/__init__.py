@@ -1,6 +1,7 @@
 """One small wrapper per InfiniCore op (the rows of specs.py). Ops a build does not export
 raise `NotExported` (an unsupported status) when called."""
 
+from ._base import describe_only
 from .activation import silu, silu_and_mul
 from .add_rms_norm import add_rms_norm
 from .attention import attention
@@ -18,8 +19,8 @@ from .topk import topk
 
 __all__ = [
     "RoPEAlgo", "add", "add_rms_norm", "attention", "causal_softmax", "contiguous", "copy",
-    "embedding", "gemm", "kv_caching", "mul", "paged_attention", "paged_attention_prefill",
-    "paged_caching", "prepare_causal_softmax", "prepare_gemm", "random_sample",
-    "random_sample_batch", "rearrange", "rms_norm", "rope", "silu", "silu_and_mul", "swiglu",
-    "topk",
+    "describe_only", "embedding", "gemm", "kv_caching", "mul", "paged_attention",
+    "paged_attention_prefill", "paged_caching", "prepare_causal_softmax", "prepare_gemm",
+    "random_sample", "random_sample_batch", "rearrange", "rms_norm", "rope", "silu",
+    "silu_and_mul", "swiglu", "topk",
 ]

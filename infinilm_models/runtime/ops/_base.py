@@ -18,7 +18,8 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from threading import get_ident
 
 from ..device import Device
@@ -118,6 +119,9 @@ class CachedOp:
     # marks the call in flight (to name it if the process dies). Empty on the hot path,
     # where it costs one attribute read.
     hooks: tuple = ()
+    # Set by `describe_only` (the conformance suite's support probe): every op call then
+    # creates (and caches) its descriptor and computes nothing.
+    observer: Callable | None = None
 
     def __init__(self, name: str) -> None:
         CachedOp.instances.append(self)
@@ -212,6 +216,9 @@ class CachedOp:
         """Run the op on `tensors` (in the C API's order), then the scalar arguments."""
         for hook in CachedOp.hooks:
             hook(self, tensors, compute_args, create_params)
+        if CachedOp.observer is not None:
+            self._describe(tensors, create_params)
+            return
         if CACHE_DESCRIPTORS:
             desc, ws_size = self.descriptor(tensors, *create_params)
         else:
@@ -221,6 +228,16 @@ class CachedOp:
         finally:
             if not CACHE_DESCRIPTORS:
                 self._destroy(desc)
+
+    def _describe(self, tensors: Sequence[Tensor], create_params: tuple) -> None:
+        """Create the descriptor and its workspace-size query, as a call would, and tell the
+        observer the outcome: None, or the error the build answered (raised on)."""
+        try:
+            self.descriptor(tensors, *create_params)
+        except (InfiniError, ValueError) as e:
+            CachedOp.observer(self, tensors, create_params, e)
+            raise
+        CachedOp.observer(self, tensors, create_params, None)
 
     def _compute(self, desc: ctypes.c_void_p, ws_size: int, tensors: Sequence[Tensor],
                  compute_args: tuple) -> None:
@@ -261,6 +278,20 @@ class CachedOp:
                 while cache:
                     _, (desc, _) = cache.popitem()
                     self._destroy(desc)
+
+
+@contextmanager
+def describe_only(observer: Callable) -> Iterator[None]:
+    """Within: op calls create their descriptors (cached as usual) and compute nothing, so
+    outputs are left as they were. `observer(op, tensors, create_params, error)` is told
+    every call's outcome, `error` None or the InfiniError (NotExported for an op the build
+    lacks) the creation raised, which the call then raises. Not for concurrent threads:
+    the mode is process-wide."""
+    previous, CachedOp.observer = CachedOp.observer, observer
+    try:
+        yield
+    finally:
+        CachedOp.observer = previous
 
 
 def descriptors_created() -> int:
