@@ -7,6 +7,7 @@ One module per job:
   recording   items and reports -> CheckRecords; the plan written at collection
   narrowing   cases left out on this device: planned, recorded unsupported with the reason
   supports    an op check whose C op the build does not export: unsupported at collection
+  bringup     --support, --dump-tensors, --infiniop-cases and the stages (conformance/stages.py)
   supervisor  crash isolation: checks run in a supervised child process
   session     the end of a run: not-run checks, results.json, the report, the summary
 """
