@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .arguments import check_bool, check_float, check_int, ragged_token_ids
+from .errors import ConfigError
 from .runtime import Tensor, ops
 
 __all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput", "generate"]
@@ -136,8 +137,6 @@ class GenerationConfig:
         top_p, max_new_tokens; null means "not set". A bad value raises ConfigError
         naming the file and the field.
         """
-        from .models.llama.configuration import ConfigError
-
         file = Path(model_dir) / GENERATION_CONFIG_FILE
         if not file.is_file():
             return cls() if model_config is None else cls.from_model_config(model_config)

@@ -17,8 +17,8 @@ import pytest
 from conformance.judge import token_nmse
 
 from .checks import compare_capture
-from .conftest import prompt_ids
 from .harness import hf_decode, our_capture, points_of
+from .prompts import prompt_ids
 
 PREFIX, STEPS = 5, 4
 

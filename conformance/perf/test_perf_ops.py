@@ -24,8 +24,8 @@ import pytest
 from conformance.ops.common import host, rng_for, unsupported_guard
 from infinilm_models.runtime import DType, Tensor, ops
 
-from .conftest import infini_sync, ratio_to, run_benchmark, torch_device_for, torch_sync
 from .peaks import throughput
+from .timing import infini_sync, ratio_to, run_benchmark, torch_device_for, torch_sync
 
 H, INTER, NH, NKV, D, VOCAB = 576, 1536, 9, 3, 64, 49152
 G = NH // NKV
@@ -42,7 +42,7 @@ LAST_TOKEN_OPS = {"lm_head", "argmax"}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "phase" not in metafunc.fixturenames:
         return
-    from .conftest import resolve_scale
+    from .timing import resolve_scale
 
     scale = resolve_scale(metafunc.config)
     phases = [f"prefill{s}" for s in scale.prefill_seqs] + [f"decode{scale.decode_cache}"]

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..runtime import DType
-from .llama.configuration import ConfigError
 from .llama.modeling_llama import LlamaForCausalLM
 
 MODEL_REGISTRY: dict[str, type] = {

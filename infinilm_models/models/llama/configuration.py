@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import ConfigError  # defined there for every family; re-exported here
+
 __all__ = [
     "ConfigError", "LlamaConfig", "SUPPORTED_DTYPES", "SUPPORTED_ROPE_TYPES", "WeightShapes",
 ]
@@ -89,10 +91,6 @@ DEFAULT_PP_PLAN: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = Mapping
     "norm": (("hidden_states",), ("hidden_states",)),
 })
 TP_STYLES = ("colwise", "rowwise")
-
-
-class ConfigError(ValueError):
-    """A config.json this implementation cannot (or must not) run."""
 
 
 def _fail(source: str, message: str) -> ConfigError:
