@@ -27,6 +27,7 @@ import numpy as np
 
 from . import files
 from .arguments import check_bool, check_float, check_int, ragged_token_ids
+from .errors import ConfigError
 from .runtime import Tensor, ops
 
 __all__ = ["GENERATION_CONFIG_FILE", "GenerationConfig", "GenerationOutput",
@@ -162,7 +163,6 @@ class GenerationConfig:
     @classmethod
     def _from_json(cls, file: Path, model_config: bool = False) -> GenerationConfig:
         """The generation fields of a JSON object file (`model_config`: config.json)."""
-        from .models.llama.configuration import ConfigError
 
         text = files.read_text(file, ConfigError)
         try:

@@ -18,10 +18,10 @@ from infinilm_models.runtime.comm import LoopbackCommunicator
 
 
 def pytest_collection_modifyitems(items):
-    from conformance.ops import test_op_allreduce
+    from conformance.ops import collective
 
     comm = LoopbackCommunicator(2, "cpu")
-    test_op_allreduce.communicator = lambda kind: comm
+    collective.communicator = lambda kind: comm
 '''
 
 

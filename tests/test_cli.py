@@ -5,51 +5,21 @@ a tokenizer generates from --token-ids and prints ids; config.json is read first
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from cli_helpers import (  # tests/ on sys.path
+    PROMPT,
+    copy_fixture,
+    edit_json,
+    retensor,
+    run_cli,
+)
 
 from infinilm_fixtures.tiny import ensure
 from infinilm_models import AutoLlamaModel, generate
-
-ROOT = Path(__file__).resolve().parents[1]
-PROMPT = [5, 17, 42, 99, 7]
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    cmd = [sys.executable, "-m", "infinilm_models", "generate", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
-
-
-def _copy(tmp_path: Path, name: str = "gqa", tokenizer: bool = True) -> Path:
-    out = tmp_path / name
-    shutil.copytree(ensure(name), out)
-    if not tokenizer:
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            (out / f).unlink(missing_ok=True)
-    return out
-
-
-def _edit(path: Path, change: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def _retensor(model_dir: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
-    path = model_dir / "model.safetensors"
-    tensors = load_file(str(path))
-    change(tensors)
-    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def _api_tokens(model_dir: Path, n: int, **kwargs) -> list[int]:
@@ -58,7 +28,7 @@ def _api_tokens(model_dir: Path, n: int, **kwargs) -> list[int]:
 
 
 def test_token_ids_without_tokenizer_print_the_generated_ids(tmp_path: Path) -> None:
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
     out = run_cli("--model", model_dir, "--token-ids", ",".join(map(str, PROMPT)),
                   "--max-new-tokens", "6", "--ignore-eos", "-q")
     assert out.returncode == 0, out.stderr
@@ -68,7 +38,7 @@ def test_token_ids_without_tokenizer_print_the_generated_ids(tmp_path: Path) -> 
 
 
 def test_generation_config_json_applies(tmp_path: Path) -> None:
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
     free = _api_tokens(model_dir, 8, eos_token_ids=())
     at = next(i for i in range(1, len(free)) if free[i] not in free[:i])
     (model_dir / "generation_config.json").write_text(json.dumps(
@@ -89,7 +59,7 @@ def test_prompt_with_tokenizer_prints_text(tmp_path: Path) -> None:
 
 
 def _attention_bias(d: Path) -> None:
-    _edit(d / "config.json", lambda c: c.update(attention_bias=True))
+    edit_json(d / "config.json", lambda c: c.update(attention_bias=True))
 
 
 def _truncate(d: Path) -> None:
@@ -98,14 +68,14 @@ def _truncate(d: Path) -> None:
 
 
 def _nan(d: Path) -> None:
-    _retensor(d, lambda t: t["model.norm.weight"].__setitem__(3, np.nan))
+    retensor(d, lambda t: t["model.norm.weight"].__setitem__(3, np.nan))
 
 
 # (id, how the directory is damaged, extra CLI arguments, what the one line must say)
 CASES: list[tuple[str, Callable[[Path], None] | None, list[str], list[str]]] = [
     ("attention-bias", _attention_bias, [], ["config.json: attention_bias (True)"]),
     ("truncated-weights", _truncate, [], ["model.safetensors: not a valid safetensors file"]),
-    ("missing-tensor", lambda d: _retensor(d, lambda t: t.pop("model.norm.weight")), [],
+    ("missing-tensor", lambda d: retensor(d, lambda t: t.pop("model.norm.weight")), [],
      ["checkpoint does not match the model (1 missing)", "model.norm.weight (64,)"]),
     ("nan-weight", _nan, [], ["'model.norm.weight' holds 1 non-finite", "allow_nonfinite"]),
     ("config-is-a-list", lambda d: (d / "config.json").write_text("[]"), [],
@@ -135,7 +105,7 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], list[str]]] = [
                          ids=[c[0] for c in CASES])
 def test_user_errors_are_one_line_with_status_2(tmp_path: Path, damage, extra: list[str],
                                                 expected: list[str]) -> None:
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
     if damage is not None:
         damage(model_dir)
     if "--token-ids" not in extra:
@@ -153,14 +123,14 @@ def test_config_is_read_before_the_tokenizer(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr == (f"error: {tmp_path / 'nonexistent' / 'config.json'}: not found "
                           f"(is {tmp_path / 'nonexistent'} a model directory?)\n")
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
     _attention_bias(model_dir)
     out = run_cli("--model", model_dir, "--prompt", "hi")
     assert out.returncode == 2 and "attention_bias" in out.stderr
 
 
 def test_prompt_without_tokenizer_says_what_to_do(tmp_path: Path) -> None:
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
     out = run_cli("--model", model_dir, "--prompt", "hi")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert f"{model_dir / 'tokenizer.json'} not found" in out.stderr
@@ -177,7 +147,7 @@ def test_bad_token_ids_are_usage_errors(tmp_path: Path, bad: str) -> None:
 def test_tensor_and_pipeline_parallel_generate_the_unsharded_tokens(tmp_path: Path) -> None:
     """--tp/--pp on the CPU (ranks share it through the loopback communicator): the same
     greedy tokens as the unsharded API (token ids: exact)."""
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
     want = ",".join(map(str, _api_tokens(model_dir, 4, eos_token_ids=())))
     for layout in (["--tp", "2"], ["--pp", "2"], ["--tp", "2", "--pp", "2"]):
         out = run_cli("--model", model_dir, "-q", "--token-ids", ",".join(map(str, PROMPT)),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import PROMPT, _copy, _edit, _retensor, run_cli  # tests/ is on sys.path
+from cli_helpers import PROMPT, copy_fixture, edit_json, retensor, run_cli  # tests/ on sys.path
 
 from infinilm_models import AutoLlamaModel, GenerationConfig, generate
 from infinilm_models.models.llama import CheckpointError
@@ -32,7 +32,7 @@ def _hf_new_tokens(model_dir: Path, prompt: list[int]) -> int:
 def test_max_length_alone_counts_the_prompt_as_transformers(tmp_path: Path) -> None:
     """A generation_config.json with only max_length: transformers generates max_length -
     prompt tokens (it was ignored here: 20 new tokens where transformers gives 3)."""
-    model_dir = _copy(tmp_path)
+    model_dir = copy_fixture(tmp_path)
     (model_dir / "generation_config.json").write_text(json.dumps({"max_length": 8}))
     model = AutoLlamaModel.from_pretrained(model_dir, "cpu", "f32", progress=False)
     out = generate(model, [PROMPT], eos_token_ids=())
@@ -52,7 +52,7 @@ def test_sampling_with_temperature_zero_loads_then_refuses_to_sample(tmp_path: P
                                                                      match) -> None:
     """do_sample true with temperature 0 (or top_p 1.5) in the file: transformers loads it
     and raises when it samples; this project refused to load the model at all."""
-    model_dir = _copy(tmp_path)
+    model_dir = copy_fixture(tmp_path)
     (model_dir / "generation_config.json").write_text(json.dumps({"do_sample": True, **bad}))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -65,20 +65,20 @@ def test_sampling_with_temperature_zero_loads_then_refuses_to_sample(tmp_path: P
 
 
 def test_vocab_mismatch_names_vocab_size(tmp_path: Path) -> None:
-    model_dir = _copy(tmp_path)
-    _edit(model_dir / "config.json", lambda c: c.update(vocab_size=c["vocab_size"] + 7))
+    model_dir = copy_fixture(tmp_path)
+    edit_json(model_dir / "config.json", lambda c: c.update(vocab_size=c["vocab_size"] + 7))
     with pytest.raises(CheckpointError, match=r"config.json says vocab_size = \d+, but "
                                               r"model.embed_tokens.weight .* has \d+ rows"):
         AutoLlamaModel.from_pretrained(model_dir, "cpu", "f32", progress=False)
 
 
 def test_cli_loads_nonfinite_weights_with_its_flag(tmp_path: Path) -> None:
-    model_dir = _copy(tmp_path, tokenizer=False)
+    model_dir = copy_fixture(tmp_path, tokenizer=False)
 
     def nan(t: dict[str, np.ndarray]) -> None:
         t["model.norm.weight"][0] = np.nan
 
-    _retensor(model_dir, nan)
+    retensor(model_dir, nan)
     refused = run_cli("--model", model_dir, "--token-ids", "5,6", "--max-new-tokens", "1")
     assert refused.returncode == 2 and "--allow-nonfinite" in refused.stderr
     loaded = run_cli("--model", model_dir, "--token-ids", "5,6", "--max-new-tokens", "1",

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from conformance.model.conftest import prompt_ids
 from conformance.model.harness import resolve_model
+from conformance.model.prompts import prompt_ids
 from infinilm_models import AutoLlamaModel, GenerationConfig, generate
 from infinilm_models.models.llama import CacheOverflowError, ConfigError
 from infinilm_models.runtime import memory

@@ -1,4 +1,5 @@
-"""Fixtures of the model-level checks: checkpoints, prompts, the three runtimes.
+"""Fixtures of the model-level checks: checkpoints and the three runtimes (prompts:
+prompts.py).
 
 Ours is loaded first: a checkpoint this project cannot run is reported in our words (the
 file and the field or tensor), as one error, before transformers sees it.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # Before InfiniCore is loaded (at the first test): transformers imports pyarrow, scikit-learn
@@ -17,8 +17,6 @@ import pytest
 import transformers.generation  # noqa: F401
 
 from .harness import golden_placement, our_model, reference, resolve_model, torch_device
-
-TEXT = Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "texts" / "perplexity.txt"
 
 
 @pytest.fixture
@@ -39,31 +37,6 @@ def runtimes(model_path: Path, dtype: str, infini_device):
     ref = golden if (dtype, tdev) == (gdtype, gdevice) else reference(str(model_path), dtype,
                                                                          tdev)
     return golden, ref, ours
-
-
-def prompt_ids(model_path: Path, batch: int, seq: int, verify=None) -> np.ndarray:
-    """Windows of the fixture text tokenized by the checkpoint's own tokenizer (realistic
-    token statistics for a trained model); a directory without tokenizer.json gets seeded
-    random ids in its vocabulary range instead, and the record says which."""
-    from infinilm_models.files import present
-    from infinilm_models.tokenizer import load_tokenizer
-
-    tok = model_path / "tokenizer.json"
-    if present(tok):  # there but unusable (a pipe, invalid JSON): an error naming it
-        ids = load_tokenizer(tok).encode(TEXT.read_text()).ids
-        source = "fixture text, checkpoint tokenizer"
-    else:
-        from infinilm_models.models.llama.configuration import LlamaConfig
-
-        vocab = LlamaConfig.from_pretrained(model_path).vocab_size
-        rng = np.random.default_rng([20261130, vocab])
-        ids = rng.integers(0, vocab, 4096).tolist()
-        source = f"seeded random ids in [0, {vocab}) (no tokenizer.json)"
-    if verify is not None:
-        verify.param(prompts=source)
-    if len(ids) < batch * seq:
-        ids = ids * (batch * seq // len(ids) + 1)
-    return np.array(ids[: batch * seq], dtype=np.int64).reshape(batch, seq)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -28,11 +28,10 @@ from infinilm_models.models.llama.capture import CapturePoint, capture_points
 
 from .. import fresh
 from ..placement import golden_placement, torch_device  # noqa: F401 - the harness's API
-from .reference import Reference, cached
+from .reference import TORCH_DTYPES, Reference, cached, hf_model  # noqa: F401 - re-exported
 
 TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
 DEFAULT_MODELS = tuple(f"tiny-{n}" for n in TINY) + ("smollm2",)
-TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
 
 
 def resolve_model(name: str) -> Path:
@@ -79,16 +78,6 @@ def reference(path: str, dtype: str, device: str) -> Reference:
     """The (lazy) transformers run of a checkpoint in a dtype on a device; one object per
     triple, so `ref is golden` says they are the same run."""
     return Reference(path, dtype, device)
-
-
-@functools.lru_cache(maxsize=4)
-def hf_model(path: str, dtype: str, device: str):
-    import torch
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, TORCH_DTYPES[dtype]), attn_implementation="eager")
-    return model.to(device).eval()
 
 
 # Every model the checks of this process reuse (ours, parallel, benchmarked): reset when a

@@ -36,6 +36,7 @@ import numpy as np
 
 RECIPE = 1  # bump when what a cached function computes changes without its arguments
 CACHE_ENV = "INFINILM_REFERENCE_CACHE"  # the folder; set by the plugin for every process
+TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
 
 
 def cache_dir() -> Path | None:
@@ -63,8 +64,6 @@ class Reference:
 
     @property
     def model(self):
-        from .harness import hf_model
-
         return hf_model(self.path, self.dtype, self.device)
 
     def key(self) -> dict:
@@ -72,9 +71,19 @@ class Reference:
                 "device": device_identity(self.device)}
 
     def describe(self) -> str:
-        from .harness import TORCH_DTYPES
-
         return f"transformers {TORCH_DTYPES[self.dtype]} on {self.device}"
+
+
+@functools.lru_cache(maxsize=4)
+def hf_model(path: str, dtype: str, device: str):
+    """transformers' LlamaForCausalLM of a checkpoint in a dtype on a device, eager attention
+    (the reference implementation the model checks compare against)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, TORCH_DTYPES[dtype]), attn_implementation="eager")
+    return model.to(device).eval()
 
 
 @functools.cache

@@ -6,8 +6,8 @@ computes wrong, or where accumulated error grew past the gate, and the ops it ru
 from __future__ import annotations
 
 from .checks import compare_capture
-from .conftest import prompt_ids
 from .harness import hf_forward, our_capture, points_of
+from .prompts import prompt_ids
 
 
 def prefill_captures(golden_m, ref_m, ours_m, ids):

@@ -9,11 +9,11 @@ import numpy as np
 from conformance.judge import nmse
 
 from .checks import compare_capture
-from .conftest import prompt_ids
 from .harness import hf_decode, our_capture, points_of
+from .prompts import CACHE_PREFIX as PREFIX
+from .prompts import CACHE_STEPS as STEPS
+from .prompts import prompt_ids
 from .reference import Reference, cached
-
-PREFIX, STEPS = 6, 4
 
 
 @cached

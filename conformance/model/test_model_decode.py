@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from .checks import compare_capture
-from .conftest import prompt_ids
 from .harness import hf_decode, our_capture, points_of
+from .prompts import prompt_ids
 
 PREFIX, STEPS = 5, 4
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import compare_capture
-from .conftest import prompt_ids
 from .harness import hf_decode, hf_forward, our_capture, our_model, points_of
+from .prompts import prompt_ids
 
 PREFIX, STEPS, NEW = 5, 3, 8
 

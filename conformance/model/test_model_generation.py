@@ -13,7 +13,7 @@ import numpy as np
 
 from infinilm_models import generate
 
-from .conftest import prompt_ids
+from .prompts import prompt_ids
 from .reference import Reference, cached
 
 PROMPTS = Path(__file__).resolve().parents[2] / "infinilm_fixtures" / "prompts.json"

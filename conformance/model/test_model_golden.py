@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from conformance.judge import token_nmse
 
-from .conftest import prompt_ids
 from .harness import golden_placement, hf_forward, reference
+from .prompts import prompt_ids
 
 
 def test_model_golden(model_name, model_path, infini_device, verify):

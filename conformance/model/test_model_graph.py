@@ -27,8 +27,8 @@ from conformance.judge import token_nmse
 from infinilm_models.runtime.graph import graph_backend
 from infinilm_models.runtime.memory import zero_fill
 
-from .conftest import prompt_ids
 from .harness import hf_forward
+from .prompts import prompt_ids
 from .reference import cached
 
 NEW = 12  # tokens decoded after the prompt (NEW - 1 decode steps: the first is the prefill's)

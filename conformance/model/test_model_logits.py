@@ -9,8 +9,8 @@ import pytest
 
 from conformance.judge import logits_metrics, nmse
 
-from .conftest import prompt_ids
 from .harness import hf_forward
+from .prompts import prompt_ids
 
 # len1 is four one-token prompts, not one: the calibrated bound compares our error with
 # the reference's, and over a single token both are single draws (on the H100, one

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conftest import prompt_ids
 from .harness import hf_forward
+from .prompts import prompt_ids
 
 
 def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
@@ -45,6 +45,6 @@ def _text_tokens(model_path) -> int:
     """The whole fixture text (what SmolLM2's perplexity is quoted on)."""
     from infinilm_models.tokenizer import load_tokenizer
 
-    from .conftest import TEXT
+    from .prompts import TEXT
 
     return len(load_tokenizer(model_path).encode(TEXT.read_text()).ids)

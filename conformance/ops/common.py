@@ -2,7 +2,8 @@
 
 Inputs are drawn on the host, rounded to the tested dtype, and the very same rounded
 values feed both InfiniCore and the float64 torch reference, so the reference error
-budget covers only the op's own arithmetic and output rounding.
+budget covers only the op's own arithmetic and output rounding. The float64 references
+themselves live in `references/`.
 """
 
 from __future__ import annotations
@@ -47,12 +48,6 @@ def padded_view(a: np.ndarray, device, dtype: str, pad: int = 5) -> Tensor:
     return Tensor.from_numpy(big, device, dtype).narrow(-1, 0, a.shape[-1])
 
 
-def torch64(a: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.asarray(a, dtype=np.float64))
-
-
 @contextlib.contextmanager
 def unsupported_guard(verify):
     """An InfiniCore 'not supported' status becomes an explicit unsupported result;
@@ -63,16 +58,6 @@ def unsupported_guard(verify):
         if e.unsupported:
             verify.unsupported(e)
         raise
-
-
-def output_untouched(buffer_before: np.ndarray, buffer_after: np.ndarray,
-                     written: np.ndarray) -> tuple[bool, str]:
-    """For strided outputs: nothing outside the view may change."""
-    changed = (buffer_before != buffer_after) & ~written
-    if changed.any():
-        idx = tuple(int(i) for i in np.argwhere(changed)[0])
-        return False, f"op wrote outside its output view, e.g. at {idx}"
-    return True, ""
 
 
 # BAD_PARAM, BAD_TENSOR_SHAPE: what a build answers for a rank or layout it does not know

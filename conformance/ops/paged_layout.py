@@ -77,20 +77,13 @@ def make_layout(rng: np.random.Generator, lens, block_size: int, spare_blocks: i
     return Layout(block_size, num_blocks, lens, tables, spare)
 
 
-def scatter(pool: np.ndarray, layout: Layout, s: int, positions, values: np.ndarray) -> None:
-    """Write `values[i]` ([kv_heads, head_dim]) as token `positions[i]` of sequence `s`."""
-    for i, t in enumerate(positions):
-        b, r = divmod(layout.slot(s, int(t)), layout.block_size)
-        pool[b, :, r, :] = values[i]
-
-
-def gather(pool: np.ndarray, layout: Layout, s: int, n: int) -> np.ndarray:
-    """Tokens 0..n-1 of sequence `s`, dense: [n, kv_heads, head_dim]."""
-    out = np.empty((n, pool.shape[1], pool.shape[3]), dtype=pool.dtype)
-    for t in range(n):
-        b, r = divmod(layout.slot(s, t), layout.block_size)
-        out[t] = pool[b, :, r, :]
-    return out
+def gather(pool: np.ndarray, table: np.ndarray, n: int) -> np.ndarray:
+    """Tokens 0..n-1 of the sequence whose block-table row is `table`, dense:
+    [n, kv_heads, head_dim] (a reference reads the cache through the op's own arguments)."""
+    bs = pool.shape[2]
+    blocks = np.asarray(table[: -(-n // bs)], dtype=np.int64)
+    # [blocks, kv, bs, d] -> [blocks * bs, kv, d]: the sequence's tokens in order
+    return pool[blocks].transpose(0, 2, 1, 3).reshape(-1, *pool.shape[1::2])[:n]
 
 
 def pools(rng: np.random.Generator, layout: Layout, kv_heads: int, head_dim: int,

@@ -18,9 +18,9 @@ import threading
 import numpy as np
 import pytest
 
-from infinilm_models.runtime import Device, DType, InfiniError, Tensor, device_count
-from infinilm_models.runtime.comm import InfiniCCLCommunicator
+from infinilm_models.runtime import DType, Tensor
 
+from . import collective
 from .common import host, rng_for, to_device, unsupported_guard
 
 REDUCE = ("sum", "prod", "max", "min", "avg")
@@ -28,23 +28,6 @@ REDUCE = ("sum", "prod", "max", "min", "avg")
 # chunks per rank in NCCL's ring.
 CASES = {"one": 1, "hidden": 576, "odd": 1001, "large": 1 << 20}
 PLACES = ("out_of_place", "in_place")
-
-# device type -> the communicator over all its devices, or the error making one raised
-_comms: dict[str, object] = {}
-
-
-def communicator(kind: str) -> InfiniCCLCommunicator:
-    if kind not in _comms:
-        n = device_count(kind)
-        try:
-            _comms[kind] = InfiniCCLCommunicator([Device(kind, i) for i in range(n)])
-        except InfiniError as e:
-            _comms[kind] = e
-    got = _comms[kind]
-    if isinstance(got, InfiniError):
-        raise got.with_traceback(None)  # the same answer for every check, traceback fresh
-    return got
-
 
 def reference(stack: np.ndarray, reduce: str) -> np.ndarray:
     if reduce == "sum":
@@ -74,7 +57,7 @@ def inputs(reduce: str, count: int, dtype: str, rng: np.random.Generator) -> np.
 def test_op_allreduce(reduce, case, place, dtype, infini_device, verify):
     kind = infini_device.type
     with unsupported_guard(verify):
-        comm = communicator(kind)
+        comm = collective.communicator(kind)
     if comm.world_size < 2:
         verify.unsupported(RuntimeError(
             f"all-reduce needs 2 or more {kind} devices; this machine has {comm.world_size}"))

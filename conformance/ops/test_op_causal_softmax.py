@@ -11,6 +11,7 @@ import pytest
 from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import host, rng_for, to_device, unsupported_guard
+from .references.causal_softmax import reference, reference_mask
 from .shapes import DECODE_POS, HEADS, LONG_KEYS, PREFILL
 from .sweep import describe
 
@@ -25,22 +26,6 @@ CASES = {
     "two_dim": ((PREFILL, PREFILL), False),
     "strided_scores": ((HEADS, 4, 70), True),
 }
-
-
-def reference_mask(shape) -> np.ndarray:
-    """True at the masked (future) positions of scores of this shape."""
-    q, k = shape[-2:]
-    visible = np.arange(k)[None, :] <= (k - q + np.arange(q))[:, None]
-    return np.broadcast_to(~visible, tuple(shape))
-
-
-def reference(x: np.ndarray) -> np.ndarray:
-    q, k = x.shape[-2:]
-    mask = np.arange(k)[None, :] <= (k - q + np.arange(q))[:, None]
-    z = np.where(mask, x, -np.inf)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @pytest.mark.parametrize("case", list(CASES))

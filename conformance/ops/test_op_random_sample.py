@@ -11,6 +11,7 @@ import pytest
 from infinilm_models.runtime import Tensor, ops
 
 from .common import rng_for, to_device, unsupported_guard
+from .references.random_sample import logits_for, reference, sweep_logits
 from .shapes import VOCAB
 from .sweep import describe
 
@@ -29,28 +30,6 @@ CASES = {
     "scan_k50_r0.99_0": (256, 0.99, 1.0, 50, 1.0),
     "scan_k100_r0.95_0": (256, 0.95, 1.0, 100, 1.0),
 }
-
-
-def reference(logits: np.ndarray, random_val: float, topp: float, topk: int, temp: float) -> int:
-    if topk <= 1 or topp <= 0:
-        return int(np.argmax(logits))  # first maximal index, as InfiniCore's scan
-    order = np.argsort(-logits, kind="stable")
-    z = (logits[order] - logits[order[0]]) / temp
-    cum = np.cumsum(np.exp(z))
-    limit = random_val * min(cum[min(topk, len(cum)) - 1], topp * cum[-1])
-    return int(order[np.searchsorted(cum, limit, side="left")])
-
-
-def logits_for(vocab: int, dtype: str, seed) -> np.ndarray:
-    """Distinct values exactly representable in every dtype (no ties, so the order is unique):
-    a permutation of a grid with step 1/8 for small vocabularies; for a large vocabulary a
-    single clear maximum over noise (greedy only needs the argmax to be unique)."""
-    rng = rng_for("random_sample", seed)
-    if vocab <= 256:
-        return rng.permutation(np.arange(vocab) - vocab / 2).astype(np.float64) / 8.0
-    x = np.round(rng.standard_normal(vocab) * 4) / 4
-    x[rng.integers(vocab)] = 40.0
-    return x
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -84,20 +63,6 @@ def test_op_random_sample_distribution(infini_device, verify):
         seen[tok] = seen.get(tok, 0) + 1
     verify.measure("tokens seen (count per token id)", {str(k): v for k, v in seen.items()})
     verify.exact(sorted(seen), [0, 1, 5], "tokens visited (the top 3)")
-
-
-def sweep_logits(vocab: int, where: str, rng: np.random.Generator) -> np.ndarray:
-    """Distinct values on a 1/8 grid (exact in every dtype) whose maximum sits at `where`;
-    tie_*: two equal maxima, the first or the last index among them."""
-    x = rng.permutation(np.arange(vocab) - vocab / 2).astype(np.float64) / 8.0
-    top = x.max() + 1.0
-    pos = {"first": 0, "last": vocab - 1, "middle": vocab // 2, "tie_first": 0,
-           "tie_last": vocab - 1}[where]
-    x[pos] = top
-    if where.startswith("tie") and vocab > 1:
-        other = vocab // 2 if where == "tie_first" else 0
-        x[other] = top
-    return x
 
 
 def test_op_random_sample_sweep(sweep_case, dtype, infini_device, verify):

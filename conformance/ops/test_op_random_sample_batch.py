@@ -17,9 +17,9 @@ from conformance import judge
 from infinilm_models.runtime import DType, Tensor, ops
 
 from .common import rng_for, to_device, unsupported_guard
+from .references.random_sample import logits_for, reference, sweep_logits
 from .shapes import VOCAB
 from .sweep import describe, generator
-from .test_op_random_sample import logits_for, reference, sweep_logits
 
 f32 = np.float32  # the parameters reach InfiniCore as float32; the reference gets the same
 

@@ -12,11 +12,9 @@ import pytest
 from infinilm_models.runtime import Tensor, ops
 
 from .common import host, layout_guard, rng_for, to_device, unsupported_guard
+from .references.rope import MAX_POS, reference, tables
 from .shapes import HEAD_DIM, HEADS, KV_HEADS, PREFILL
 from .sweep import describe
-
-MAX_POS = 1024
-THETA = 1e5
 
 # name: (tokens, heads, head_dim, positions kind, layout)
 #   positions: "prefill" 0..n-1, "decode" [pos], "batch2" two sequences flattened
@@ -30,29 +28,6 @@ CASES = {
     "inplace": (PREFILL, HEADS, HEAD_DIM, "prefill", "inplace"),
     "odd_head_dim": (5, 3, 24, "prefill", "contiguous"),
 }
-
-
-def tables(head_dim: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    inv = 1.0 / (THETA ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    ang = np.outer(np.arange(MAX_POS, dtype=np.float64), inv)
-    from infinilm_models.runtime import DType
-
-    npd = DType.parse(dtype).numpy
-    return (np.sin(ang).astype(np.float32).astype(npd).astype(np.float64),
-            np.cos(ang).astype(np.float32).astype(npd).astype(np.float64))
-
-
-def reference(x: np.ndarray, pos: np.ndarray, sin: np.ndarray, cos: np.ndarray,
-              algo: str) -> np.ndarray:
-    s, c = sin[pos][:, None, :], cos[pos][:, None, :]
-    if algo == "gpt_neox":
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        return np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2], out[..., 1::2] = x1 * c - x2 * s, x1 * s + x2 * c
-    return out
 
 
 def positions(kind: str, tokens: int) -> np.ndarray:

@@ -26,12 +26,14 @@ import time
 import numpy as np
 import pytest
 
-from conformance.model.harness import hf_model, reused
+from conformance.model.harness import reused
+from conformance.model.reference import hf_model
 from infinilm_models.runtime import Tensor, memory, ops
 from infinilm_models.runtime.ops._base import descriptors_created
 
 from .checkpoint import spec_with_layers, write_checkpoint
-from .conftest import (
+from .gate import gate, golden_logits, hf_logits
+from .timing import (
     infini_sync,
     ratio_to,
     run_benchmark,
@@ -63,37 +65,6 @@ def ours_model(path, dtype: str, device):
 def _ids(spec, batch: int, seq: int, salt: int = 0) -> np.ndarray:
     rng = np.random.default_rng([spec.seed, batch, seq, salt])
     return rng.integers(3, spec.vocab_size, (batch, seq), dtype=np.int64)
-
-
-def gate(verify, tolerances, dtype: str, ours: np.ndarray | None, ref: np.ndarray,
-         golden: np.ndarray, what: str) -> None:
-    """Last-token logits [batch, vocab] of the benchmarked implementation vs the golden,
-    through the judge: ours within the calibrated bound, both finite, each row's top-1
-    equal to the golden's unless that is a near tie. A failing gate stops the benchmark:
-    a wrong implementation is not timed."""
-    for name, x in (("ours", ours), ("hf", ref)):
-        if x is None:
-            continue
-        verify.require(verify.finite(f"gate {what}: {name} logits", x))
-        if name == "ours":
-            verify.require(verify.calibrated(x, ref, golden, "model_logits", dtype,
-                                             f"gate {what}: ours logits"))
-        side = "ours" if name == "ours" else f"transformers {dtype}"
-        verify.require(verify.greedy_tokens(
-            x.argmax(-1)[:, None], golden.argmax(-1)[:, None], golden[:, None], dtype,
-            f"gate {what}: {side} top-1 per row", sides=(side, "golden f32")))
-
-
-def _hf_logits(model, ids: np.ndarray, tdev: str) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.tensor(ids, device=tdev), use_cache=True)
-    return out.logits[:, -1].to("cpu", torch.float64).numpy()
-
-
-def _golden(path, ids: np.ndarray, tdev: str) -> np.ndarray:
-    return _hf_logits(hf_model(str(path), "f32", tdev), ids, tdev)
 
 
 def _pick_tokens(logits: Tensor, results: Tensor, out: np.ndarray) -> None:
@@ -166,7 +137,7 @@ def _run_once_or_time(benchmark, fn, sync, scale, group, impl, setup=None, first
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    from .conftest import resolve_scale
+    from .timing import resolve_scale
 
     scale = resolve_scale(metafunc.config)
     if "kind" in metafunc.fixturenames:
@@ -189,9 +160,9 @@ def test_perf_prefill(benchmark, kind, seq, impl, dtype, infini_device, bench_sc
     tdev = torch_device_for(infini_device)
     ids = _ids(spec, 1, seq)
     group = f"model-{kind}-seq{seq}-b1-{dtype}"
-    golden = _golden(path, ids, tdev)
+    golden = golden_logits(path, ids, tdev)
     hf = hf_model(str(path), dtype, tdev)
-    ref = _hf_logits(hf, ids, tdev)
+    ref = hf_logits(hf, ids, tdev)
     if impl == "ours":
         model = ours_model(path, dtype, infini_device)
         sync = infini_sync(infini_device)
@@ -334,8 +305,8 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
                              setup=setup, first=True)
     # Gate: the last step's logits against transformers float32 on the whole sequence.
     full = np.concatenate([prompt, feed], axis=1)
-    golden = _golden(path, full, tdev)
-    ref = _hf_logits(hf_model(str(path), dtype, tdev), full, tdev)
+    golden = golden_logits(path, full, tdev)
+    ref = hf_logits(hf_model(str(path), dtype, tdev), full, tdev)
     if impl in ("ours", "ours_graph"):
         last = state["logits"].numpy().reshape(batch, -1).astype(np.float64)
         gate(verify, tolerances, dtype, last, ref, golden, "decode")

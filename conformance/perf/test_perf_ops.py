@@ -24,7 +24,8 @@ import pytest
 from conformance.ops.common import host, rng_for, unsupported_guard
 from infinilm_models.runtime import DType, Tensor, ops
 
-from .conftest import (
+from .peaks import throughput
+from .timing import (
     infini_sync,
     ratio_to,
     run_benchmark,
@@ -32,7 +33,6 @@ from .conftest import (
     torch_note,
     torch_sync,
 )
-from .peaks import throughput
 
 H, INTER, NH, NKV, D, VOCAB = 576, 1536, 9, 3, 64, 49152
 G = NH // NKV
@@ -49,7 +49,7 @@ LAST_TOKEN_OPS = {"lm_head", "argmax"}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "phase" not in metafunc.fixturenames:
         return
-    from .conftest import resolve_scale
+    from .timing import resolve_scale
 
     scale = resolve_scale(metafunc.config)
     phases = [f"prefill{s}" for s in scale.prefill_seqs] + [f"decode{scale.decode_cache}"]

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 from conformance.model.harness import reused
+from conformance.model.reference import hf_model
 from infinilm_models.runtime import device_count
 
 from .checkpoint import LLAMA_1B, LLAMA_1B_SMOKE, write_checkpoint
-from .conftest import infini_sync, run_benchmark
+from .gate import gate, golden_logits, hf_logits
+from .timing import infini_sync, run_benchmark, torch_device_for
 
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "tp4": (4, 1), "tp2pp2": (2, 2)}
 _loaded: dict[tuple, object] = {}
@@ -57,12 +59,9 @@ def _layout_or_unsupported(verify, device, layout: str) -> tuple[int, int]:
 
 def _gate(verify, tolerances, dtype: str, logits: np.ndarray, path, ids: np.ndarray,
           device, what: str) -> None:
-    from .conftest import torch_device_for
-    from .test_perf_model import _golden, _hf_logits, gate, hf_model
-
     tdev = torch_device_for(device)
-    golden = _golden(path, ids, tdev)
-    ref = _hf_logits(hf_model(str(path), dtype, tdev), ids, tdev)
+    golden = golden_logits(path, ids, tdev)
+    ref = hf_logits(hf_model(str(path), dtype, tdev), ids, tdev)
     gate(verify, tolerances, dtype, logits, ref, golden, what)
 
 

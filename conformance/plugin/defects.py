@@ -20,6 +20,14 @@ per device (`[[build]]`), and each entry the builds it was observed on (`builds`
   device applies *unvouched*: inside its envelope a check is `known_defect`, marked as
   observed elsewhere and not verified here; a defect that does not show is a note, never
   an XPASS failure (the table cannot know whether this build has it).
+
+Tables stack (`--known-defects` is repeatable; the shipped table comes first unless
+`--no-shipped-defects`): a later table adds entries, and one with the id of an earlier
+table's entry replaces it. Each table vouches for the builds it lists: its entries are
+selected by its own `[[build]]` list, so a vendor's table that has seen their build applies
+their entries strictly there while ours apply unvouched. A build is named by any of the
+keys the harness prints for it (`BuildIdentity.keys`): pypi:, git:, sha256: (the source),
+exports: (its C API) or libs: (its libraries' bytes).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .options import KNOWN_DEFECTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,7 +116,7 @@ def _matches(pattern: str, text: str) -> bool:
     return re.fullmatch(regex, text) is not None
 
 
-_BUILD_KEY = re.compile(r"pypi:\S+|(git|sha256):[0-9a-f]{7,64}")
+_BUILD_KEY = re.compile(r"pypi:\S+|(git|sha256|exports|libs):[0-9a-f]{7,64}")
 
 
 def _build_keys(where: str, value: Any) -> tuple[str, ...]:
@@ -114,7 +124,8 @@ def _build_keys(where: str, value: Any) -> tuple[str, ...]:
     bad = [k for k in keys if not isinstance(k, str) or not _BUILD_KEY.fullmatch(k)]
     if bad or not keys:
         raise pytest.UsageError(f"{where}: builds must be a list of build keys such as "
-                                "'pypi:0.1.0' or 'git:2cec6ce6' (7+ hex digits), got "
+                                "'pypi:0.1.0', 'git:2cec6ce6', 'exports:<digest>' or "
+                                "'libs:<digest>' (7+ hex digits), got "
                                 f"{bad or keys}")
     return tuple(keys)
 
@@ -191,36 +202,122 @@ def select(entries: list[KnownDefect], seen: list[SeenBuild], identity, device_t
     return anywhere + [replace(d, vouched=False, strict="none") for d in scoped], None
 
 
+@dataclass(frozen=True)
+class InForce:
+    """One table of the stack as it applies to this run."""
+
+    path: Path
+    shipped: bool
+    entries: int  # its entries left after later tables' overrides (any device)
+    overrides: tuple[str, ...]  # ids of earlier tables' entries it replaces
+    match: SeenBuild | None  # the build of its [[build]] list this run's build is
+
+    def describe(self) -> dict:
+        return {"file": str(self.path), "shipped": self.shipped, "entries": self.entries,
+                "overrides": list(self.overrides),
+                "seen_build": None if self.match is None else self.match.key}
+
+
+def stack(paths: list[Path], identity, device_type: str
+          ) -> tuple[list[KnownDefect], list[InForce]]:
+    """The entries that apply from tables stacked in order (see the module docstring), and
+    what each table contributes."""
+    tables = [(Path(p), load(Path(p)), load_builds(Path(p))) for p in paths]
+    owner: dict[str, int] = {}  # id -> index of the table whose entry is in force
+    overrides: list[list[str]] = [[] for _ in tables]
+    for i, (_, entries, _) in enumerate(tables):
+        for d in entries:
+            if d.id in owner and owner[d.id] != i:
+                overrides[i].append(d.id)
+            owner[d.id] = i
+    chosen: list[KnownDefect] = []
+    in_force = []
+    for i, (path, entries, seen) in enumerate(tables):
+        mine = [d for d in entries if owner[d.id] == i]
+        picked, match = select(mine, seen, identity, device_type)
+        chosen += picked
+        in_force.append(InForce(path, path.resolve() == KNOWN_DEFECTS, len(mine),
+                                tuple(dict.fromkeys(overrides[i])), match))
+    return chosen, in_force
+
+
+def paths_of(config: pytest.Config) -> list[Path]:
+    """The tables in force, in stacking order: ours unless --no-shipped-defects, then each
+    --known-defects file (one given twice counts once)."""
+    given = config.getoption("--known-defects") or []
+    if isinstance(given, (str, Path)):
+        given = [given]
+    paths = ([] if config.getoption("--no-shipped-defects") else [KNOWN_DEFECTS]) + \
+        [Path(p) for p in given]
+    seen: set[Path] = set()
+    out = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def identity_of_build():
+    """The build under test's identity, or None when no build can be found (the run
+    itself says so)."""
+    try:
+        from infinilm_models.runtime.capabilities import current_build
+
+        return current_build().identity
+    except Exception:  # noqa: BLE001 - no build found: the run itself will say so
+        return None
+
+
 def active(config: pytest.Config) -> list[KnownDefect]:
     """The defects that apply to the build and device type under test, loaded once per
-    process (see `select`)."""
+    process (see `stack` and `select`)."""
     cache = getattr(config, "_infinilm_defects", None)
     if cache is None:
-        path = config.getoption("--known-defects")
         device_type = config.getoption("--infini-device").split(":")[0]
-        try:
-            from infinilm_models.runtime.capabilities import current_build
-
-            identity = current_build().identity
-        except Exception:  # noqa: BLE001 - no build found: the run itself will say so
-            identity = None
-        cache, match = select(load(path), load_builds(path), identity, device_type)
+        cache, in_force = stack(paths_of(config), identity_of_build(), device_type)
         if config.getoption("--support"):
             cache = []  # a support probe computes nothing: no defect can show, or is missed
         config._infinilm_defects = cache
-        config._infinilm_defects_build = match
+        config._infinilm_defect_tables = in_force
     return cache
 
 
-def scope_note(config: pytest.Config) -> str:
-    """One line for the summary and the record: which build the table vouches for."""
+def in_force(config: pytest.Config) -> list[InForce]:
     active(config)
-    match = getattr(config, "_infinilm_defects_build", None)
-    if match is not None:
-        return f"known defects: the table has seen this build ({match.name}, {match.key})"
-    return ("known defects: this build is not one the table has seen; its entries apply "
-            "unvouched (observed on other builds, not verified on this one), and one that "
-            "does not show is a note, not a failure")
+    return config._infinilm_defect_tables
+
+
+def _state(t: InForce) -> str:
+    if t.match is not None:
+        return f"the table has seen this build ({t.match.name}, {t.match.key})"
+    return "this build is not one the table has seen"
+
+
+def scope_note(config: pytest.Config) -> str:
+    """One line for the summary and the record: which build each table vouches for."""
+    tables = in_force(config)
+    if not tables:
+        return "known defects: none (--no-shipped-defects and no --known-defects file)"
+    unvouched = ("; its entries apply unvouched (observed on other builds, not verified on "
+                 "this one), and one that does not show is a note, not a failure")
+    identity = identity_of_build()
+    names = (f" (a table's [[build]] names it by any of: {', '.join(_short(identity.keys))})"
+             if identity is not None else "")
+    if len(tables) == 1:
+        t = tables[0]
+        return f"known defects: {_state(t)}" + ("" if t.match else unvouched + names)
+    parts = [f"{t.path.name}{' (shipped)' if t.shipped else ''}: {_state(t)}" for t in tables]
+    tail = unvouched.replace("its entries", "an unseen table's entries") + names \
+        if any(t.match is None for t in tables) else ""
+    return "known defects: " + "; ".join(parts) + tail
+
+
+def _short(keys) -> list[str]:
+    """Keys as printed: digests cut to 16 hex digits (any 7+ digit prefix names them)."""
+    return list(dict.fromkeys(k if k.startswith(("pypi:", "git:")) else
+                              k[: k.index(":") + 17] for k in keys))
 
 
 def defect_for(config: pytest.Config, nodeid: str) -> KnownDefect | None:

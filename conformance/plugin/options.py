@@ -27,9 +27,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="TOML file overriding entries of conformance/tolerances.toml")
     g.addoption("--report-dir", type=Path, default=None,
                 help="where run directories are written (default: <rootdir>/reports)")
-    g.addoption("--known-defects", type=Path, default=KNOWN_DEFECTS,
-                help="TOML list of upstream defects and their envelopes "
-                     "(default: conformance/known_defects.toml)")
+    g.addoption("--known-defects", type=Path, action="append", default=[], metavar="FILE",
+                help="a TOML table of defects and their envelopes, stacked on the shipped "
+                     "conformance/known_defects.toml (repeatable: a later file adds entries "
+                     "and replaces an earlier entry of the same id)")
+    g.addoption("--no-shipped-defects", action="store_true",
+                help="leave out the shipped conformance/known_defects.toml (only the "
+                     "--known-defects files apply)")
     g.addoption("--fail-on-unsupported", action="store_true",
                 help="count an op/dtype the backend does not support as a failure")
     g.addoption("--isolate", default=os.environ.get("INFINILM_ISOLATE", "auto"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from .. import policy
 from ..coverage import coverage_of, summary_lines
 from ..judge import TolerancePolicy
 from ..record import (
@@ -139,6 +140,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     bringup.finish_run(config, run)  # reproduce context, --support matrix, --stages
     run.durations = duration_table(run.results)
     run.environment["known_defects_scope"] = defects.scope_note(config)
+    run.environment["policy"] = policy.describe(
+        config.getoption("--tolerances"), [t.describe() for t in defects.in_force(config)])
     run.environment["threads"] = threads.describe(config)
     from ..model.reference import cache_dir
     from ..placement import describe as placement
@@ -195,13 +198,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr = terminalreporter
     tr.section("infinilm conformance")
     counts = run.counts
-    banner = f"verdict: {run.verdict.upper()}   {len(run.results)} of {run.planned} planned " \
+    banner = f"verdict: {policy.verdict_text(run.verdict, run.environment)}   " \
+             f"{len(run.results)} of {run.planned} planned " \
              "checks recorded   " + "  ".join(f"{s}={counts.get(s, 0)}" for s in STATUSES)
-    tr.write_line(banner, red=run.verdict == "fail", green=run.verdict == "pass", bold=True)
-    tr.write_line(f"InfiniCore: {run.build_label}")
+    loosened = bool((run.environment.get("policy") or {}).get("loosened"))
+    tr.write_line(banner, red=run.verdict == "fail", green=run.verdict == "pass" and not loosened,
+                  yellow=run.verdict == "pass" and loosened, bold=True)
+    keys = (run.environment.get("infinicore") or {}).get("keys") or []
+    tr.write_line(f"InfiniCore: {run.build_label}" + (
+        f"; a known-defects table names it by any of: {', '.join(keys)}" if keys else ""))
     if run.environment.get("auto_workers"):
         tr.write_line(run.environment["auto_workers"])
     tr.write_line(run.environment.get("known_defects_scope", ""))
+    for line in policy.lines(run.environment.get("policy")):
+        tr.write_line(line, yellow=loosened and line.startswith("tolerances"))
     if run.not_run:
         tr.write_line(f"NOT RUN: {run.not_run} of {run.planned} planned checks have no result "
                       f"({next(r.not_run_reason for r in run.results if r.status == 'not_run')})"

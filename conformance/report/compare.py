@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from conformance.policy import lines as policy_lines
+from conformance.policy import verdict_text
 from conformance.record import FAILING, CheckRecord, RecordError, RunRecord
 
 # Metrics where larger is worse. sqnr/cosine/top-1 are better-larger and left out;
@@ -59,11 +61,14 @@ class Side:
     planned: int
     counts: dict[str, int]
     build: str = ""  # which InfiniCore: RunRecord.build_label
+    verdict_text: str = ""  # PASS, or PASS (with N loosened bounds: ...)
+    policy: list[str] = field(default_factory=list)  # the policy files in force
 
     @classmethod
     def of(cls, run: RunRecord) -> Side:
         return cls(run.run_id, run.verdict, max(run.planned, len(run.results)), run.counts,
-                   run.build_label)
+                   run.build_label, verdict_text(run.verdict, run.environment),
+                   policy_lines(run.environment.get("policy")))
 
 
 @dataclass
@@ -280,7 +285,7 @@ def compare_perf(run: dict, baseline: dict, tolerance: float) -> list[PerfChange
 
 def describe_side(side: Side) -> str:
     """verdict, the statuses present, and how many planned checks did not run."""
-    text = side.verdict.upper() + ", " + ", ".join(
+    text = (side.verdict_text or side.verdict.upper()) + ", " + ", ".join(
         f"{n} {s}" for s, n in side.counts.items() if n)
     if side.counts.get("not_run"):
         text += f"; NOT RUN: {side.counts['not_run']} of {side.planned} planned checks"
@@ -297,6 +302,7 @@ def format_text(c: Comparison, limit: int = 40) -> str:
         if side is not None:
             lines.append(f"  {name} {side.run_id}: {describe_side(side)}")
             lines.append(f"  {' ' * len(name)} on {side.build}")
+            lines += [f"  {' ' * len(name)} {line}" for line in side.policy]
     if c.models_matched_by == "name":
         lines.append("  models matched by name: a run recorded no checkpoint digests")
 

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from conformance.policy import lines as policy_lines
+from conformance.policy import verdict_text
 from conformance.record import RecordError, RunRecord, results_path
 from conformance.results import atomic_write_text
 
@@ -45,6 +47,8 @@ def merge_runs(runs: list[str | Path], out_dir: str | Path) -> Path:
         planned = max(record.planned, len(record.results))
         columns.append({"record": record, "label": _label(record), "run_id": record.run_id,
                         "verdict": record.verdict, "counts": record.counts,
+                        "verdict_text": verdict_text(record.verdict, record.environment),
+                        "policy": policy_lines(record.environment.get("policy")),
                         "planned": planned, "not_run": record.counts.get("not_run", 0),
                         "dtypes": ", ".join(record.dtypes), "env": record.environment,
                         "build": record.build_label,
@@ -70,7 +74,8 @@ def merge_runs(runs: list[str | Path], out_dir: str | Path) -> Path:
     html = env.get_template("scoreboard.html.j2").render(
         columns=columns, rows=rows, generated_at=time.strftime("%Y-%m-%d %H:%M:%S"))
     board = {"schema_version": 2, "kind": "scoreboard", "runs": [
-        {k: c[k] for k in ("run_id", "label", "build", "verdict", "counts", "planned", "href")}
+        {k: c[k] for k in ("run_id", "label", "build", "verdict", "verdict_text", "policy",
+                           "counts", "planned", "href")}
         for c in columns],
         "rows": [{"check": r["check"], "dtype": r["dtype"],
                   "cells": {c["run_id"]: (x and {"status": x["status"], "text": x["text"]})

@@ -18,7 +18,7 @@ from conformance.plugin import defects
 from conformance.plugin.options import KNOWN_DEFECTS
 from infinilm_models.runtime.capabilities import BuildIdentity, current_build
 
-from .conftest import inner_run
+from .runs import inner_run
 
 UPSTREAM = "git:2cec6ce6b27a789bf47818b370defa47a271dcc4"
 BETA0 = "cpu-gemm-f32-beta0-reads-c"

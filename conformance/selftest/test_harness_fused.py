@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_harness_planted import MODEL, bad, locs, suite
+from .runs import MODEL, bad, locs, suite
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from conformance.record import RecordError, RunRecord
 from conformance.report.cli import main as cli
 
-from .conftest import inner_run
+from .runs import inner_run
 
 
 def _checkpoint(dest: Path, **changes) -> Path:

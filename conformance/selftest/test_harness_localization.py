@@ -6,15 +6,11 @@ from __future__ import annotations
 
 from conformance.judge import TolerancePolicy, calibrated_value
 from conformance.model.checks import compare_capture
-from conformance.model.conftest import prompt_ids
-from conformance.model.harness import (
-    hf_capture,
-    hf_model,
-    our_capture,
-    points_of,
-    resolve_model,
-)
-from conformance.model.test_model_cache import PREFIX, STEPS
+from conformance.model.harness import hf_capture, our_capture, points_of, resolve_model
+from conformance.model.prompts import CACHE_PREFIX as PREFIX
+from conformance.model.prompts import CACHE_STEPS as STEPS
+from conformance.model.prompts import prompt_ids
+from conformance.model.reference import hf_model
 from infinilm_models import AutoLlamaModel
 from infinilm_models.models.llama.kv_cache import KVCache
 from infinilm_models.runtime import ops

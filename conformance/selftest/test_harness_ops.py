@@ -13,10 +13,10 @@ import pytest
 from conformance.isolation import CrashedCheck, run_isolated
 from conformance.judge import TolerancePolicy
 from conformance.judge import close as compare
-from conformance.ops import test_op_causal_softmax as sm
-from conformance.ops import test_op_random_sample as rs
-from conformance.ops import test_op_rope as rp
 from conformance.ops.common import host, rng_for, to_device
+from conformance.ops.references import causal_softmax as sm
+from conformance.ops.references import random_sample as rs
+from conformance.ops.references import rope as rp
 from infinilm_models.runtime import Tensor, ops
 
 POLICY = TolerancePolicy.load()

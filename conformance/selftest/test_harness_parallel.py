@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from conformance.judge import TolerancePolicy
-from conformance.model.conftest import prompt_ids
-from conformance.model.harness import hf_model, resolve_model
-from conformance.model.test_model_parallel import judge_parallel
+from conformance.model.harness import resolve_model
+from conformance.model.parallel import judge_parallel
+from conformance.model.prompts import prompt_ids
+from conformance.model.reference import hf_model
 from conformance.plugin.verify import Verify
 from infinilm_models import AutoLlamaModel
 from infinilm_models.models.llama import parallel

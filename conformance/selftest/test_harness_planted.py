@@ -8,51 +8,12 @@ op wrapped; the assertions read the results.json it wrote."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-OPS = "conformance/ops/test_op_{}.py"
-MODEL = "conformance/model/test_model_{}.py"
-
-
-def suite(tmp_path: Path, plant: str | None, *args: str,
-          env: dict | None = None) -> tuple[int, dict, Path]:
-    """Run the suite in a child pytest; (exit status, results.json, run directory)."""
-    reports = tmp_path / "reports"
-    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    # Serial unless a case says otherwise: the outer run already keeps every core busy, and
-    # an inner xdist run would start two more interpreters to share them. Hypothesis's
-    # plugin (2 s of imports) has nothing to do in an inner run.
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p",
-           "no:hypothesispytest", "-q", "--infini-device", "cpu", f"--report-dir={reports}"]
-    if "-n" not in args and "no:xdist" not in args:
-        cmd += ["-p", "no:xdist"]
-    if plant:
-        cmd += ["-p", "conformance.selftest.plants", "--plant", plant]
-    proc = subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
-    run = (reports / "latest").resolve()
-    assert (run / "results.json").is_file(), f"no results.json:\n{proc.stdout[-3000:]}\n" \
-                                             f"{proc.stderr[-3000:]}"
-    return proc.returncode, json.loads((run / "results.json").read_text()), run
-
-
-def bad(doc: dict) -> list[dict]:
-    return [r for r in doc["results"] if r["status"] in ("failed", "crashed", "error",
-                                                         "not_run")]
-
-
-def locs(doc: dict, check: str) -> list[dict]:
-    return [loc for r in doc["results"] if r["check"] == check and r["status"] == "failed"
-            for loc in r["localization"]]
-
+from .runs import MODEL, OPS, ROOT, bad, locs, suite
 
 # -- a segfaulting kernel -------------------------------------------------------------------
 

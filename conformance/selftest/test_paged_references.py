@@ -24,12 +24,12 @@ import pytest
 # collection error, a counted `error` check, never a skip outside the record.
 import torch
 
-from conformance.ops import test_op_kv_caching as kvc
-from conformance.ops import test_op_paged_attention as pa
-from conformance.ops import test_op_paged_attention_prefill as pap
-from conformance.ops import test_op_paged_caching as pc
 from conformance.ops.common import host, rng_for
 from conformance.ops.paged_layout import STALE_SCALE, alibi_slopes, make_layout, pools
+from conformance.ops.references import kv_caching as kvc
+from conformance.ops.references import paged_attention as pa
+from conformance.ops.references import paged_attention_prefill as pap
+from conformance.ops.references import paged_caching as pc
 from infinilm_models.runtime import DType, Tensor
 from infinilm_models.runtime.ops._base import CachedOp
 from infinilm_models.runtime.ops.specs import spec

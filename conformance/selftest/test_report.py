@@ -32,7 +32,8 @@ from conformance.report import render as render_mod
 from conformance.report.cli import main
 from conformance.report.format import slug
 
-from .conftest import ROOT, inner_run, synthetic_run
+from .runs import ROOT, inner_run
+from .synthetic import synthetic_run
 
 pytest_plugins = ("pytester",)
 
@@ -505,14 +506,6 @@ def test_bad_input_names_file_and_field(tmp_path, capsys):
         err = capsys.readouterr().err
         assert expected in err and str(run) in err
         assert not (run / "index.html").exists()
-
-
-def test_schema_shim_is_the_record(tmp_path):
-    from conformance.report.schema import ResultsError, load_results
-
-    assert ResultsError is RecordError
-    run = _write(synthetic_run(), tmp_path / "run")
-    assert isinstance(load_results(run), RunRecord)
 
 
 # -- compare --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from conformance.report.browser import dump_dom, find_chromium, screenshot
 from conformance.report.render import render_run
 
-from .conftest import synthetic_run
+from .synthetic import synthetic_run
 
 WIDTH, HEIGHT = 1400, 1800
 FAIL_RED = (0xC6, 0x28, 0x28)   # .verdict-fail

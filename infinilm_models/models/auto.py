@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import files
+from ..errors import ConfigError
 from ..runtime import DType
-from .llama.configuration import ConfigError
 from .llama.modeling_llama import LlamaForCausalLM
 
 MODEL_REGISTRY: dict[str, type] = {

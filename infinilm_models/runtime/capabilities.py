@@ -27,6 +27,7 @@ import ctypes
 import hashlib
 import re
 import struct
+from collections.abc import Mapping
 from ctypes import POINTER, c_int, c_size_t, c_void_p
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -187,17 +188,32 @@ class BuildIdentity:
     patches: tuple[str, ...] = ()  # every adaptation of the recipe to the tree
     ops_left_out: tuple[str, ...] = ()
     stamped: bool = False  # built by this project's recipe
+    # Other keys naming this very build, whatever made it: exports:<digest> (its C API),
+    # libs:<digest> (its libraries' bytes: same exports, other kernels differ here).
+    also: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.also)
 
     def matches(self, pattern: str) -> bool:
-        """`pattern` names this build: the same kind, its value a prefix of ours of at
-        least 7 characters (a short commit), or equal (a version)."""
+        """`pattern` names this build by one of its keys: the same kind, its value a
+        prefix of ours of at least 7 characters (a short commit, a digest), or equal (a
+        version)."""
         kind, _, value = pattern.partition(":")
-        mine_kind, _, mine = self.key.partition(":")
-        if kind != mine_kind or not value:
-            return False
-        if kind == "pypi":
-            return value == mine
-        return len(value) >= 7 and mine.startswith(value)
+        for key in self.keys:
+            mine_kind, _, mine = key.partition(":")
+            if kind != mine_kind or not value:
+                continue
+            if value == mine if kind == "pypi" else (len(value) >= 7 and mine.startswith(value)):
+                return True
+        return False
+
+
+def libraries_digest(library_sha256: Mapping[str, str]) -> str:
+    """sha256 over each library's name and sha256, one per line, sorted: the `libs:` key."""
+    return hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in
+                                  sorted(library_sha256.items())).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -358,6 +374,7 @@ class Build:
             "graph_runtime": self.graph_runtime,
             "device_types": dict(self.devices.codes), "device_types_from": self.devices.source,
             "library_sha256": dict(self.library_sha256),
+            "keys": list(dict.fromkeys([i.key, *(k[: k.index(":") + 17] for k in i.also)])),
         }
 
 
@@ -402,7 +419,9 @@ def read_build(root: Path) -> Build:
         needed += [n for n in libs if n not in needed]
     digest = hashlib.sha256("".join(n + "\n" for n in sorted(exports)).encode()).hexdigest()
     stamp = read_stamp(root)
-    return Build(root=root, identity=_identity(stamp, digest, root),
+    identity = replace(_identity(stamp, digest, root), also=(
+        f"exports:{digest}", f"libs:{libraries_digest(hashes)}"))
+    return Build(root=root, identity=identity,
                  exports=frozenset(exports), exports_known=known, library_sha256=hashes,
                  stamp=stamp, needed=tuple(needed))
 

@@ -8,7 +8,8 @@ import numpy as np
 from transformers import DynamicCache
 
 from conformance.judge import error_metrics
-from conformance.model.harness import hf_capture, hf_model, our_capture, our_model
+from conformance.model.harness import hf_capture, our_capture, our_model
+from conformance.model.reference import hf_model
 from conformance.perf.checkpoint import spec_with_layers, write_checkpoint
 
 dev = sys.argv[1]; layers = int(sys.argv[2]); batch = int(sys.argv[3])

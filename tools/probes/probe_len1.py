@@ -3,8 +3,9 @@ import numpy as np
 import torch  # noqa: F401
 
 from conformance.judge import error_metrics
-from conformance.model.conftest import prompt_ids
-from conformance.model.harness import hf_capture, hf_model, our_capture, our_model, resolve_model
+from conformance.model.harness import hf_capture, our_capture, our_model, resolve_model
+from conformance.model.prompts import prompt_ids
+from conformance.model.reference import hf_model
 
 path = resolve_model("smollm2")
 golden = hf_model(str(path), "f32", "cpu")

@@ -4,7 +4,7 @@ import torch  # noqa: F401  (before InfiniCore)
 
 from conformance.judge import error_metrics
 from conformance.ops.common import host, rng_for, to_device
-from conformance.ops.test_op_random_sample import logits_for, reference
+from conformance.ops.references.random_sample import logits_for, reference
 from infinilm_models.runtime import Tensor, ops
 
 dev = "nvidia"

@@ -33,8 +33,9 @@ for dt in ("f16", "bf16"):
 if len(sys.argv) > 2 and sys.argv[2] == "ops-only":
     sys.exit(0)
 
-from conformance.model.conftest import prompt_ids
-from conformance.model.harness import hf_capture, hf_model, our_capture, our_model, resolve_model
+from conformance.model.harness import hf_capture, our_capture, our_model, resolve_model
+from conformance.model.prompts import prompt_ids
+from conformance.model.reference import hf_model
 
 real_swiglu = ops.swiglu
 

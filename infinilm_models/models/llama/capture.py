@@ -101,11 +101,3 @@ def capture_points(num_layers: int, *, caches: bool = True,
         prev = f"layers.{i}"
     pts.append(CapturePoint("norm", None, "final norm", ops["final norm"], "model.norm", prev))
     return pts
-
-
-# Values an isolated run replaces: the inputs of the sub-modules that compute.
-def injection_points(num_layers: int) -> list[str]:
-    names = ["embed_tokens"]
-    for i in range(num_layers):
-        names += [f"layers.{i}.residual_attn", f"layers.{i}"]
-    return names

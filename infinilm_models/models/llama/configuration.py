@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import ConfigError  # defined there for every family; re-exported here
 from ...files import present, read_text
 
 __all__ = [
@@ -91,10 +92,6 @@ DEFAULT_PP_PLAN: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = Mapping
     "norm": (("hidden_states",), ("hidden_states",)),
 })
 TP_STYLES = ("colwise", "rowwise")
-
-
-class ConfigError(ValueError):
-    """A config.json this implementation cannot (or must not) run."""
 
 
 def _fail(source: str, message: str) -> ConfigError:
