@@ -30,22 +30,20 @@ def context(config) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - no build found: the rerun finds it the same way
         root = os.environ.get("INFINI_ROOT")
     options = ["--infini-device", str(config.getoption("--infini-device"))]
-    for opt in ("--tolerances", "--known-defects"):
-        value = config.getoption(opt)
-        if value is not None and (opt != "--known-defects" or not _is_default(value)):
-            options += [opt, str(Path(value).resolve())]
+    tolerances = config.getoption("--tolerances")
+    if tolerances is not None:
+        options += ["--tolerances", str(Path(tolerances).resolve())]
+    # the defect tables in force: each file given (stacked on the shipped one), in order
+    for value in config.getoption("--known-defects") or []:
+        options += ["--known-defects", str(Path(value).resolve())]
+    if config.getoption("--no-shipped-defects"):
+        options.append("--no-shipped-defects")
     return {"cwd": str(config.rootpath), "python": sys.executable,
             "env": {"INFINI_ROOT": root,
                     **{k: os.environ[k] for k in ENV_KEPT if os.environ.get(k)}},
             "options": options,
             "sweep": ["--sweep-seed", str(config.getoption("--sweep-seed")),
                       "--sweep-cases", str(config.getoption("--sweep-cases"))]}
-
-
-def _is_default(value) -> bool:
-    from .plugin.options import KNOWN_DEFECTS
-
-    return Path(value).resolve() == KNOWN_DEFECTS
 
 
 def command(ctx: dict[str, Any] | None, nodeid: str, dtype: str | None = None,
