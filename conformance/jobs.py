@@ -9,8 +9,9 @@ environment's name), every run registers itself in `reports/<job>/job.json`:
 * after each run, `reports/<job>/index.html` is the merged scoreboard of the job's runs so
   far (`infinilm-conformance merge`), and each run's report links it.
 
-`python -m conformance.ci job-start NAME` (tox's commands_pre) begins a job afresh. A run
-whose job file is missing starts one.
+`python -m conformance.ci job-start NAME` (tox's commands_pre) begins a job afresh in
+reports/. A run whose report root has no such job (a self-test's inner run under tox, a
+run with its own --report-dir) is not part of it: its `latest` is its newest run.
 """
 
 from __future__ import annotations
@@ -79,14 +80,18 @@ def start(report_root: Path, name: str) -> Path:
     return folder
 
 
-def register(report_root: Path, name: str, run_id: str) -> dict:
-    """Add `run_id` to job `name`; returns what the run records as `environment.job`:
-    the job's name, the run's place in it (0: the primary run), and the scoreboard's
-    address relative to the run directory."""
+def register(report_root: Path, name: str, run_id: str) -> dict | None:
+    """Add `run_id` to job `name`, if that job was started in this report root (else
+    None: a run elsewhere, e.g. a self-test's inner run, is not part of the job); returns
+    what the run records as `environment.job`: the job's name, the run's place in it (0:
+    the primary run), and the scoreboard's address relative to the run directory."""
     folder = job_dir(report_root, name)
+    if not (folder / JOB_FILE).is_file():
+        return None
     with _locked(folder):
-        doc = _read(folder) or {"name": name,
-                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+        doc = _read(folder)
+        if doc is None:
+            return None
         if run_id not in doc["runs"]:
             doc["runs"].append(run_id)
         atomic_write_text(folder / JOB_FILE, json.dumps(doc, indent=1) + "\n")

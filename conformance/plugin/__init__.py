@@ -59,6 +59,10 @@ def pytest_configure(config: pytest.Config) -> None:
     _interrupt_on_sigterm()
     device = config.getoption("--infini-device")
     root = config.getoption("--report-dir") or Path(config.rootpath) / "reports"
+    try:  # a CI job's runs (jobs.py): the first is its primary run
+        job = jobs.job_name()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     run_id = new_run_id(device, root)
     config._infinilm_report_root = root.resolve()
     config._infinilm_run_id = run_id
@@ -72,10 +76,6 @@ def pytest_configure(config: pytest.Config) -> None:
         # Before any check runs: one line naming the folder, not an INTERNALERROR.
         raise pytest.UsageError(f"--report-dir {root}: cannot write the run directory "
                                 f"{config._infinilm_run_dir}: {e.strerror or e}") from None
-    try:  # a CI job's runs (jobs.py): the first is its primary run
-        job = jobs.job_name()
-    except ValueError as e:
-        raise pytest.UsageError(str(e)) from None
     config._infinilm_job = jobs.register(root.resolve(), job, run_id) if job else None
     from ..model.reference import CACHE_ENV
 
