@@ -90,16 +90,23 @@ def collect(entries: list[dict], out_dir: Path) -> tuple[list[str], dict[str, li
     return commits, {name: list(lines.values()) for name, lines in sorted(plots.items())}
 
 
-def _axis(values: list[float]) -> tuple[float, float, bool]:
+def _axis(values: list[float]) -> tuple[float, float, bool, list[float]]:
+    """(low, high, log?, ticks): linear from 0 with round ticks, or log10 decades when
+    lines of very different speed share a plot."""
     lo, hi = min(values), max(values)
-    if hi / lo > 20:  # a log axis when lines of very different speed share a plot
-        return math.floor(math.log10(lo)), math.ceil(math.log10(hi)), True
-    return 0.0, hi * 1.15, False
+    if hi / lo > 20:
+        a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        return a, b, True, [10.0 ** e for e in range(a, b + 1)]
+    raw = hi * 1.1 / 4
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    top = step * math.ceil(hi * 1.05 / step)
+    return 0.0, top, False, [step * i for i in range(int(round(top / step)) + 1)]
 
 
 def plot(name: str, commits: list[str], lines: list[Line]) -> Markup:
     values = [p.median_s * 1e3 for line in lines for p in line.points]
-    lo, hi, log = _axis(values)
+    lo, hi, log, ticks = _axis(values)
     w, h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     n = max(len(commits) - 1, 1)
 
@@ -114,10 +121,8 @@ def plot(name: str, commits: list[str], lines: list[Line]) -> Markup:
            f'height="{HEIGHT}" role="img" aria-label="{escape(name)}">',
            f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{h}" fill="#fafafa" '
            'stroke="#bbb"/>']
-    ticks = [10 ** e for e in range(int(lo), int(hi) + 1)] if log else \
-        [hi * i / 4 for i in range(5)]
     for t in ticks:
-        y = sy(t) if (not log or t > 0) else TOP + h
+        y = sy(t)
         out.append(f'<line x1="{LEFT}" x2="{LEFT + w}" y1="{y:.1f}" y2="{y:.1f}" '
                    'stroke="#e0e0e0"/>')
         out.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" '
