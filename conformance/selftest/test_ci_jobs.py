@@ -140,3 +140,34 @@ def test_a_bad_job_name_is_one_line(tmp_path):
     assert proc.returncode == 4
     assert "INFINILM_JOB='../escape': a job name is" in proc.stderr
     assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+
+
+DEVICE_KINDS = ("cpu", "nvidia", "cambricon", "ascend", "metax", "moore", "iluvatar",
+                "kunlun", "hygon", "qy", "ali")  # InfiniCore's device types (infinicore.h)
+
+
+def test_a_tox_env_per_device_kind():
+    """`tox -e <device>` for every InfiniCore device kind: the env's name picks
+    --infini-device and the build backend; `tox -e conformance` follows INFINILM_DEVICE."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "tox.ini")
+    envs = {}
+    for section in ini.sections():
+        m = re.fullmatch(r"testenv:\{([^}]+)\}", section)
+        names = m.group(1).split(",") if m else [section.removeprefix("testenv:")]
+        for name in names:
+            envs[name.strip()] = section
+    assert set(DEVICE_KINDS) <= set(envs)
+    for kind in DEVICE_KINDS:
+        if kind == "cpu":
+            continue
+        section = ini[envs[kind]]
+        pre, commands = section["commands_pre"], section["commands"]
+        if envs[kind] == f"testenv:{kind}":  # its own section (nvidia): its own name
+            assert f"--backend {kind}" in pre and f"--infini-device {kind}" in commands
+        else:  # the generative section: {env_name} is the device
+            assert "--backend {env_name}" in pre and "--infini-device {env_name}" in commands
+            assert "INFINILM_BACKEND = {env_name}" in section["set_env"]
+    conformance = ini["testenv:conformance"]
+    assert "--infini-device {env:INFINILM_DEVICE:cpu}" in conformance["commands"]
+    assert "python -m conformance.ci build" in conformance["commands_pre"]
