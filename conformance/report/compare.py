@@ -5,6 +5,11 @@ Both runs are read through `RunRecord.load`. Checks are matched by node id, or, 
 (dtype, model, op, case) and `params` of every record, crashed and not-run ones included,
 which lines up an f32 run with a bf16 run of the same cases. Only recorded statuses and
 the comparisons' own metrics are compared; nothing is re-judged.
+
+Benchmarks (pytest-benchmark JSON: results.json's `perf`, else RUN/benchmark.json) are
+compared on the medians of their timed rounds with perfstats.judge (a factor and a
+Mann-Whitney test over the rounds); a slower benchmark fails the comparison. Benchmark files
+of a different device, scale or InfiniCore build are not compared (`partition`).
 """
 
 from __future__ import annotations
