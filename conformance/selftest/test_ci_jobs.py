@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # A run of the real plugin on two trivial checks: what is tested here is the run's
 # bookkeeping, not InfiniCore (~6 s a run, most of it importing torch).
@@ -136,10 +138,18 @@ def test_a_run_outside_a_started_job_is_not_part_of_it(tmp_path):
 
 
 def test_a_bad_job_name_is_one_line(tmp_path):
-    proc = _inner(tmp_path / "reports", "../escape")
-    assert proc.returncode == 4
-    assert "INFINILM_JOB='../escape': a job name is" in proc.stderr
-    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+    """(The plugin turns this error into a usage error before any run directory exists.)"""
+    from conformance.jobs import job_name, start
+
+    for bad in ("../escape", "latest", "benchmarks", "2026-run", "a b"):
+        with pytest.raises(ValueError, match=r"INFINILM_JOB=.*: a job name is a letter"):
+            job_name(bad)
+    assert job_name("bench-compare") == "bench-compare" and job_name("") is None
+    proc = subprocess.run([sys.executable, "-m", "conformance.ci", "job-start", "../x",
+                           "--report-dir", str(tmp_path)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "error: job-start: INFINILM_JOB='../x'" in proc.stderr
+    assert not start(tmp_path / "reports", "ok").joinpath("index.html").exists()
 
 
 DEVICE_KINDS = ("cpu", "nvidia", "cambricon", "ascend", "metax", "moore", "iluvatar",
