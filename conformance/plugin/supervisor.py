@@ -268,7 +268,11 @@ def benchmarks_to_parent(config: pytest.Config, before: int) -> dict:
     for m in bs.benchmarks[before:]:
         out["benchmarks"].append({
             "name": m.name, "fullname": m.fullname, "group": m.group, "param": m.param,
-            "params": m.params, "extra_info": dict(m.extra_info),
+            # pytest parameters can be any object; as pytest-benchmark's JSON would show them
+            "params": None if m.params is None else {
+                k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                for k, v in m.params.items()},
+            "extra_info": dict(m.extra_info),
             "iterations": m.iterations, "has_error": bool(m.has_error),
             "options": {k: (v.__name__ if callable(v) else v) for k, v in m.options.items()},
             "data": list(m.stats.data)})
