@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -54,13 +55,57 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def new_run_id(device: str) -> str:
+def slug(text: str, limit: int = 64) -> str:
+    """`text` as one file-name-safe component (letters, digits, `.`, `_`, `-`)."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "unnamed"
+    return out[:limit]
+
+
+def build_slug(key: str | None, digits: int = 12) -> str:
+    """A build identity key as a file name: `pypi:0.1.0` -> `pypi-0.1.0`, `git:<40 hex>` ->
+    `git-<first digits>`; a missing key (no InfiniCore found) -> `nobuild`."""
+    if not key:
+        return "nobuild"
+    kind, sep, value = key.partition(":")
+    if sep and re.fullmatch(r"[0-9a-fA-F]{16,}", value):
+        value = value[:digits]
+    return slug(f"{kind}-{value}" if sep else kind)
+
+
+def current_build_key() -> str | None:
+    """The identity key of the InfiniCore this process would load (read from its files,
+    without loading it); None where there is none."""
+    try:
+        from infinilm_models.runtime.capabilities import current_build
+
+        return current_build().identity.key
+    except Exception:  # noqa: BLE001 - a run without a build still gets an id
+        return None
+
+
+def new_run_id(device: str, root: Path | None = None, build_key: str | None = None) -> str:
+    """`<time>-<device>-<build>`, e.g. `20261204-101500-cpu-pypi-0.1.0`: which device and
+    which InfiniCore ran, readable in a listing of reports/. With `root`, the run
+    directory is created here, so two runs starting in the same second get `-2`, `-3`."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{device.replace(':', '')}-{os.getpid()}"
+    key = build_key if build_key is not None else current_build_key()
+    base = f"{stamp}-{slug(device.replace(':', ''))}-{build_slug(key)}"
+    if root is None:
+        return base
+    for n in range(1, 1000):
+        run_id = base if n == 1 else f"{base}-{n}"
+        try:
+            (Path(root) / run_id).mkdir(parents=True)
+            return run_id
+        except FileExistsError:
+            continue
+        except OSError:
+            return run_id  # the caller's own mkdir reports an unwritable --report-dir
+    return f"{base}-{os.getpid()}"
 
 
 def point_latest(report_root: Path, run_dir: Path) -> None:
-    """reports/latest -> the newest run, replaced atomically."""
+    """reports/latest -> `run_dir` (the newest run, or a job's primary run), atomically."""
     link = report_root / "latest"
     tmp = report_root / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -113,7 +158,8 @@ def environment(device: str) -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "infini_device": device,
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
+        "cpus": cpus(),
         "command_line": shlex.join(sys.argv),
         "infini_root_env": os.environ.get("INFINI_ROOT"),
         "infinicore_version": None,
@@ -138,6 +184,7 @@ def environment(device: str) -> dict:
         env["infini_root_error"] = str(e)
     if env["backend"] is None:
         env["backend"] = device.split(":")[0]
+    env["machine_id"] = machine_id(env["device_name"], env["cpus"])
     for mod in ("numpy", "torch", "transformers"):
         m = sys.modules.get(mod)
         if m is not None:
@@ -151,7 +198,30 @@ def environment(device: str) -> dict:
     return env
 
 
-def _device_name(device: str) -> str | None:
+MACHINE_ENV = "INFINILM_MACHINE_ID"
+
+
+def cpus() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def machine_id(device_name: str | None, cpus: int | None) -> str:
+    """Which machine a run's numbers belong to, for baselines and benchmark history:
+    $INFINILM_MACHINE_ID where a runner names its machine class, else the architecture,
+    the device's product name and the CPUs this process may use. Never the host name: CI
+    runners are ephemeral, and one machine class must find its own baseline again."""
+    named = os.environ.get(MACHINE_ENV, "").strip()
+    if named:
+        return slug(named)
+    parts = [platform.machine() or "unknown", device_name or platform.processor() or "",
+             f"{cpus}cpu" if cpus else ""]
+    return slug("-".join(p for p in parts if p), limit=96)
+
+
+def device_name(device: str) -> str | None:
     """A human name for the device under test (CPU model, GPU product name)."""
     kind, _, index = device.partition(":")
     try:

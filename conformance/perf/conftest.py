@@ -7,6 +7,13 @@ device is synchronized inside every timed call, warmup rounds are explicit.
 
 Sizes come from `--bench-scale` (see timing.SCALES); with timing disabled (the default test run,
 xdist) the smoke scale runs each benchmark once so that none of them can rot.
+
+What ran is recorded with every benchmark (keys.py): the machine info names the device
+and its product, the InfiniCore build, torch/transformers/CUDA and the scale; every
+benchmark's extra_info carries the build key, the device kind and the scale, and its id
+ends in `@<scale>`; pytest-benchmark's storage is partitioned by (device, scale, build);
+a timed run writes its JSON, rounds included, to <run dir>/benchmark.json, where
+`infinilm-conformance compare` finds it.
 """
 
 from __future__ import annotations
@@ -15,8 +22,31 @@ from dataclasses import asdict
 
 import pytest
 
+from . import keys
 from .peaks import Peak, peak_for
 from .timing import Scale, ratios, resolve_scale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before pytest-benchmark opens its storage (its own pytest_configure is trylast):
+    # one folder per (device, scale, build), so that nothing incomparable is compared.
+    keys.partition_storage(config, resolve_scale(config).name)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    keys.default_json(session.config)
+
+
+@pytest.fixture(autouse=True)
+def _what_ran(request: pytest.FixtureRequest, bench_scale: Scale) -> None:
+    """Every benchmark names its build, device and scale (extra_info, and `@<scale>` in
+    its id: the same test has other sizes at another scale)."""
+    if "benchmark" in request.fixturenames:
+        keys.stamp(request.getfixturevalue("benchmark"), request.config, bench_scale.name)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["infinilm"] = keys.machine_info(config, resolve_scale(config).name)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +72,8 @@ def pytest_benchmark_update_json(config, benchmarks, output_json) -> None:
     output_json["infinilm"] = {
         "scale": asdict(resolve_scale(config)),
         "infini_device": config.getoption("--infini-device"),
+        "infinicore": keys.build_key(),
+        "machine_id": keys.machine(config),
         "ratios": ratios(output_json.get("benchmarks", [])),
     }
     peak = getattr(config, "_infinilm_peak", None)

@@ -49,8 +49,10 @@ SCALES = {
 def resolve_scale(config: pytest.Config) -> Scale:
     name = config.getoption("--bench-scale")
     if name == "auto":
+        from . import keys
+
         bs = getattr(config, "_benchmarksession", None)
-        disabled = bs is None or bs.disabled
+        disabled = bs.disabled if bs is not None else not keys.timing_requested(config)
         device = str(config.getoption("--infini-device")).split(":")[0]
         name = "smoke" if disabled else ("cpu" if device == "cpu" else "full")
     return SCALES[name]

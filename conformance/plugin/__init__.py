@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .. import stages
+from .. import jobs, stages
 from ..results import append_part, new_run_id
 from . import (
     bringup,
@@ -76,7 +76,11 @@ def pytest_configure(config: pytest.Config) -> None:
     _interrupt_on_sigterm()
     device = config.getoption("--infini-device")
     root = config.getoption("--report-dir") or Path(config.rootpath) / "reports"
-    run_id = new_run_id(device)
+    try:  # a CI job's runs (jobs.py): the first is its primary run
+        job = jobs.job_name()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    run_id = new_run_id(device, root)
     config._infinilm_report_root = root.resolve()
     config._infinilm_run_id = run_id
     config._infinilm_run_dir = (root / run_id).resolve()
@@ -89,6 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Before any check runs: one line naming the folder, not an INTERNALERROR.
         raise pytest.UsageError(f"--report-dir {root}: cannot write the run directory "
                                 f"{config._infinilm_run_dir}: {e.strerror or e}") from None
+    config._infinilm_job = jobs.register(root.resolve(), job, run_id) if job else None
     from ..model.reference import CACHE_ENV
 
     if config.getoption("--no-reference-cache"):

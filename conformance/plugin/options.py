@@ -40,8 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 choices=("auto", "yes", "no"),
                 help="run the checks in a supervised child process, so that a crashing "
                      "kernel (a segfault, an abort, a hang) is a 'crashed' check and the run "
-                     "goes on (auto: yes, except under --pdb/--trace and with "
-                     "pytest-benchmark timing, which must run in this process)")
+                     "goes on, timed benchmarks included (auto: yes, except under "
+                     "--pdb/--trace)")
     g.addoption("--check-timeout", type=float,
                 default=float(os.environ.get("INFINILM_CHECK_TIMEOUT", "900")),
                 help="seconds a single check may run under --isolate before it is killed "

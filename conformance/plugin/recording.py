@@ -142,6 +142,11 @@ def apply_to_report(report: pytest.TestReport, status: str, message: str,
     elif status == "failed" and report.passed:
         report.outcome = "failed"
         report.longrepr = message
+    elif status == "error" and report.skipped:
+        # a bare skip hides a check: an error in the record, so a failure for pytest
+        # (terminal, exit status, JUnit), never a skip
+        report.outcome = "failed"
+        report.longrepr = message
 
 
 @pytest.hookimpl(hookwrapper=True)

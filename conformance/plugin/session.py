@@ -157,6 +157,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run.environment["models"] = model_identities(run)
     if getattr(config, "_infinilm_auto_workers", None):
         run.environment["auto_workers"] = config._infinilm_auto_workers
+    job = getattr(config, "_infinilm_job", None)
+    if job:
+        run.environment["job"] = job
     config._infinilm_run = run
     config._infinilm_results_path = write_results(run_dir, run)
     if run.verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
@@ -164,7 +167,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # saw nothing fail, the record did.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     _render_report(session, run_dir)
-    point_latest(config._infinilm_report_root, run_dir)
+    # reports/latest is the newest run, or, in a job, the job's primary (first) run.
+    if not job or job["primary"]:
+        point_latest(config._infinilm_report_root, run_dir)
+    if job:
+        _job_scoreboard(config, job["name"])
+
+
+def _job_scoreboard(config: pytest.Config, name: str) -> None:
+    """reports/<job>/index.html over the job's runs so far. A failure is printed, never
+    fatal: each run's own record and report are already written."""
+    from .. import jobs
+
+    try:
+        config._infinilm_job_board = jobs.write_scoreboard(config._infinilm_report_root, name)
+    except Exception as e:  # noqa: BLE001 - reported on the terminal
+        config._infinilm_job_board_error = f"{type(e).__name__}: {e}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """junit.xml (written by pytest's junitxml at the end of the session, after the
+    record) settled to say what results.json says (conformance/junit.py)."""
+    run: RunRecord | None = getattr(config, "_infinilm_run", None)
+    xmlpath = getattr(config.option, "xmlpath", None)
+    if run is None or not xmlpath or not Path(xmlpath).is_file():
+        return
+    from ..junit import reconcile
+
+    try:
+        reconcile(xmlpath, run, getattr(config.option, "junitprefix", None))
+    except Exception as e:  # noqa: BLE001 - the run's record stands; say so loudly
+        sys.stderr.write(f"infinilm conformance: settling {xmlpath} with results.json "
+                         f"failed: {type(e).__name__}: {e}\n")
 
 
 def _render_report(session: pytest.Session, run_dir: Path) -> None:
@@ -249,6 +283,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if getattr(config, "_infinilm_report_path", None) is not None:
         tr.write_line(f"report:  {config._infinilm_report_path} "
                       f"(rendered in {config._infinilm_report_seconds:.2f} s)")
+    if getattr(config, "_infinilm_job_board", None) is not None:
+        tr.write_line(f"job:     {config._infinilm_job_board} (scoreboard of job "
+                      f"{run.environment['job']['name']})")
+    if getattr(config, "_infinilm_job_board_error", None):
+        tr.write_line(f"JOB SCOREBOARD NOT WRITTEN: {config._infinilm_job_board_error}",
+                      red=True)
     if getattr(config, "_infinilm_report_error", None):
         tr.write_line(f"REPORT NOT RENDERED: {config._infinilm_report_error}", red=True,
                       bold=True)

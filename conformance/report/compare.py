@@ -5,6 +5,11 @@ Both runs are read through `RunRecord.load`. Checks are matched by node id, or, 
 (dtype, model, op, case) and `params` of every record, crashed and not-run ones included,
 which lines up an f32 run with a bf16 run of the same cases. Only recorded statuses and
 the comparisons' own metrics are compared; nothing is re-judged.
+
+Benchmarks (pytest-benchmark JSON: results.json's `perf`, else RUN/benchmark.json) are
+compared on the medians of their timed rounds with perfstats.judge (a factor and a
+Mann-Whitney test over the rounds); a slower benchmark fails the comparison. Benchmark files
+of a different device, scale or InfiniCore build are not compared (`partition`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from conformance.policy import lines as policy_lines
 from conformance.policy import verdict_text
 from conformance.record import FAILING, CheckRecord, RecordError, RunRecord
+
+from .perfstats import judge, median
 
 # Metrics where larger is worse. sqnr/cosine/top-1 are better-larger and left out;
 # reference_* metrics are transformers' own error, not ours, and never compared.
@@ -48,10 +55,12 @@ class Growth:
 @dataclass
 class PerfChange:
     name: str
-    baseline_mean_s: float
-    run_mean_s: float
-    ratio: float
-    verdict: str  # "slower", "faster", "same": against the --perf-tolerance band
+    baseline_median_s: float
+    run_median_s: float
+    ratio: float     # median(run) / median(baseline)
+    verdict: str     # slower | faster | same | noise (perfstats.judge)
+    p_slower: float | None = None  # one-sided Mann-Whitney over the rounds; None: no rounds
+    rounds: tuple[int, int] = (0, 0)  # (run, baseline)
 
 
 @dataclass
@@ -85,6 +94,9 @@ class Comparison:
     grown: list[Growth] = field(default_factory=list)
     perf: list[PerfChange] | None = None
     perf_tolerance: float = 0.1
+    perf_alpha: float = 0.05
+    # why the benchmarks were not compared (different device, scale or build), if so
+    perf_note: str = ""
     run: Side | None = None
     baseline: Side | None = None
 
@@ -99,10 +111,14 @@ class Comparison:
         return self.matched == 0 and self.total > 0
 
     @property
+    def slower(self) -> list[PerfChange]:
+        return [p for p in self.perf or [] if p.verdict == "slower"]
+
+    @property
     def exit_code(self) -> int:
         """1 when anything newly fails (including a new check that fails, or one that
-        did not run), or when no check matched at all; else 0."""
-        return 1 if self.newly_failing or self.disjoint else 0
+        did not run), when a benchmark is slower, or when no check matched at all."""
+        return 1 if self.newly_failing or self.disjoint or self.slower else 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -186,7 +202,8 @@ def _message(r: CheckRecord) -> str:
 
 def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
                  ignore_params: tuple[str, ...] = (), run_perf: dict | None = None,
-                 baseline_perf: dict | None = None, perf_tolerance: float = 0.1) -> Comparison:
+                 baseline_perf: dict | None = None, perf_tolerance: float = 0.1,
+                 perf_alpha: float = 0.05, perf_any_partition: bool = False) -> Comparison:
     if factor <= 1.0:
         raise ValueError(f"--factor must be > 1, got {factor}")
     # Digests on one side only would match nothing: then both sides match by model name.
@@ -198,7 +215,7 @@ def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
     b = _index(baseline, ignore_params, "the baseline", base_models)
     result = Comparison(run.run_id, baseline.run_id, factor,
                         matched=len(a.keys() & b.keys()), total=len(a.keys() | b.keys()),
-                        perf_tolerance=perf_tolerance,
+                        perf_tolerance=perf_tolerance, perf_alpha=perf_alpha,
                         run=Side.of(run), baseline=Side.of(baseline),
                         models_matched_by="digest" if by_digest else "name")
     for key in sorted(a.keys() | b.keys()):
@@ -227,8 +244,34 @@ def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
                 result.grown.append(Growth(key, k[0], k[1], old, new, ratio))
     result.grown.sort(key=lambda g: -g.ratio if math.isfinite(g.ratio) else -1e308)
     if run_perf is not None and baseline_perf is not None:
-        result.perf = compare_perf(run_perf, baseline_perf, perf_tolerance)
+        a, b = partition(run_perf), partition(baseline_perf)
+        if a != b and not perf_any_partition:
+            result.perf_note = (f"benchmarks not compared: the run's are {describe(a)}, the "
+                                f"baseline's {describe(b)} (--perf-any-partition compares "
+                                "them anyway)")
+        else:
+            if a != b:
+                result.perf_note = f"benchmarks of {describe(a)} against {describe(b)}"
+            result.perf = compare_perf(run_perf, baseline_perf, perf_tolerance, perf_alpha)
     return result
+
+
+PARTITION = ("device", "scale", "build")
+
+
+def partition(doc: dict) -> dict[str, str]:
+    """What a benchmark file measured: device kind, scale, InfiniCore build (from the
+    `infinilm` block conformance/perf adds; "?" where an older file lacks it)."""
+    info = doc.get("infinilm") or {}
+    scale = info.get("scale")
+    device = str(info.get("infini_device") or "?").split(":")[0]
+    return {"device": device,
+            "scale": str(scale.get("name") if isinstance(scale, dict) else scale or "?"),
+            "build": str(info.get("infinicore") or "?")}
+
+
+def describe(part: dict[str, str]) -> str:
+    return f"device {part['device']}, scale {part['scale']}, build {part['build']}"
 
 
 def load_benchmark(path: str | Path) -> dict:
@@ -268,18 +311,31 @@ def perf_of(run: RunRecord, run_dir: Path, override: str | Path | None) -> dict 
     return None
 
 
-def compare_perf(run: dict, baseline: dict, tolerance: float) -> list[PerfChange]:
-    def means(doc: dict) -> dict[str, float]:
-        return {b.get("fullname") or b["name"]: float(b["stats"]["mean"])
-                for b in doc["benchmarks"]}
+def rounds_of(doc: dict) -> dict[str, tuple[float, list[float]]]:
+    """fullname -> (median, the timed rounds) of each benchmark of a pytest-benchmark file
+    (`data` is present in --benchmark-json files; saved storage may lack it)."""
+    out = {}
+    for b in doc["benchmarks"]:
+        stats = b["stats"]
+        data = [float(x) for x in stats.get("data") or [] if isinstance(x, (int, float))]
+        med = stats.get("median")
+        med = float(med) if isinstance(med, (int, float)) else \
+            (median(data) if data else float(stats["mean"]))
+        out[b.get("fullname") or b["name"]] = (med, data)
+    return out
 
-    a, b = means(run), means(baseline)
+
+def compare_perf(run: dict, baseline: dict, tolerance: float,
+                 alpha: float = 0.05) -> list[PerfChange]:
+    """Per benchmark in both files: medians, their ratio, and the verdict of
+    perfstats.judge (the factor and a rank test over the rounds)."""
+    a, b = rounds_of(run), rounds_of(baseline)
     out = []
     for name in sorted(a.keys() & b.keys()):
-        ratio = a[name] / b[name] if b[name] > 0 else math.inf
-        verdict = "slower" if ratio > 1 + tolerance else \
-            "faster" if ratio < 1 / (1 + tolerance) else "same"
-        out.append(PerfChange(name, b[name], a[name], ratio, verdict))
+        (ma, ra), (mb, rb) = a[name], b[name]
+        change = judge(ra, rb, tolerance, alpha, ma, mb)
+        out.append(PerfChange(name, mb, ma, change.ratio, change.verdict, change.p_slower,
+                              (len(ra), len(rb))))
     return out
 
 
@@ -327,11 +383,18 @@ def format_text(c: Comparison, limit: int = 40) -> str:
                          f"{g.key}  {g.where}")
         if len(c.grown) > limit:
             lines.append(f"  ... {len(c.grown) - limit} more")
+    if c.perf_note:
+        lines.append(f"\n{c.perf_note}")
     if c.perf is not None:
-        lines.append(f"\nperformance (mean time, band ±{c.perf_tolerance:.0%}):")
-        for p in c.perf:
-            lines.append(f"  {p.verdict:<6} x{p.ratio:.3f}  {p.baseline_mean_s * 1e3:.3f} ms -> "
-                         f"{p.run_mean_s * 1e3:.3f} ms  {p.name}")
+        lines.append(f"\nperformance (median of the rounds; slower: median > +"
+                     f"{c.perf_tolerance:.0%} and Mann-Whitney p <= {c.perf_alpha:g} over "
+                     f"the rounds): {len(c.slower)} slower")
+        for p in sorted(c.perf, key=lambda p: (p.verdict != "slower", -p.ratio))[:limit]:
+            pv = "" if p.p_slower is None else f"p={p.p_slower:.2g}"
+            lines.append(f"  {p.verdict:<6} x{p.ratio:.3f} {pv:<9} {p.baseline_median_s * 1e3:.3f}"
+                         f" ms -> {p.run_median_s * 1e3:.3f} ms  {p.name}")
+        if len(c.perf) > limit:
+            lines.append(f"  ... {len(c.perf) - limit} more")
         if not c.perf:
             lines.append("  no benchmark in common")
     if c.disjoint:
@@ -340,5 +403,6 @@ def format_text(c: Comparison, limit: int = 40) -> str:
                      "recorded it; --ignore-param model_name matches across models)")
     lines.append(f"\nexit status {c.exit_code}: " + (
         "nothing matched" if c.disjoint else
-        "something newly fails" if c.exit_code else "nothing newly fails"))
+        "something newly fails" if c.newly_failing else
+        f"{len(c.slower)} benchmark(s) slower" if c.slower else "nothing newly fails"))
     return "\n".join(lines)

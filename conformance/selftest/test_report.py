@@ -623,10 +623,11 @@ def test_sum(benchmark):
                str(files[1]), "--baseline-benchmark", str(files[0]), "--json", str(out)])
     assert rc == 0
     (p,) = json.loads(out.read_text())["perf"]
-    means = [json.loads(f.read_text())["benchmarks"][0]["stats"]["mean"] for f in files]
-    assert p["name"].endswith("test_sum") and p["baseline_mean_s"] == means[0]
-    assert p["ratio"] == pytest.approx(means[1] / means[0])
-    assert "performance (mean time" in capsys.readouterr().out
+    medians = [json.loads(f.read_text())["benchmarks"][0]["stats"]["median"] for f in files]
+    assert p["name"].endswith("test_sum") and p["baseline_median_s"] == medians[0]
+    assert p["ratio"] == pytest.approx(medians[1] / medians[0])
+    assert p["p_slower"] is not None and p["rounds"][0] > 1  # the rounds were read
+    assert "performance (median of the rounds" in capsys.readouterr().out
     bad = tmp_path / "bad.json"
     bad.write_text('{"benchmarks": [{"name": "x", "stats": {}}]}')
     assert main(["compare", str(op_runs["f32"]), str(op_runs["f32"]), "--benchmark",
@@ -684,7 +685,8 @@ def test_merge_refuses_bad_run(op_runs, tmp_path, capsys):
 # -- the command line -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sub", [None, "report", "compare", "merge", "screenshot"])
+@pytest.mark.parametrize("sub", [None, "report", "compare", "merge", "screenshot", "baseline",
+                                 "bench-history"])
 def test_cli_help(sub):
     args = [sys.executable, "-m", "conformance.report", *([sub] if sub else []), "--help"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=60,
