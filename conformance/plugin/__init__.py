@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ..results import append_part, new_run_id
-from . import defects, recording, session, supervisor, threads, verify
+from . import defects, options, recording, session, supervisor, threads, verify
 from .options import dtypes, pytest_addoption  # noqa: F401 - a hook, found by name
 
 _controller: pytest.Config | None = None
@@ -28,6 +28,10 @@ _controller: pytest.Config | None = None
 # its own pytest_configure.
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if not getattr(config.option, "help", False):
+        # First: a bad option or policy file is one line, before torch loads (seconds),
+        # before any check runs and before the run directory exists.
+        options.validate(config)
     try:
         # torch before InfiniCore: on NVIDIA, libinfiniop pulls the system CUDA toolkit's
         # libcublas/libcudart; loaded first, their sonames shadow torch's own CUDA wheels and
