@@ -202,7 +202,9 @@ class TolerancePolicy:
         table = _read_toml(DEFAULT_TOLERANCES)
         sources = [str(DEFAULT_TOLERANCES)]
         if override is not None:
-            for check, per_dtype in _read_toml(override).items():
+            overlay = _read_toml(override)
+            _check_overlay(override, overlay, table)
+            for check, per_dtype in overlay.items():
                 table.setdefault(check, {}).update(per_dtype)
             sources.append(str(override))
         return cls(table, sources)
@@ -243,13 +245,58 @@ class TolerancePolicy:
 
 
 def _read_toml(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tolerance file {path}: not found")
+    if not path.is_file():  # a directory, or a pipe that would block the read
+        raise ValueError(f"tolerance file {path}: not a regular file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"tolerance file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"tolerance file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ValueError(f"tolerance file {path}: cannot be read: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"tolerance file {path}: not valid TOML: {e}") from None
+
+
+ELEMENTWISE_FIELDS = ("atol", "rtol", "nmse", "bias")
+CALIBRATED_FIELDS = ("k", "floor")
+
+
+def _check_overlay(path: Path, overlay: dict, shipped: dict) -> None:
+    """An overlay may name only the checks and dtypes of the shipped table, each entry
+    whole (it replaces the shipped one) in the shipped entry's kind, with finite numbers
+    >= 0: a misspelled section or field would otherwise be ignored silently."""
+    for check, per_dtype in overlay.items():
+        if check not in shipped:
+            raise ValueError(f"tolerance file {path}: [{check}]: no such check (known: "
+                             f"{', '.join(shipped)})")
+        if not isinstance(per_dtype, dict):
+            raise ValueError(f"tolerance file {path}: {check}: expected a [{check}] table "
+                             f"of dtypes, got {per_dtype!r}")
+        for dtype, entry in per_dtype.items():
+            key = f"[{check}] {dtype}"
+            if dtype not in shipped[check]:
+                raise ValueError(f"tolerance file {path}: {key}: no such dtype for this check "
+                                 f"(known: {', '.join(shipped[check])})")
+            if not isinstance(entry, dict):
+                raise ValueError(f"tolerance file {path}: {key}: expected an inline table "
+                                 f"such as {{ atol = 1e-3, rtol = 1e-3 }}, got {entry!r}")
+            calibrated = set(shipped[check][dtype]) <= set(CALIBRATED_FIELDS)
+            fields = CALIBRATED_FIELDS if calibrated else ELEMENTWISE_FIELDS
+            needed = CALIBRATED_FIELDS if calibrated else ("atol", "rtol")
+            for name, value in entry.items():
+                if name not in fields:
+                    raise ValueError(f"tolerance file {path}: {key}.{name}: no such field "
+                                     f"(this bound has {', '.join(fields)})")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                        not math.isfinite(value) or value < 0:
+                    raise ValueError(f"tolerance file {path}: {key}.{name} = {value!r}: "
+                                     "expected a finite number >= 0")
+            missing = [f for f in needed if f not in entry]
+            if missing:
+                raise ValueError(f"tolerance file {path}: {key}: lacks {', '.join(missing)} "
+                                 "(an entry replaces the shipped one whole)")
 
 
 # -- judgements ---------------------------------------------------------------------------

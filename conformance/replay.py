@@ -308,19 +308,41 @@ def replay(bundle: Path, device: str | None = None) -> int:
     return status
 
 
+def _device(value: str) -> str:
+    from infinilm_models.arguments import nonempty
+    from infinilm_models.runtime import Device
+
+    try:
+        Device.parse(nonempty(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    from infinilm_models.arguments import OneLineParser, nonempty
+
+    p = OneLineParser(
         prog="python -m conformance.replay",
         description="Replay the InfiniCore calls of a failing or crashing op check from its "
                     "bundle (reports/<run>/bundles/<check>) on the InfiniCore build that "
                     "INFINI_ROOT (or INFINILM_BACKEND's default prefix) names, and judge "
                     "the output with the check's own tolerance.")
-    p.add_argument("bundle", type=Path, help="the bundle directory (holds calls.json)")
-    p.add_argument("--device", default=None,
+    p.add_argument("bundle", type=lambda v: Path(nonempty(v)),
+                   help="the bundle directory (holds calls.json)")
+    p.add_argument("--device", default=None, type=_device,
                    help="device to replay on (default: the one recorded, e.g. cpu:0)")
     args = p.parse_args(argv)
     if not (args.bundle / "calls.json").is_file():
         print(f"error: {args.bundle}: no calls.json (not a replay bundle)", file=sys.stderr)
+        return 2
+    try:
+        doc = json.loads((args.bundle / "calls.json").read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("calls"), list):
+            raise ValueError("expected an object with a 'calls' list")
+    except (OSError, ValueError) as e:
+        print(f"error: {args.bundle / 'calls.json'}: not a replay bundle's calls.json: {e}",
+              file=sys.stderr)
         return 2
     if args.device:
         kind = args.device.split(":")[0]

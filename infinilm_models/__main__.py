@@ -2,9 +2,12 @@
 
 Every user error (a bad argument, config.json, generation_config.json, tokenizer or
 checkpoint, any of them a path that is not a regular file; an unavailable device or
-InfiniCore build) ends as one line ``error: <message>`` on stderr and exit status 2, as
-argparse's own errors do, and so do non-finite logits (nothing is printed on stdout then).
-Anything else is a bug and keeps its traceback (exit status 1).
+InfiniCore build) ends as one line ``error: <message>`` on stderr and exit status 2, and so
+do non-finite logits (nothing is printed on stdout then); argparse's own errors (an empty
+--model, a non-integer --tp) are one line too (``... generate: error: argument --tp: ...``).
+The ranges (--tp >= 1, --max-cache-len >= 1, the sampling numbers) are checked where the
+values enter the library, before any weight is read. Anything else is a bug and keeps its
+traceback (exit status 1).
 
 The directory is read cheapest first, so the first problem reported is the one a user
 would fix first: config.json, generation_config.json, the tokenizer (only with --prompt or
@@ -19,6 +22,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .arguments import OneLineParser, nonempty
 
 EXIT_USAGE = 2
 
@@ -173,15 +178,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m infinilm_models",
-                                     description="LLaMA on InfiniCore")
+    parser = OneLineParser(prog="python -m infinilm_models", description="LLaMA on InfiniCore")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser(
         "generate", help="continue a prompt (text or token ids)",
         description="Load a HF LLaMA checkpoint directory onto an InfiniCore device and "
                     "continue a prompt. Sampling defaults come from the checkpoint's "
                     "generation_config.json (as in transformers); the options override them.")
-    g.add_argument("--model", required=True, help="HF LLaMA checkpoint directory")
+    g.add_argument("--model", required=True, type=nonempty, help="HF LLaMA checkpoint directory")
     prompt = g.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text, encoded with the checkpoint's tokenizer.json")
     prompt.add_argument("--token-ids", type=_token_id_list, metavar="1,2,3",
@@ -190,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the continuation as text (needs tokenizer.json) or as the "
                         "generated ids, comma-separated; auto: text when a tokenizer is "
                         "there, else ids (default auto)")
-    g.add_argument("--device", default="cpu", help="cpu, nvidia, nvidia:1, ... (default cpu)")
-    g.add_argument("--dtype", default=None,
+    g.add_argument("--device", default="cpu", type=nonempty,
+                   help="cpu, nvidia, nvidia:1, ... (default cpu)")
+    g.add_argument("--dtype", default=None, type=nonempty,
                    help="f32, f16 or bf16 (default: the checkpoint's dtype, else f32)")
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: generation_config.json's, else 20")

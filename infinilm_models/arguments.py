@@ -9,12 +9,15 @@ silently truncates to ``[[1, 2]]``, ``"5"`` becomes 5 and ``True`` becomes 1.
 
 from __future__ import annotations
 
+import argparse
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import numpy as np
 
-__all__ = ["check_bool", "check_float", "check_int", "token_ids"]
+__all__ = ["OneLineParser", "check_bool", "check_float", "check_int", "float_in", "int_at_least",
+           "nonempty", "token_ids"]
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
@@ -137,3 +140,56 @@ def _rows(value: list | tuple, name: str) -> list[list[int]]:
                 raise ValueError(f"token id {x} at {name}[{b}][{t}] is beyond int64")
         rows.append([int(x) for x in row])
     return rows
+
+
+# -- command-line options --------------------------------------------------------------------
+# argparse types: a bad value is refused where it enters, and argparse names the option
+# ("argument --tp: 0 is not an integer >= 1"); OneLineParser prints that as one line.
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, `prog: error: message` with the option
+    and the value named, exit status 2 (the usage stays in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def nonempty(value: str) -> str:
+    """A string option that must say something (a path, a device, a prompt)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"{value!r}: an empty value")
+    return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer >= {minimum}")
+        return number
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, *, low_open: bool = False
+             ) -> Callable[[str], float]:
+    """A finite float in [low, high] ((low, high] with low_open)."""
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf else \
+        f"{'>' if low_open else '>='} {low:g}"
+    what = f"a finite number in {span}" if high < math.inf else f"a finite number {span}"
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < low or number > high or \
+                (low_open and number == low):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+        return number
+    parse.__name__ = what
+    return parse

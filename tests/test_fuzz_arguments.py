@@ -1,5 +1,6 @@
 """Property-based tests of the public arguments (Hypothesis): token ids, position ids,
-generation parameters, devices, dtypes and cache lengths. Each case ends in a result of the
+generation parameters, devices, dtypes and cache lengths; and the suite's options and
+policy files (--tolerances, --known-defects). Each case ends in a result of the
 right shape (finite logits, ids in the vocabulary) or in a TypeError/ValueError whose
 message names the argument; no other exception, no hang.
 
@@ -8,6 +9,7 @@ Derandomized with a fixed number of examples, so CI runs the same cases every ti
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -176,3 +178,152 @@ def test_fuzzed_load_arguments(kwargs: dict[str, Any]) -> None:
     logits = model.forward([[1]])
     assert logits.shape == (1, 1, VOCAB)
     assert np.isfinite(logits.numpy().astype(np.float32)).all()
+
+
+# -- the suite's options and policy files (issue 30.2) ---------------------------------------
+# Every value either converts to one in range or is refused with one line naming the option
+# (a policy file: the file), never another exception.
+
+SUITE_DEFAULTS = {"--infini-device": "cpu", "--dtype": "f32,f16,bf16", "--model": None,
+                  "--isolate": "auto", "--bench-scale": "auto", "--check-timeout": "900",
+                  "--sweep-seed": "20261130", "--sweep-cases": "0", "--report-dir": None,
+                  "--known-defects": [], "--tolerances": None}
+OPTION_TEXT = st.one_of(
+    st.text(max_size=6), st.integers(-(2**70), 2**70).map(str), st.floats().map(str),
+    st.sampled_from(["", " ", "0", "-0", "1e400", "nan", "inf", "-1", "auto", "yes", "smoke",
+                     "cpu", "f32", "bf16,f16", "tiny-gqa", "tiny-gqa,", ",", "1_000", "0x10"]))
+
+
+@FUZZ
+@given(option=st.sampled_from(sorted(set(SUITE_DEFAULTS) - {"--known-defects"})),
+       value=OPTION_TEXT)
+def test_fuzzed_suite_options(option: str, value: str) -> None:
+    from conformance.plugin.options import BENCH_SCALES, ISOLATE, checked
+
+    try:
+        got = checked({**SUITE_DEFAULTS, option: value}, {})
+    except pytest.UsageError as e:
+        message = str(e)
+        event("refused")
+        assert message.startswith(option) and "\n" not in message, message
+        return
+    event("accepted")
+    assert 0 < got["--check-timeout"] < math.inf
+    assert got["--sweep-seed"] >= 0 and got["--sweep-cases"] >= 0
+    assert got["--isolate"] in ISOLATE and got["--bench-scale"] in BENCH_SCALES
+    assert got["--infini-device"].strip()
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("policy")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) \
+            else repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v)  # a TOML basic string: JSON's escapes are TOML's
+
+
+def _key(k: str) -> str:
+    return json.dumps(k)
+
+
+def _tolerance_text(table: dict) -> str:
+    """TOML for {check: {dtype: entry}} (scalars first, as TOML wants them)."""
+    lines = [f"{_key(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for check, per in table.items():
+        if isinstance(per, dict):
+            lines.append(f"[{_key(check)}]")
+            lines += [f"{_key(d)} = {_toml_value(e)}" for d, e in per.items()]
+    return "\n".join(lines) + "\n"
+
+
+SCALAR = st.one_of(st.floats(), st.integers(-3, 10**6), st.booleans(), st.text(max_size=3))
+FIELD = st.sampled_from(["atol", "rtol", "nmse", "bias", "k", "floor", "tol", "Atol", ""])
+TOLERANCE_TABLES = st.dictionaries(
+    st.sampled_from(["gemm", "rms_norm", "model_logits", "golden", "generation_margin",
+                     "gemmm", "", "f32"]),
+    st.one_of(st.dictionaries(st.sampled_from(["f32", "f16", "bf16", "f64", "fp8", ""]),
+                              st.one_of(st.dictionaries(FIELD, SCALAR, max_size=5), SCALAR),
+                              max_size=3), SCALAR),
+    max_size=3)
+
+
+@FUZZ
+@given(content=st.one_of(TOLERANCE_TABLES.map(_tolerance_text), st.text(max_size=40),
+                         st.binary(max_size=40)))
+def test_fuzzed_tolerance_files(policy_dir, content: str | bytes) -> None:
+    from conformance.judge import TolerancePolicy
+    from conformance.plugin.options import checked
+
+    path = policy_dir / "overlay.toml"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    try:
+        policy = TolerancePolicy.load(path)
+    except (ValueError, FileNotFoundError) as e:
+        event("refused")
+        assert f"tolerance file {path}: " in str(e) and "\n" not in str(e), str(e)
+        with pytest.raises(pytest.UsageError, match=f"^--tolerances {path}: "):
+            checked({**SUITE_DEFAULTS, "--tolerances": str(path)}, {})
+        return
+    event("accepted")
+    shipped = TolerancePolicy.load().table
+    for check, per in policy.table.items():  # every entry is usable in its kind
+        for dtype in per:
+            if set(shipped[check][dtype]) <= {"k", "floor"}:
+                policy.calibrated(check, dtype)
+            else:
+                policy.get(check, dtype)
+
+
+DEFECT_FIELDS = st.sampled_from(["id", "device", "kind", "nodeid", "reason", "evidence",
+                                 "envelope", "applies_to", "strict", "derivation", "builds",
+                                 "build", "key", "name", "devices", "ids"])
+DEFECT_VALUES = st.one_of(
+    SCALAR, st.sampled_from(["x", "cpu", "*", "crash", "accuracy", "each", "any",
+                             "pypi:0.1.0", "exports:0123456789abcdef", "libs:zz"]),
+    st.lists(st.sampled_from(["a", "pypi:0.1.0", "git:1234567", ""]), max_size=2),
+    st.dictionaries(st.sampled_from(["atol", "nmse", "nonfinite", "direction", "x"]), SCALAR,
+                    max_size=2))
+ENTRY = st.dictionaries(DEFECT_FIELDS, DEFECT_VALUES, max_size=8)
+
+
+def _defect_text(sections: dict[str, list[dict]]) -> str:
+    out = []
+    for name, entries in sections.items():
+        for e in entries:
+            out.append(f"[[{_key(name)}]]")
+            out += [f"{_key(k)} = {_toml_value(v)}" for k, v in e.items()]
+    return "\n".join(out) + "\n"
+
+
+@FUZZ
+@given(content=st.one_of(
+    st.dictionaries(st.sampled_from(["defect", "build", "defects"]),
+                    st.lists(ENTRY, max_size=3), max_size=2).map(_defect_text),
+    st.text(max_size=40)))
+def test_fuzzed_defect_tables(policy_dir, content: str) -> None:
+    from conformance.plugin import defects
+    from infinilm_models.runtime.capabilities import BuildIdentity
+
+    path = policy_dir / "defects.toml"
+    path.write_text(content)
+    try:
+        chosen, tables = defects.stack([path], BuildIdentity(key="pypi:0.1.0", label="x"),
+                                       "cpu")
+    except pytest.UsageError as e:
+        event("refused")
+        assert str(e).startswith(f"--known-defects {path}: ") and "\n" not in str(e), str(e)
+        return
+    event("accepted")
+    assert len(tables) == 1 and all(d.id for d in chosen)

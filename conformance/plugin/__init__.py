@@ -26,6 +26,7 @@ from . import (
     bringup,
     defects,
     narrowing,
+    options,
     recording,
     session,
     supervisor,
@@ -42,6 +43,10 @@ _controller: pytest.Config | None = None
 # its own pytest_configure.
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if not getattr(config.option, "help", False):
+        # First: a bad option or policy file is one line, before torch loads (seconds),
+        # before any check runs and before the run directory exists.
+        options.validate(config)
     try:
         # torch before InfiniCore: on NVIDIA, libinfiniop pulls the system CUDA toolkit's
         # libcublas/libcudart; loaded first, their sonames shadow torch's own CUDA wheels and

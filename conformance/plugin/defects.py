@@ -32,6 +32,7 @@ exports: (its C API) or libs: (its libraries' bytes).
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -130,12 +131,18 @@ def _build_keys(where: str, value: Any) -> tuple[str, ...]:
     return tuple(keys)
 
 
+DEFECT_FIELDS = ("id", "device", "kind", "nodeid", "reason", "evidence", "envelope",
+                 "applies_to", "strict", "derivation", "builds")
+BUILD_FIELDS = ("key", "name", "devices")
+_TEXT_FIELDS = ("id", "device", "kind", "reason", "evidence", "derivation", "strict", "name")
+
+
 def load_builds(path: Path) -> list[SeenBuild]:
     """The `[[build]]` table: the builds this file was checked against, per device."""
     doc = _read(path)
     out = []
     for i, b in enumerate(doc.get("build", [])):
-        where = f"{path}: build #{i + 1}"
+        where = f"--known-defects {path}: build #{i + 1}"
         missing = {"key", "name", "devices"} - set(b)
         if missing:
             raise pytest.UsageError(f"{where} lacks {sorted(missing)}")
@@ -146,11 +153,59 @@ def load_builds(path: Path) -> list[SeenBuild]:
 
 
 def _read(path: Path) -> dict:
+    """The file's TOML, checked for what it may hold: a misspelled section or field is an
+    error naming the file and the key, never silently ignored."""
+    path = Path(path)
+    if path.exists() and not path.is_file():  # a directory, or a pipe that would block
+        raise pytest.UsageError(f"--known-defects {path}: not a regular file")
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise pytest.UsageError(f"--known-defects {path}: {e}") from None
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise pytest.UsageError(f"--known-defects {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise pytest.UsageError(f"--known-defects {path}: not valid TOML: {e}") from None
+    _check_shape(path, doc)
+    return doc
+
+
+def _check_shape(path: Path, doc: dict) -> None:
+    for section, value in doc.items():
+        if section not in ("defect", "build"):
+            raise pytest.UsageError(f"--known-defects {path}: [{section}]: no such section "
+                                    "(a table holds [[defect]] and [[build]] entries)")
+        if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+            raise pytest.UsageError(f"--known-defects {path}: {section}: expected "
+                                    f"[[{section}]] entries, got {value!r}"[:300])
+    ids: set[str] = set()
+    for section, fields in (("defect", DEFECT_FIELDS), ("build", BUILD_FIELDS)):
+        for i, e in enumerate(doc.get(section, [])):
+            label = repr(e["id"]) if section == "defect" and "id" in e else f"#{i + 1}"
+            where = f"--known-defects {path}: {section} {label}"
+            for name, value in e.items():
+                if name not in fields:
+                    raise pytest.UsageError(f"{where}: {name}: no such field (known: "
+                                            f"{', '.join(fields)})")
+                if name in _TEXT_FIELDS and not (isinstance(value, str) and value.strip()):
+                    raise pytest.UsageError(f"{where}: {name} = {value!r}: expected a "
+                                            "non-empty string")
+                if name in ("nodeid", "applies_to", "devices") and not _texts(value):
+                    raise pytest.UsageError(f"{where}: {name} = {value!r}: expected a string "
+                                            "or a non-empty list of strings")
+                if name == "envelope" and not isinstance(value, dict):
+                    raise pytest.UsageError(f"{where}: envelope = {value!r}: expected a table")
+            if section == "defect" and isinstance(e.get("id"), str):
+                if e["id"] in ids:
+                    raise pytest.UsageError(f"{where}: the id is given twice in this table "
+                                            "(a later table replaces an id, not the same one)")
+                ids.add(e["id"])
+
+
+def _texts(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, str) and v.strip() for v in value)
 
 
 def load(path: Path) -> list[KnownDefect]:
@@ -158,7 +213,7 @@ def load(path: Path) -> list[KnownDefect]:
     entries = _read(path).get("defect", [])
     out = []
     for i, e in enumerate(entries):
-        where = f"{path}: defect {e.get('id', f'#{i}')!r}"
+        where = f"--known-defects {path}: defect {e.get('id', f'#{i + 1}')!r}"
         missing = {"id", "device", "kind", "nodeid", "reason", "evidence"} - set(e)
         if missing:
             raise pytest.UsageError(f"{where} lacks {sorted(missing)}")
@@ -169,6 +224,15 @@ def load(path: Path) -> list[KnownDefect]:
                    and not k.startswith("floor.")}
         if unknown:
             raise pytest.UsageError(f"{where}: unknown envelope keys {sorted(unknown)}")
+        for k, v in envelope.items():
+            if k == "direction" and isinstance(v, str):
+                continue
+            if k == "nonfinite" and isinstance(v, bool):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not math.isfinite(v) or v < 0:
+                raise pytest.UsageError(f"{where}: envelope {k} = {v!r}: expected a finite "
+                                        "number >= 0")
         if e["kind"] != "crash" and not envelope:
             raise pytest.UsageError(f"{where}: an {e['kind']} defect needs an envelope (the "
                                     "deviation it explains)")

@@ -16,10 +16,29 @@ from pathlib import Path
 
 from conformance.record import RecordError, RunRecord, results_path
 from conformance.results import atomic_write_text
+from infinilm_models.arguments import OneLineParser, float_in, int_at_least, nonempty
+
+
+def _out_path(value: str) -> Path:
+    """A file to write: not empty, not an existing directory."""
+    path = Path(nonempty(value))
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory, not a file")
+    return path
+
+
+def _window(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in value.split(","))
+    except ValueError:
+        w = h = 0
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected WIDTH,HEIGHT, positive integers")
+    return w, h
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="infinilm-conformance",
         description="Reports of the InfiniCore LLaMA conformance suite, from the "
                     "results.json of each run (schema: conformance/report/SCHEMA.md).",
@@ -29,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="render RUN/index.html from RUN/results.json",
                        description="Render the self-contained HTML report of a run (pytest "
                                    "already does this at the end of every run).")
-    r.add_argument("run", help="run directory (e.g. reports/latest) or its results.json")
-    r.add_argument("-o", "--output", type=Path, help="HTML file (default: RUN/index.html)")
+    r.add_argument("run", type=nonempty,
+                   help="run directory (e.g. reports/latest) or its results.json")
+    r.add_argument("-o", "--output", type=_out_path, help="HTML file (default: RUN/index.html)")
     r.add_argument("--no-plots", action="store_true", help="skip the per-layer plots")
 
     c = sub.add_parser("compare", help="a run against a baseline run",
@@ -43,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "same suite, device, build and machine in the baseline "
                                    "store, which is then brought up to date (see "
                                    "conformance/report/baselines.py).")
-    c.add_argument("run", help="run directory or results.json; or a job folder "
+    c.add_argument("run", type=nonempty, help="run directory or results.json; or a job folder "
                                "(reports/<job>/): each of its runs")
     c.add_argument("baseline", nargs="?", default=None,
                    help="baseline run directory or results.json (or use --baseline)")
@@ -57,36 +77,39 @@ def _parser() -> argparse.ArgumentParser:
                    help="the store key's suite (default: the run's job name, else 'default')")
     c.add_argument("--no-record", action="store_true",
                    help="with last-green: compare only, store nothing")
-    c.add_argument("--factor", type=float, default=2.0,
+    c.add_argument("--factor", type=float_in(1.0), default=2.0,
                    help="report error metrics of the comparisons (nmse, max_abs, mean_abs, "
                         "max_ulp, kl, rel_delta; ours, not transformers' reference_*) that "
                         "grew by more than this factor (default 2)")
-    c.add_argument("--ignore-param", action="append", default=[], metavar="NAME",
+    c.add_argument("--ignore-param", action="append", default=[], metavar="NAME", type=nonempty,
                    help="match checks ignoring this parameter, e.g. --ignore-param dtype to "
                         "compare an f32 run with a bf16 run (repeatable)")
-    c.add_argument("--benchmark", metavar="FILE", help="pytest-benchmark JSON of the run "
+    c.add_argument("--benchmark", metavar="FILE", type=nonempty,
+                   help="pytest-benchmark JSON of the run "
                    "(default: results.json 'perf', else RUN/benchmark.json)")
-    c.add_argument("--baseline-benchmark", metavar="FILE",
+    c.add_argument("--baseline-benchmark", metavar="FILE", type=nonempty,
                    help="pytest-benchmark JSON of the baseline (same defaults)")
-    c.add_argument("--perf-tolerance", type=float, default=0.10,
+    c.add_argument("--perf-tolerance", type=float_in(0.0), default=0.10,
                    help="a benchmark is slower when its median exceeds the baseline's by "
                         "more than this fraction (0.10) and the rank test agrees")
-    c.add_argument("--perf-alpha", type=float, default=0.05,
+    c.add_argument("--perf-alpha", type=float_in(0.0), default=0.05,
                    help="level of the one-sided Mann-Whitney U test over the timed rounds "
                         "(0.05)")
     c.add_argument("--perf-any-partition", action="store_true",
                    help="compare benchmarks even of a different device, scale or build")
     c.add_argument("--fail-on-growth", action="store_true",
                    help="also exit 1 when an error grew past --factor")
-    c.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON")
-    c.add_argument("--html", type=Path, metavar="FILE", help="also write it as an HTML page")
-    c.add_argument("--limit", type=int, default=40, help="lines per section printed (40)")
+    c.add_argument("--json", type=_out_path, metavar="FILE",
+                   help="also write the comparison as JSON")
+    c.add_argument("--html", type=_out_path, metavar="FILE", help="also write it as an HTML page")
+    c.add_argument("--limit", type=int_at_least(0), default=40,
+                   help="lines per section printed (40)")
 
     m = sub.add_parser("merge", help="several runs into one scoreboard page",
                        description="Backend x check matrix of several runs (cpu, nvidia, a "
                                    "vendor device...), linking each run's own report.")
-    m.add_argument("runs", nargs="+", help="run directories or results.json files")
-    m.add_argument("-o", "--output", type=Path, required=True,
+    m.add_argument("runs", nargs="+", type=nonempty, help="run directories or results.json files")
+    m.add_argument("-o", "--output", type=lambda v: Path(nonempty(v)), required=True,
                    help="directory for index.html and scoreboard.json")
 
     b = sub.add_parser("baseline", help="show the baseline store, or pin a run's benchmarks",
@@ -118,9 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("screenshot", help="screenshot a report in headless Chromium",
                        description="Render RUN/index.html in headless Chromium and save "
                                    "the top of the page as RUN/index.png.")
-    s.add_argument("run", help="run directory, results.json or an HTML file")
-    s.add_argument("-o", "--output", type=Path, help="PNG file (default: next to the HTML)")
-    s.add_argument("--window-size", default="1400,1800", help="WIDTH,HEIGHT (1400,1800)")
+    s.add_argument("run", type=nonempty, help="run directory, results.json or an HTML file")
+    s.add_argument("-o", "--output", type=_out_path, help="PNG file (default: next to the HTML)")
+    s.add_argument("--window-size", default=(1400, 1800), type=_window,
+                   help="WIDTH,HEIGHT (1400,1800)")
     return p
 
 
@@ -262,10 +286,7 @@ def _screenshot(args) -> int:
     html = src if src.suffix == ".html" else results_path(src).parent / "index.html"
     if not html.is_file():
         raise RecordError(f"{html}: no report here (run `infinilm-conformance report` first)")
-    try:
-        w, h = (int(x) for x in args.window_size.split(","))
-    except ValueError:
-        raise ValueError(f"--window-size {args.window_size!r}: expected WIDTH,HEIGHT") from None
+    w, h = args.window_size
     try:
         print(screenshot(html, args.output or html.with_suffix(".png"), w, h))
     except BrowserError as e:
