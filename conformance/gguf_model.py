@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from . import op_answers
-from .gguf_cases import ATTRS, RENAME, Case, Operand, exportable, outputs_of, runner_command
-from .gguf_cases import write as write_cases
+from .gguf_format import ATTRS, RENAME, Case, Operand, exportable, outputs_of, runner_command
+from .gguf_format import write as write_cases
 
 
 def distinct_calls(model: str, device: str, dtype: str) -> list[dict]:

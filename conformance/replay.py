@@ -128,24 +128,24 @@ def bundle_dir(run_dir: Path, nodeid: str) -> Path:
     return run_dir / "bundles" / slug
 
 
-def write_bundle(run_dir: Path, item, verify) -> str | None:
+def write_bundle(run_dir: Path, item, verify, meta: dict) -> str | None:
     """The failing check's calls and expected outputs; returns the path relative to the
-    run directory, or None when nothing was traced."""
+    run directory, or None when nothing was traced. `meta`: what the bundle says about its
+    check (node id, op, the command rerunning it: the plugin's `bundle_meta`)."""
     trace: Trace = verify.trace
     if not trace.calls:
         return None
     target = bundle_dir(run_dir, item.nodeid)
-    _write(target, trace, verify.expected, bundle_meta(item))
+    _write(target, trace, verify.expected, meta)
     return str(target.relative_to(run_dir))
 
 
-def write_case(folder: Path, item, verify) -> Path | None:
+def write_case(folder: Path, item, verify, op: str) -> Path | None:
     """--infiniop-cases all: a check's infiniop-test case file, `<folder>/<check>.gguf`
-    (a failing check's goes into its bundle)."""
+    (a failing check's goes into its bundle); `op` the check's op."""
     from .gguf_cases import expectations, from_call, write
 
     trace: Trace = verify.trace
-    op = bundle_meta(item)["op"]
     calls = [c for c in trace.calls if _py(c["op"]) == op]
     if not calls or trace.too_large:
         return None
@@ -160,15 +160,6 @@ def _py(c_op: str) -> str:
     from infinilm_models.runtime.ops.specs import BY_NAME
 
     return BY_NAME[c_op].py
-
-
-def bundle_meta(item) -> dict:
-    """What a bundle says about its check: node id, op, and the command rerunning it."""
-    from .plugin.bringup import reproduce_line
-    from .plugin.recording import base_record
-
-    return {"nodeid": item.nodeid, "crashed": False, "op": base_record(item).op,
-            "rerun": reproduce_line(item.config, item)}
 
 
 def _write(target: Path, trace: Trace, expected: dict, meta: dict) -> None:

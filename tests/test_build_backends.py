@@ -27,7 +27,7 @@ from infinilm_models.build.prefix import (
     read_stamp,
 )
 from infinilm_models.build.request import check_backend, make_request
-from infinilm_models.runtime import library
+from infinilm_models.runtime import discovery, library
 
 REPO = Path(__file__).resolve().parents[1]
 RPATH = "'--shflags=-Wl,-rpath,$ORIGIN'"
@@ -129,8 +129,8 @@ def test_hint_builds_every_device_name(tree, name: str, tmp_path: Path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("INFINI_ROOT", raising=False)
     monkeypatch.delenv("INFINILM_BACKEND", raising=False)
-    monkeypatch.setattr(library, "_lib", None)
-    monkeypatch.setattr(library, "_default_backend", None)
+    monkeypatch.setattr(discovery, "_loaded", None)
+    monkeypatch.setattr(discovery, "_default_backend", None)
     library.set_default_backend(name)
     with pytest.raises(library.LibraryNotFound) as info:
         library.find_root()

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from infinilm_models.runtime import Device, library
+from infinilm_models.runtime import Device, discovery, library
 from infinilm_models.runtime.capabilities import (
     DEVICE_TABLES,
     current_build,
@@ -180,7 +180,7 @@ def test_the_suite_refuses_a_name_the_build_does_not_know(
 
     root = current_build().root
     monkeypatch.setenv("INFINI_ROOT", str(root))
-    monkeypatch.setattr(library, "_default_backend", library._default_backend)
+    monkeypatch.setattr(discovery, "_default_backend", discovery._default_backend)
     name = "tpu" if "qy" in device_table(root).codes else "qy"
     config = SimpleNamespace(getoption=lambda opt: f"{name}:0")
     with pytest.raises(pytest.UsageError) as info:

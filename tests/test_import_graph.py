@@ -4,6 +4,7 @@ no module imports a test file (`test_*.py`) or a conftest.py, and the modules of
 
 Every import counts, the lazy ones inside functions included: a circle closed by a lazy
 import still means two modules that cannot be understood (or moved) one without the other.
+Imports under `if TYPE_CHECKING:` (for annotations only, never executed) do not.
 `from package import name` is an edge to the submodule `package.name` where that is a
 module, else to the package itself; a package's __init__ is a module like any other.
 """
@@ -49,7 +50,15 @@ def imported(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
         elif local and f"{local}.{target}" in modules:
             out.add(f"{local}.{target}")
 
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    # `if TYPE_CHECKING:` imports exist for annotations only: they never run, so they
+    # cannot close a circle (the idiom that keeps one from forming)
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)
@@ -67,6 +76,11 @@ def imported(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
                     add(base_name)
     out.discard(name)
     return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def graph() -> dict[str, set[str]]:

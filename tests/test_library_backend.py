@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infinilm_models.build.prefix import default_prefix
-from infinilm_models.runtime import library
+from infinilm_models.runtime import discovery, library
 
 
 @pytest.fixture
@@ -18,8 +18,8 @@ def prefixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("INFINI_ROOT", raising=False)
     monkeypatch.delenv("INFINILM_BACKEND", raising=False)
-    monkeypatch.setattr(library, "_default_backend", None)
-    monkeypatch.setattr(library, "_lib", None)  # as if nothing were loaded yet
+    monkeypatch.setattr(discovery, "_default_backend", None)
+    monkeypatch.setattr(discovery, "_loaded", None)  # as if nothing were loaded yet
     out = {}
     for backend in ("cpu", "nvidia"):
         root = default_prefix(backend)
@@ -65,9 +65,7 @@ def test_missing_build_names_the_backend(prefixes: dict[str, Path],
 
 def test_cannot_switch_after_loading(prefixes: dict[str, Path],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = library.Library(root=prefixes["cpu"], rt=None, op=None, ccl=None,  # type: ignore
-                             build=None)
-    monkeypatch.setattr(library, "_lib", loaded)
+    monkeypatch.setattr(discovery, "_loaded", prefixes["cpu"])
     library.set_default_backend("cpu")  # the same build: fine
     with pytest.raises(RuntimeError, match="already loaded"):
         library.set_default_backend("nvidia")

@@ -106,7 +106,7 @@ def pytest_runtest_call(item: pytest.Item):
     verify = getattr(item, "_infinilm_verify", None)
     if not item.config.getoption("--support"):
         if verify is not None and verify.trace is not None:
-            from ..replay import bundle_meta
+            from .recording import bundle_meta
 
             verify.trace.meta = bundle_meta(item)  # a crash re-run's bundle says it too
         yield
@@ -139,7 +139,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     cases = config.getoption("--infiniop-cases") == "all"
     if verify is None or (target is None and not cases):
         return
-    from .recording import decide
+    from .recording import base_record, decide, reproduce_line
 
     # the status recording will give it (the same decision, made here as well)
     status, message = decide(report, call, verify.comparisons, verify.defect)
@@ -151,7 +151,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if cases and verify.trace is not None and status not in ("failed", "crashed"):
         from ..replay import write_case
 
-        write_case(config._infinilm_run_dir / "infiniop-test", item, verify)
+        write_case(config._infinilm_run_dir / "infiniop-test", item, verify,
+                   base_record(item).op)
 
 
 def _support_verdict(item, report, verify, probe) -> None:
@@ -176,17 +177,6 @@ def _support_verdict(item, report, verify, probe) -> None:
         report.longrepr = (str(item.path), 0, f"Skipped: {UNSUPPORTED_PREFIX}{message}")
     else:
         report.outcome, report.longrepr = "passed", None
-
-
-def reproduce_line(config: pytest.Config, item: pytest.Item) -> str:
-    from ..reproduce import command, context
-    from .recording import base_record
-
-    ctx = getattr(config, "_infinilm_reproduce", None)
-    if ctx is None:
-        ctx = config._infinilm_reproduce = context(config)
-    r = base_record(item)
-    return command(ctx, item.nodeid, r.dtype, r.model)
 
 
 # -- the end of the run (controller) ------------------------------------------------------

@@ -48,6 +48,23 @@ def _op_named(test: str) -> str | None:
     return max(fits, key=len) if fits else None
 
 
+def reproduce_line(config: pytest.Config, item: pytest.Item) -> str:
+    """The full command rerunning `item` as it ran (conformance/reproduce.py)."""
+    from ..reproduce import command, context
+
+    ctx = getattr(config, "_infinilm_reproduce", None)
+    if ctx is None:
+        ctx = config._infinilm_reproduce = context(config)
+    r = base_record(item)
+    return command(ctx, item.nodeid, r.dtype, r.model)
+
+
+def bundle_meta(item: pytest.Item) -> dict:
+    """What a replay bundle says about its check: node id, op, the command rerunning it."""
+    return {"nodeid": item.nodeid, "crashed": False, "op": base_record(item).op,
+            "rerun": reproduce_line(item.config, item)}
+
+
 def _str(v: Any) -> str | None:
     return None if v is None else str(v)
 
@@ -188,7 +205,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if status in ("failed", "crashed") and verify.trace is not None:
             from ..replay import write_bundle
 
-            record.bundle = write_bundle(run_dir, item, verify)
+            record.bundle = write_bundle(run_dir, item, verify, bundle_meta(item))
     if defect is not None and status in ("known_defect", "failed"):
         record.known_defect = DefectRef(**defect.ref())
     append_part(run_dir, item.config._infinilm_worker, record)

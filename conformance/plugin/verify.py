@@ -49,7 +49,9 @@ class Verify:
         self.trace = None  # conformance.replay.Trace of the InfiniCore calls (op checks)
         self.ops_called: set[str] = set()  # C op names this check called (the coverage)
         # --dump-tensors: the layer comparisons with their captures, until the check ends
-        self.keep_captures = request.config.getoption("--dump-tensors", None) is not None
+        # (a Verify made outside a pytest check, by a self-test, has no request: no dump)
+        self.keep_captures = request is not None and \
+            request.config.getoption("--dump-tensors", None) is not None
         self.captures: list = []
 
     # -- recording ------------------------------------------------------------------------

@@ -446,7 +446,7 @@ def remember(build: Build) -> None:
 
 def current_build() -> Build:
     """The build library discovery finds now (INFINI_ROOT, ...), read once per prefix."""
-    from .library import find_root
+    from .discovery import find_root
 
     return build_at(find_root())
 

@@ -6,15 +6,24 @@ This module and its siblings in `runtime/` are the only code that touches ctypes
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from collections.abc import Callable
 from ctypes import POINTER, c_int, c_size_t, c_ssize_t, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..build.prefix import build_command, default_prefix
+from . import discovery
 from .capabilities import CCL_INIT_RANK, GRAPH, Api, Build, InfinicclUniqueId, build_at, remember
+
+# Where a build is looked for (re-exported: the runtime's public names for it)
+from .discovery import (  # noqa: F401
+    LibraryNotFound,
+    candidate_roots,
+    default_backend,
+    find_root,
+    loaded_root,
+    set_default_backend,
+)
 
 STATUS_NAMES = {
     0: "INFINI_STATUS_SUCCESS",
@@ -50,10 +59,6 @@ class InfiniError(RuntimeError):
         return self.status in UNSUPPORTED_STATUSES
 
 
-class LibraryNotFound(RuntimeError):
-    pass
-
-
 class NotExported(InfiniError):
     """The loaded build does not export an op or API function: "unsupported" by this
     build, not a wrong call (a PyPI 0.1.0 build has none of upstream's fused ops)."""
@@ -73,75 +78,6 @@ def check(status: int, call: str, detail: str | Callable[[], str] = "") -> None:
     (costly) description of shapes is only built on failure."""
     if status != 0:
         raise InfiniError(call, status, detail() if callable(detail) else detail)
-
-
-# The backend a program chose (the conformance plugin from --infini-device, the CLI from
-# --device); None: $INFINILM_BACKEND, else cpu. Only the default prefix depends on it.
-_default_backend: str | None = None
-
-
-def set_default_backend(name: str | None) -> None:
-    """Choose the backend whose default prefix (`build.default_prefix`) is searched when
-    INFINI_ROOT is not set: `--infini-device nvidia` then finds the nvidia build without
-    INFINILM_BACKEND. Precedence: INFINI_ROOT > INFINILM_BACKEND > this > "cpu" (the
-    environment is what the user typed last, a program's choice only fills the gap).
-    `None` forgets the choice. After InfiniCore is loaded, choosing a backend that would
-    resolve to another prefix raises RuntimeError: one process holds one build.
-    """
-    global _default_backend
-    if name is not None and (not isinstance(name, str) or not name.isidentifier()):
-        raise ValueError(f"backend name must be a word such as 'cpu' or 'nvidia', got {name!r}")
-    previous = _default_backend
-    _default_backend = name.lower() if name else None
-    if _lib is not None:
-        wanted = candidate_roots()[0][1]
-        if wanted.resolve() != _lib.root.resolve():
-            _default_backend = previous
-            raise RuntimeError(f"InfiniCore is already loaded from {_lib.root}; backend "
-                               f"{name!r} would need {wanted} (one build per process)")
-
-
-def default_backend() -> str:
-    """The backend whose default prefix is searched: $INFINILM_BACKEND, else the one set
-    with `set_default_backend`, else "cpu"."""
-    return os.environ.get("INFINILM_BACKEND") or _default_backend or "cpu"
-
-
-def candidate_roots() -> list[tuple[str, Path]]:
-    """Where we look, in order, with the reason each place is considered."""
-    roots: list[tuple[str, Path]] = []
-    if os.environ.get("INFINI_ROOT"):
-        roots.append(("INFINI_ROOT", Path(os.environ["INFINI_ROOT"]).expanduser()))
-    backend = default_backend()
-    if os.environ.get("INFINILM_BACKEND"):
-        why = f"default prefix for INFINILM_BACKEND={backend}"
-    elif _default_backend:
-        why = f"default prefix for backend {backend!r} (chosen by the device)"
-    else:
-        why = f"default prefix for backend {backend!r}"
-    roots.append((why, default_prefix(backend)))
-    return roots
-
-
-def loaded_root() -> Path | None:
-    """The prefix of the loaded build; None before `load()`."""
-    return _lib.root if _lib is not None else None
-
-
-def find_root() -> Path:
-    looked = []
-    for why, root in candidate_roots():
-        if (root / "lib" / "libinfiniop.so").is_file():
-            return root
-        looked.append(f"  {root}/lib/libinfiniop.so ({why})")
-        if why == "INFINI_ROOT":
-            # An explicit INFINI_ROOT that is wrong must not silently fall back elsewhere.
-            break
-    raise LibraryNotFound(
-        "InfiniCore libraries not found. Looked for:\n" + "\n".join(looked)
-        + f"\nBuild them with {build_command(default_backend())}, or set INFINI_ROOT to an "
-        "existing InfiniCore install prefix."
-    )
 
 
 @dataclass
@@ -313,4 +249,5 @@ def load() -> Library:
             ) from e
         check(rt.infinirtInit(), "infinirtInit")
         _lib = Library(root=root, rt=rt, op=op, ccl=ccl, build=build, ccl_error=ccl_error)
+        discovery.mark_loaded(root)
         return _lib
