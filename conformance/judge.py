@@ -629,7 +629,9 @@ def with_envelope(c: Comparison, envelope: Mapping[str, Any], defect: str) -> Co
         return _explained(c, bool(envelope.get("nonfinite", False)),
                           Bound("limit", defect, metric="non-finite values"), defect)
     if b.kind == "calibrated":
-        k = max(b.k or 0.0, float(envelope.get("k", 0.0)))
+        # per metric ("k.rel_delta", "floor.nmse") where one defect moves metrics of
+        # different scales by different factors
+        k = max(b.k or 0.0, float(envelope.get(f"k.{b.metric}", envelope.get("k", 0.0))))
         # a floor per metric ("floor.rel_delta") where one defect moves metrics of
         # different scales
         floor = max(b.floor or 0.0, float(envelope.get(f"floor.{b.metric}",

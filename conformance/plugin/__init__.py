@@ -172,7 +172,7 @@ def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
     planned.status = "crashed"
     planned.message = str(report.longrepr)[-recording.MESSAGE_LIMIT:]
     planned.crash = Crash(signal=None, exit_code=None, traceback=planned.message)
-    defect = defects.defect_for(config, crashitem)
+    defect = defects.defect_for(config, crashitem, planned.model)
     recording.settle_crash(planned, defect)
     recording.apply_to_report(report, planned.status, planned.message, defect)
     append_part(run_dir, "controller", planned)

@@ -63,6 +63,10 @@ class KnownDefect:
     reason: str
     evidence: str
     envelope: Mapping[str, Any] = field(default_factory=dict)
+    # model (fixture name or checkpoint) -> its own envelope, measured on it: the entry
+    # then explains the listed models' checks only (a number measured on one model never
+    # widens another's bound)
+    envelope_by_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     applies_to: tuple[str, ...] = ("*",)
     strict: str = "each"
     derivation: str = ""
@@ -75,8 +79,18 @@ class KnownDefect:
         if self.kind == "crash":
             object.__setattr__(self, "crash", True)
 
-    def matches(self, nodeid: str) -> bool:
+    def matches(self, nodeid: str, model: str | None = None) -> bool:
+        """Covers the check `nodeid` (of `model`, for an entry with envelopes per model)."""
+        if self.envelope_by_model and model not in self.envelope_by_model:
+            return False
         return any(_matches(p, nodeid) for p in self.checks)
+
+    def for_model(self, model: str | None) -> KnownDefect:
+        """The entry with the envelope measured on `model` (itself without per-model
+        envelopes)."""
+        if not self.envelope_by_model or model not in self.envelope_by_model:
+            return self
+        return replace(self, envelope=dict(self.envelope_by_model[model]))
 
     def applies(self, what: str) -> bool:
         """Does the envelope cover the comparison named `what`?"""
@@ -132,7 +146,7 @@ def _build_keys(where: str, value: Any) -> tuple[str, ...]:
 
 
 DEFECT_FIELDS = ("id", "device", "kind", "nodeid", "reason", "evidence", "envelope",
-                 "applies_to", "strict", "derivation", "builds")
+                 "envelope_by_model", "applies_to", "strict", "derivation", "builds")
 BUILD_FIELDS = ("key", "name", "devices")
 _TEXT_FIELDS = ("id", "device", "kind", "reason", "evidence", "derivation", "strict", "name")
 
@@ -194,6 +208,11 @@ def _check_shape(path: Path, doc: dict) -> None:
                                             "or a non-empty list of strings")
                 if name == "envelope" and not isinstance(value, dict):
                     raise pytest.UsageError(f"{where}: envelope = {value!r}: expected a table")
+                if name == "envelope_by_model" and not (
+                        isinstance(value, dict) and value
+                        and all(isinstance(v, dict) for v in value.values())):
+                    raise pytest.UsageError(f"{where}: envelope_by_model = {value!r}: "
+                                            "expected a table of one envelope per model"[:300])
             if section == "defect" and isinstance(e.get("id"), str):
                 if e["id"] in ids:
                     raise pytest.UsageError(f"{where}: the id is given twice in this table "
@@ -208,6 +227,24 @@ def _texts(value: Any) -> bool:
         isinstance(v, str) and v.strip() for v in value)
 
 
+def _check_envelope(where: str, name: str, envelope: dict) -> None:
+    """Known keys (`floor.<metric>`, `k.<metric>`: per metric of a calibrated bound), and
+    finite numbers >= 0."""
+    unknown = {k for k in envelope if k not in ENVELOPE_KEYS
+               and not k.startswith(("floor.", "k."))}
+    if unknown:
+        raise pytest.UsageError(f"{where}: unknown {name} keys {sorted(unknown)}")
+    for k, v in envelope.items():
+        if k == "direction" and isinstance(v, str):
+            continue
+        if k == "nonfinite" and isinstance(v, bool):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                not math.isfinite(v) or v < 0:
+            raise pytest.UsageError(f"{where}: {name} {k} = {v!r}: expected a finite "
+                                    "number >= 0")
+
+
 def load(path: Path) -> list[KnownDefect]:
     """Parse and validate; a bad file is a usage error naming the file and the entry."""
     entries = _read(path).get("defect", [])
@@ -220,22 +257,16 @@ def load(path: Path) -> list[KnownDefect]:
         if e["kind"] not in KINDS:
             raise pytest.UsageError(f"{where}: kind {e['kind']!r} is not one of {KINDS}")
         envelope = dict(e.get("envelope", {}))
-        unknown = {k for k in envelope if k not in ENVELOPE_KEYS
-                   and not k.startswith("floor.")}
-        if unknown:
-            raise pytest.UsageError(f"{where}: unknown envelope keys {sorted(unknown)}")
-        for k, v in envelope.items():
-            if k == "direction" and isinstance(v, str):
-                continue
-            if k == "nonfinite" and isinstance(v, bool):
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
-                    not math.isfinite(v) or v < 0:
-                raise pytest.UsageError(f"{where}: envelope {k} = {v!r}: expected a finite "
-                                        "number >= 0")
-        if e["kind"] != "crash" and not envelope:
+        by_model = {str(m): dict(env) for m, env in e.get("envelope_by_model", {}).items()}
+        _check_envelope(where, "envelope", envelope)
+        for m, env in by_model.items():
+            _check_envelope(where, f"envelope_by_model.{m}", env)
+        if e["kind"] != "crash" and not envelope and not by_model:
             raise pytest.UsageError(f"{where}: an {e['kind']} defect needs an envelope (the "
                                     "deviation it explains)")
+        if envelope and by_model:
+            raise pytest.UsageError(f"{where}: give envelope or envelope_by_model, not both "
+                                    "(a model without its own envelope is not explained)")
         strict = e.get("strict", "each")
         if strict not in ("each", "any"):
             raise pytest.UsageError(f"{where}: strict must be 'each' or 'any', got {strict!r}")
@@ -244,6 +275,7 @@ def load(path: Path) -> list[KnownDefect]:
         out.append(KnownDefect(
             id=e["id"], device=e["device"], kind=e["kind"], checks=tuple(checks),
             reason=e["reason"], evidence=e["evidence"], envelope=envelope,
+            envelope_by_model=by_model,
             applies_to=tuple(applies if isinstance(applies, list) else [applies]),
             strict=strict, derivation=e.get("derivation", ""),
             builds=_build_keys(where, e["builds"]) if "builds" in e else ()))
@@ -384,11 +416,12 @@ def _short(keys) -> list[str]:
                               k[: k.index(":") + 17] for k in keys))
 
 
-def defect_for(config: pytest.Config, nodeid: str) -> KnownDefect | None:
+def defect_for(config: pytest.Config, nodeid: str, model: str | None = None
+               ) -> KnownDefect | None:
     """The defect covering this check; where several do (an f16 check of a case that has
     a defect of its own on a backend whose f16 conversion has another), one entry whose
     envelope is the union of theirs, so each explains what it explains."""
-    found = [d for d in active(config) if d.matches(nodeid)]
+    found = [d.for_model(model) for d in active(config) if d.matches(nodeid, model)]
     if len(found) <= 1:
         return found[0] if found else None
     return merge(found)

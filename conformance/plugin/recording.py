@@ -178,7 +178,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return
     item._infinilm_recorded = True
     verify: Verify | None = getattr(item, "_infinilm_verify", None)
-    defect = verify.defect if verify else defects.defect_for(item.config, item.nodeid)
+    defect = verify.defect if verify else defects.defect_for(item.config, item.nodeid,
+                                                             base_record(item).model)
     comparisons = verify.comparisons if verify else []
     status, message = decide(report, call, comparisons, defect)
     record = base_record(item)

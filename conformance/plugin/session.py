@@ -72,7 +72,7 @@ def settle_strict_any(run: RunRecord, config: pytest.Config) -> list[CheckRecord
     how = narrowed(config)
     for d in defects.active(config):
         if not d.vouched:
-            ran = [r for r in run.results if d.matches(r.nodeid)
+            ran = [r for r in run.results if d.matches(r.nodeid, r.model)
                    and r.status not in ("not_run", "unsupported")]
             if ran and not any(r.status == "known_defect" for r in ran):
                 run.environment.setdefault("notes", []).append(
@@ -82,7 +82,7 @@ def settle_strict_any(run: RunRecord, config: pytest.Config) -> list[CheckRecord
             continue
         if d.strict != "any":
             continue
-        ran = [r for r in run.results if d.matches(r.nodeid)
+        ran = [r for r in run.results if d.matches(r.nodeid, r.model)
                and r.status not in ("not_run", "unsupported")]
         if ran and not any(r.status == "known_defect" for r in ran) and how:
             run.environment.setdefault("notes", []).append(

@@ -184,7 +184,7 @@ class Supervisor:
         record = base_record(item)
         record.status, record.message, record.crash = "crashed", message, crash
         record.duration_s = round(duration, 4)
-        defect = defects.defect_for(self.config, item.nodeid)
+        defect = defects.defect_for(self.config, item.nodeid, record.model)
         settle_crash(record, defect)
         message = record.message
         if "/ops/" in item.nodeid.replace("\\", "/") and record.status == "crashed":

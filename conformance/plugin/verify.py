@@ -203,7 +203,10 @@ def verify(request: pytest.FixtureRequest, tolerances: judge.TolerancePolicy):
     from .. import fresh
 
     fresh.start_check()
-    v = Verify(request, tolerances, defects.defect_for(request.config, request.node.nodeid))
+    params = getattr(request.node, "callspec", None)
+    model = params.params.get("model_name") if params is not None else None
+    v = Verify(request, tolerances, defects.defect_for(request.config, request.node.nodeid,
+                                                       None if model is None else str(model)))
     request.node._infinilm_verify = v
 
     def called(op, *_args) -> None:  # before each op call, also one the build lacks
