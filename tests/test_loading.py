@@ -650,23 +650,19 @@ def test_single_file_symlinks_inside_and_into_hub_blobs_are_followed(tmp_path: P
 
 
 def test_config_claiming_a_million_layers_gives_a_short_error(tmp_path: Path) -> None:
-    import time
-
+    """(How long the refusal takes is a benchmark: conformance/perf/test_perf_harness.py.)"""
     model_dir = _copy("mha", tmp_path)
     config = json.loads((model_dir / "config.json").read_text())
     config["num_hidden_layers"] = 10**6
     (model_dir / "config.json").write_text(json.dumps(config))
-    t0 = time.perf_counter()
     msg = _error(model_dir)
-    elapsed = time.perf_counter() - t0
     # 9 tensors per layer + embedding, norm, lm_head; the file holds 2 layers' worth.
     missing = 9 * 10**6 + 3 - (9 * 2 + 3)
     assert f"({missing} missing)" in msg
     assert "decoder layers 0..1 (2), the config's num_hidden_layers is 1000000" in msg
     assert "model.layers.2.input_layernorm.weight (64,)" in msg
     assert f"... and {missing - loading.LIST_LIMIT} more" in msg
-    assert len(msg) < 4000, len(msg)  # was 505 MB
-    assert elapsed < 5, elapsed  # was minutes: every name was built and listed
+    assert len(msg) < 4000, len(msg)  # was 505 MB: every name was built and listed
 
 
 def test_long_mismatch_lists_are_capped(tmp_path: Path) -> None:

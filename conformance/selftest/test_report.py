@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -434,13 +433,16 @@ def test_perf_info_and_benchmarks_are_shown(tmp_path):
     assert "bench::decode" in page
 
 
-def test_report_renders_1500_checks_in_seconds(tmp_path):
+def test_report_renders_1500_checks(tmp_path):
+    """A large run renders whole: every check has its anchor. (How long it takes is a
+    benchmark: conformance/perf/test_perf_harness.py.)"""
     run = synthetic_run(scale=120)
     assert len(run.results) > 1400
     _write(run, tmp_path / "run")
-    started = time.perf_counter()
-    render_mod.render_run(tmp_path / "run")
-    assert time.perf_counter() - started < 10
+    page = render_mod.render_run(tmp_path / "run").read_text()
+    assert page.count('id="chk-') >= len([r for r in run.results
+                                          if r.status not in ("passed", "unsupported",
+                                                              "not_run")])
 
 
 # -- atomic writes --------------------------------------------------------------------------
