@@ -84,16 +84,15 @@ def _generation_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import GenerationConfig, generate
     from .models.auto import AutoLlamaModel, model_class
-    from .models.llama.configuration import LlamaConfig
-    from .models.llama.modeling_llama import _max_cache_len
+    from .models.llama.modeling_llama import cache_limit
     from .runtime import Device, library
 
     model_dir = Path(args.model)
     device = Device.parse(args.device)
     # --device nvidia finds the nvidia build without INFINILM_BACKEND (INFINI_ROOT wins).
     library.set_default_backend(device.type)
-    model_class(model_dir)  # an unknown model_type is refused before anything else
-    config = LlamaConfig.from_pretrained(model_dir)
+    # an unknown model_type is refused before anything else
+    config = model_class(model_dir).config_class.from_pretrained(model_dir)
     base = GenerationConfig.from_pretrained(model_dir, config)
     try:
         gen = base.replace(**_generation_overrides(args))
@@ -118,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if beyond:
         raise UsageError(f"token id {beyond[0]} is out of range for this model's vocabulary "
                          f"[0, {config.vocab_size})")
-    cache_len = min(_max_cache_len(args.max_cache_len), config.max_position_embeddings)
+    cache_len = cache_limit(config, args.max_cache_len)
     problem = gen.sampling_problem()
     if problem:
         raise UsageError(f"bad generation argument: {problem}")

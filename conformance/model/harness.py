@@ -1,7 +1,8 @@
 """Model-level comparison machinery: which checkpoints, the three runtimes, captured tensors.
 
 Three runs of the same checkpoint on the same token ids:
-  * golden  – transformers LlamaForCausalLM in float32 on CPU (eager attention);
+  * golden  – transformers' model of the checkpoint's model_type (AutoModelForCausalLM:
+              LlamaForCausalLM, Qwen2ForCausalLM, ...) in float32 on CPU (eager attention);
   * ref     – transformers in the tested dtype, on the tested device where torch has it
               (its error against golden is what that dtype costs a mature implementation);
   * ours    – infinilm_models on InfiniCore in the tested dtype and device.
@@ -24,7 +25,9 @@ from infinilm_models.models.llama.capture import CapturePoint, capture_points
 
 from .reference import Reference, cached
 
-TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
+TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded",
+        # the families sharing LLaMA's blocks and the LLaMA options beyond the first nine
+        "qwen2", "qwen3", "mistral", "bias", "longrope", "dynamic")
 DEFAULT_MODELS = tuple(f"tiny-{n}" for n in TINY) + ("smollm2",)
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
 
@@ -80,12 +83,30 @@ def reference(path: str, dtype: str, device: str) -> Reference:
 
 @functools.lru_cache(maxsize=4)
 def hf_model(path: str, dtype: str, device: str):
+    """transformers' class for the checkpoint's model_type (eager attention: the reference
+    computation, no fused kernel of its own)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, TORCH_DTYPES[dtype]), attn_implementation="eager")
     return model.to(device).eval()
+
+
+def reset_rope_state(model) -> None:
+    """Put a model's RoPE frequencies back to their state at load, on either side. Dynamic
+    RoPE keeps the frequencies of the longest forward so far (transformers' state machine,
+    which ours follows), so a computation that passes max_position_embeddings depends on
+    what ran before it; the checks that do start both sides from the loaded state."""
+    if isinstance(model, Reference):
+        model = model.model
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is not None and hasattr(rotary, "original_inv_freq"):  # transformers
+        rotary.inv_freq = rotary.original_inv_freq.clone()
+        rotary.max_seq_len_cached = rotary.original_max_seq_len
+    for rank in getattr(model, "ranks", [model]):  # ours, one model or a parallel one
+        if hasattr(rank, "rotary_emb"):
+            rank.rotary_emb.reset()
 
 
 @functools.lru_cache(maxsize=6)  # fused and plain of three dtypes
