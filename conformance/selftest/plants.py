@@ -25,6 +25,9 @@ defects (must fail, naming the op, and at model level the layer and sub-module):
   embedding_next_row     the embedding op returns the next row of the table (upstream)
   nan_rms_norm_7th       the 7th rms_norm call of a process writes a NaN (layer 3's input
                          norm in the first forward)
+  cache_slot_past_256    the KV cache writes the tokens from position 256 on one slot early
+                         (a block table off by one past its first 256-position block):
+                         only a check that decodes past 256 positions can see it
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import pytest
 PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "gemm_bf16_ulp",
           "add_tail16", "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
-          "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th")
+          "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th",
+          "cache_slot_past_256")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -202,6 +206,14 @@ def install(name: str) -> None:
             picked = np.minimum(ids.numpy().reshape(-1) + 1, table.shape[0] - 1)
             _store(out, table[picked].reshape(out.shape))
         wrap("embedding", next_row)
+    elif name == "cache_slot_past_256":
+        from infinilm_models.models.llama.kv_cache import KVCache
+
+        slot = KVCache.slot
+
+        def past_256(self, layer, start, seq):
+            return slot(self, layer, start - 1 if start >= 256 else start, seq)
+        KVCache.slot = past_256
     elif name == "gemm_segfault_batched":
         from infinilm_models.runtime import Tensor
 

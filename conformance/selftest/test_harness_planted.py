@@ -245,3 +245,20 @@ def test_checkpoint_with_a_nan_weight_is_an_error_naming_the_tensor(tmp_path):
     assert doc["results"] and all(r["status"] == "error" for r in doc["results"])
     assert all("model.layers.1.mlp.down_proj.weight" in r["message"] for r in doc["results"])
     assert (run / "index.html").is_file()
+
+
+def test_a_defect_past_position_256_fails_only_the_long_horizon_check(tmp_path):
+    """A KV cache that writes the tokens from position 256 on one slot early: every model
+    check of the fixture passes (none decodes that far), the long-horizon check fails and
+    names the first step past the boundary, position 256, in layer 0."""
+    status, doc, _ = suite(tmp_path, "cache_slot_past_256", "conformance/model", "--model",
+                           "tiny-qwen2", "--dtype", "f32")
+    assert status == 1
+    long = [r for r in doc["results"] if r["check"] == "model_long_horizon"]
+    assert len(long) == 1 and long[0]["status"] == "failed", long
+    others = [r for r in doc["results"] if r["check"] != "model_long_horizon"]
+    wrong = bad({"results": others})
+    assert len(others) >= 15 and not wrong, [(r["nodeid"], r["status"]) for r in wrong]
+    first = locs(doc, "model_long_horizon")[0]
+    assert (first["phase"], first["step"], first["layer"]) == ("decode", 256, 0), \
+        first["description"]
