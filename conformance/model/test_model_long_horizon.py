@@ -90,10 +90,10 @@ def chunks(prefix: int, stop: int) -> list[tuple[int, int]]:
 
 
 def our_teacher_forced(model, ids: np.ndarray, prefix: int, stop: int | None = None,
-                       capture_last: bool = False):
+                       capture_last: bool = False, inject: dict | None = None):
     """Ours through the KV cache: logits per step [batch, steps, vocab] for the tokens
     before position `stop` (default all); `capture_last`: instead, the captures of the
-    last step (caches included)."""
+    last step (caches included), with `inject` replacing its capture points."""
     reset_rope_state(model)
     batch, n = ids.shape
     parts = chunks(prefix, n if stop is None else stop)
@@ -101,7 +101,7 @@ def our_teacher_forced(model, ids: np.ndarray, prefix: int, stop: int | None = N
     rows = []
     for k, (a, b) in enumerate(parts):
         if capture_last and k == len(parts) - 1:
-            return our_capture(model, ids[:, a:b], cache=cache)
+            return our_capture(model, ids[:, a:b], cache=cache, inject=inject)
         rows.append(model.forward(ids[:, a:b], cache=cache).numpy()[:, -1].astype(np.float64))
     return np.stack(rows, axis=1)
 
@@ -162,18 +162,25 @@ def localize(verify, tolerances, dtype: str, golden_m, ref_m, ours_m, ids: np.nd
 
     parts = chunks(PREFIX, stop)
     theirs = {}
-    for name, m in (("golden", golden_m), ("ref", ref_m)):
-        if name == "ref" and ref_m is golden_m:
-            theirs["ref"] = theirs["golden"]
+    # isolated: the last step's sub-modules fed the golden's values (each side's own cache)
+    for name, m, iso in (("golden", golden_m, False), ("ref", ref_m, False),
+                         ("ref_iso", ref_m, True)):
+        if m is golden_m and name != "golden":
+            theirs[name] = theirs["golden"]
             continue
         reset_rope_state(m)
         cache = DynamicCache()
-        for a, b in parts:
-            theirs[name] = hf_capture(m, ids[:, a:b], cache=cache)
+        for k, (a, b) in enumerate(parts):
+            last = k == len(parts) - 1
+            theirs[name] = hf_capture(m, ids[:, a:b], cache=cache,
+                                      inject=theirs["golden"] if iso and last else None)
     ours = our_teacher_forced(ours_m, ids, PREFIX, stop, capture_last=True)
+    ours_iso = our_teacher_forced(ours_m, ids, PREFIX, stop, capture_last=True,
+                                  inject=theirs["golden"])
     _, _, locs = compare_capture(
         points_of(ours_m), ours=ours, ref=theirs["ref"], golden=theirs["golden"],
-        ours_iso=None, ref_iso=None, cal=tolerances.calibrated("model_activations", dtype),
+        ours_iso=ours_iso, ref_iso=theirs["ref_iso"],
+        cal=tolerances.calibrated("model_activations", dtype),
         gate=tolerances.calibrated("model_activations_gate", dtype),
         phase="decode" if len(parts) > 1 else "prefill", step=stop - 1)
     for loc in locs:
