@@ -20,7 +20,11 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from infinilm_models import AutoLlamaModel
-from infinilm_models.models.llama.configuration import ConfigError, LlamaConfig
+from infinilm_models.models.llama.configuration import (
+    SUPPORTED_ROPE_TYPES,
+    ConfigError,
+    LlamaConfig,
+)
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -96,8 +100,9 @@ def _names_a_changed_field(message: str, keys: list[str]) -> bool:
 def _check_valid(c: LlamaConfig) -> None:
     assert c.num_attention_heads % c.num_key_value_heads == 0
     assert c.head_dim % 2 == 0 and c.head_dim > 0
-    assert len(c.expected_weight_shapes()) == 9 * c.num_hidden_layers + 3
-    assert c.rope_type in ("default", "linear", "llama3")
+    per_layer = 9 + 3 * c.qkv_bias + c.o_bias + 3 * c.mlp_bias
+    assert len(c.expected_weight_shapes()) == per_layer * c.num_hidden_layers + 3
+    assert c.rope_type in SUPPORTED_ROPE_TYPES
     assert LlamaConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     hash(c)
 

@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from infinilm_fixtures.tiny import VARIANTS, ensure
-from infinilm_models.models.llama import loading
 from infinilm_models.models.auto import load_config
+from infinilm_models.models.llama import loading
 from infinilm_models.models.llama.configuration import LlamaConfig
 from infinilm_models.models.llama.loading import CheckpointError, load_state_dict, weights_files
 
