@@ -457,7 +457,47 @@ ROPE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("llama3.2-1b-new", cfg(head_dim=64, max_position_embeddings=131072, rope_parameters={
         "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192, "rope_theta": 500000.0})),
+    ("dynamic", cfg(head_dim=16, max_position_embeddings=64,
+                    rope_scaling={"type": "dynamic", "factor": 2.0})),
+    ("yarn", cfg(head_dim=32, max_position_embeddings=256, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+        "rope_theta": 1e4})),
+    ("yarn-mscale-beta-notruncate", cfg(head_dim=128, max_position_embeddings=4096,
+                                        rope_scaling={
+        "rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+        "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 16, "beta_slow": 2,
+        "truncate": False})),
+    ("yarn-attention-factor", cfg(head_dim=16, max_position_embeddings=1024, rope_scaling={
+        "rope_type": "yarn", "factor": 8.0, "attention_factor": 0.75})),
+    ("longrope", cfg(head_dim=16, max_position_embeddings=256, rope_scaling=dict(
+        VARIANTS["longrope"].rope_scaling))),
+    ("longrope-no-factor", cfg(head_dim=8, max_position_embeddings=4096, rope_parameters={
+        "rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0],
+        "long_factor": [1.0, 2.0, 4.0, 8.0], "original_max_position_embeddings": 1024,
+        "rope_theta": 1e4})),
 ]
+
+
+@pytest.mark.parametrize("d", [d for _, d in ROPE_CASES], ids=[i for i, _ in ROPE_CASES])
+def test_rope_inv_freq_is_bit_equal_to_transformers(d: dict[str, Any]) -> None:
+    """Every type, computed as transformers computes it in float32, step by step; dynamic
+    and longrope also for forwards past their original length."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from infinilm_models.models.llama.rope import attention_factor, inv_freq
+
+    ours = LlamaConfig.from_dict(d)
+    hf = _hf_config(d)
+    rotary = LlamaRotaryEmbedding(config=hf)
+    assert np.array_equal(inv_freq(ours), rotary.inv_freq.numpy())
+    assert attention_factor(ours) == rotary.attention_scaling
+    if ours.rope_type in ("dynamic", "longrope"):
+        for length in (65, 300, 5000):
+            seq = torch.tensor(length) if ours.rope_type == "dynamic" else length
+            ref, _ = ROPE_INIT_FUNCTIONS[ours.rope_type](hf, None, seq_len=seq)
+            assert np.array_equal(inv_freq(ours, length), ref.numpy()), length
 
 
 @pytest.mark.parametrize("d", [d for _, d in ROPE_CASES], ids=[i for i, _ in ROPE_CASES])
