@@ -118,6 +118,30 @@ def test_cached_decoding_agrees_with_transformers(name: str) -> None:
     assert nmse(our_decode(m, ids, 10), hf_decode(ref, ids, 10)) < F32_NMSE
 
 
+def test_left_padded_batch_with_a_window_generates_like_transformers() -> None:
+    """Prompts of 13 and 4 tokens left-padded to one batch, past the window of 8 in the
+    prefill and in decoding: padding and the window masked together (transformers counts
+    the window in cache positions, padding included, and so do we)."""
+    import torch
+
+    path = resolve_model("tiny-mistral")
+    m, ref = ours(path), hf(path)
+    prompts = [list(range(20, 33)), [5, 6, 7, 8]]
+    ids = np.zeros((2, 13), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, 13 - len(p):], mask[b, 13 - len(p):] = p, 1
+    got = generate(m, prompts, max_new_tokens=10, eos_token_ids=()).tokens
+    with torch.inference_mode():
+        want = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                            max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                            pad_token_id=0)[:, 13:].numpy()
+        logits = ref(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits[:, -1]
+    np.testing.assert_array_equal(got, want)  # token ids: integers
+    assert nmse(m.forward(ids, attention_mask=mask).numpy()[:, -1],
+                logits.double().numpy()) < F32_NMSE
+
+
 def test_fixed_decode_step_of_every_family_equals_the_plain_one() -> None:
     """The fixed-shape step (the captured graph's, eager on the CPU): the window's own
     mask, biases and q/k norms included."""
