@@ -100,8 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .files import present
     from .generation import GenerationConfig, generate
     from .models.auto import AutoLlamaModel, model_class
-    from .models.llama.configuration import LlamaConfig
-    from .models.llama.modeling_llama import _max_cache_len
+    from .models.llama.modeling_llama import cache_limit
     from .runtime import Device, library
     from .runtime.device import backend_of
 
@@ -111,8 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if backend_of(args.device) is not None:
         library.set_default_backend(backend_of(args.device))
     device = Device.parse(args.device)
-    model_class(model_dir)  # an unknown model_type is refused before anything else
-    config = LlamaConfig.from_pretrained(model_dir)
+    # an unknown model_type is refused before anything else
+    config = model_class(model_dir).config_class.from_pretrained(model_dir)
     base = GenerationConfig.from_pretrained(model_dir, config)
     try:
         gen = base.replace(**_generation_overrides(args))
@@ -139,7 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if beyond:
         raise UsageError(f"token id {beyond[0]} is out of range for this model's vocabulary "
                          f"[0, {config.vocab_size})")
-    cache_len = min(_max_cache_len(args.max_cache_len), config.max_position_embeddings)
+    cache_len = cache_limit(config, args.max_cache_len)
     problem = gen.sampling_problem()
     if problem:
         raise UsageError(f"bad generation argument: {problem}")

@@ -58,8 +58,9 @@ def test_prompt_with_tokenizer_prints_text(tmp_path: Path) -> None:
     assert "3 new tokens" in out.stderr  # the statistics line
 
 
-def _attention_bias(d: Path) -> None:
-    edit_json(d / "config.json", lambda c: c.update(attention_bias=True))
+def _unsupported_rope(d: Path) -> None:
+    edit_json(d / "config.json", lambda c: c.update(
+        rope_scaling={"rope_type": "proportional", "factor": 2.0}))
 
 
 def _truncate(d: Path) -> None:
@@ -73,7 +74,8 @@ def _nan(d: Path) -> None:
 
 # (id, how the directory is damaged, extra CLI arguments, what the one line must say)
 CASES: list[tuple[str, Callable[[Path], None] | None, list[str], list[str]]] = [
-    ("attention-bias", _attention_bias, [], ["config.json: attention_bias (True)"]),
+    ("unsupported-rope", _unsupported_rope, [],
+     ["config.json: rope_scaling.rope_type ('proportional') is not supported"]),
     ("truncated-weights", _truncate, [], ["model.safetensors: not a valid safetensors file"]),
     ("missing-tensor", lambda d: retensor(d, lambda t: t.pop("model.norm.weight")), [],
      ["checkpoint does not match the model (1 missing)", "model.norm.weight (64,)"]),
@@ -124,9 +126,9 @@ def test_config_is_read_before_the_tokenizer(tmp_path: Path) -> None:
     assert out.stderr == (f"error: {tmp_path / 'nonexistent' / 'config.json'}: not found "
                           f"(is {tmp_path / 'nonexistent'} a model directory?)\n")
     model_dir = copy_fixture(tmp_path, tokenizer=False)
-    _attention_bias(model_dir)
+    _unsupported_rope(model_dir)
     out = run_cli("--model", model_dir, "--prompt", "hi")
-    assert out.returncode == 2 and "attention_bias" in out.stderr
+    assert out.returncode == 2 and "rope_type ('proportional')" in out.stderr
 
 
 def test_prompt_without_tokenizer_says_what_to_do(tmp_path: Path) -> None:

@@ -98,23 +98,49 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], list[str]]] = [
      ["rope_theta (-1.0)"]),
     ("hidden-act-gelu", cfg(hidden_act="gelu"), ["hidden_act ('gelu')", "'silu'"]),
     ("hidden-act-swish", cfg(hidden_act="swish"), ["hidden_act ('swish')", "'silu'"]),
-    ("attention-bias-true", cfg(attention_bias=True), ["attention_bias (True)", "not supported"]),
-    ("mlp-bias-true", cfg(mlp_bias=True), ["mlp_bias (True)", "not supported"]),
     ("attention-bias-not-bool", cfg(attention_bias="false"), ["attention_bias ('false')"]),
-    ("rope-type-yarn",
-     cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                       "original_max_position_embeddings": 2048}),
-     ["rope_type ('yarn')", "'default'", "'linear'", "'llama3'"]),
-    ("rope-type-dynamic-old-key", cfg(rope_scaling={"type": "dynamic", "factor": 2.0}),
-     ["rope_type ('dynamic')", "'llama3'"]),
-    ("rope-type-longrope-params",
+    ("mlp-bias-not-bool", cfg(mlp_bias=1), ["mlp_bias (1)"]),
+    # transformers has RoPE types LLaMA's modeling never uses (Gemma's proportional, ...)
+    ("rope-type-proportional",
+     cfg(rope_scaling={"rope_type": "proportional", "factor": 4.0}),
+     ["rope_type ('proportional')", "'default'", "'dynamic'", "'yarn'", "'longrope'",
+      "'llama3'"]),
+    ("rope-type-old-key-unknown", cfg(rope_scaling={"type": "su", "factor": 2.0}),
+     ["rope_type ('su')", "'longrope'"]),
+    ("longrope-missing-factors",
      cfg(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
-     ["rope_parameters.rope_type ('longrope')", "'llama3'"]),
+     ["rope_parameters.short_factor", "missing", "short_factor, long_factor"]),
+    ("longrope-factors-wrong-length",
+     cfg(rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 8,
+                       "long_factor": [1.0] * 7, "original_max_position_embeddings": 64}),
+     ["rope_scaling.long_factor has 7 entries", "head_dim / 2 = 8"]),
+    ("longrope-factor-not-positive",
+     cfg(rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 7 + [0.0],
+                       "long_factor": [1.0] * 8}),
+     ["rope_scaling.short_factor[7] (0.0)"]),
+    ("longrope-factor-not-list",
+     cfg(rope_scaling={"rope_type": "longrope", "short_factor": 2.0, "long_factor": [1.0] * 8}),
+     ["rope_scaling.short_factor (2.0)", "list"]),
+    ("yarn-missing-factor",
+     cfg(rope_scaling={"rope_type": "yarn", "original_max_position_embeddings": 64}),
+     ["rope_scaling.factor", "missing"]),
+    ("yarn-attention-factor-negative",
+     cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0, "attention_factor": -1.0}),
+     ["rope_scaling.attention_factor (-1.0)"]),
+    ("yarn-truncate-not-bool",
+     cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0, "truncate": "no"}),
+     ["rope_scaling.truncate ('no')"]),
+    ("yarn-beta-nan",
+     cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": math.nan}),
+     ["rope_scaling.beta_fast (nan)"]),
+    ("dynamic-factor-zero", cfg(rope_scaling={"rope_type": "dynamic", "factor": 0}),
+     ["rope_scaling.factor (0)"]),
+    ("dynamic-factor-missing", cfg(rope_scaling={"type": "dynamic"}),
+     ["rope_scaling.factor", "missing"]),
     *[
         (f"llama3-missing-{key}", cfg(rope_scaling=llama3_without(key)),
          [f"rope_scaling.{key}", "missing"])
-        for key in ("factor", "low_freq_factor", "high_freq_factor",
-                    "original_max_position_embeddings")
+        for key in ("factor", "low_freq_factor", "high_freq_factor")
     ],
     ("llama3-missing-in-params",
      cfg(rope_parameters={**llama3_without("high_freq_factor"), "rope_theta": 5e5}),
@@ -203,8 +229,8 @@ def test_direct_construction_is_validated_too() -> None:
     kwargs = dict(BASE)
     with pytest.raises(ConfigError, match=r"hidden_act \('relu'\)"):
         LlamaConfig(**kwargs, hidden_act="relu")
-    with pytest.raises(ConfigError, match=r"rope_type \('yarn'\)"):
-        LlamaConfig(**kwargs, rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ConfigError, match=r"rope_type \('proportional'\)"):
+        LlamaConfig(**kwargs, rope_scaling={"rope_type": "proportional", "factor": 2.0})
     c = LlamaConfig(**kwargs, rope_scaling={"type": "linear", "factor": 2, "extra": 1})
     assert dict(c.rope_scaling) == {"rope_type": "linear", "factor": 2.0}
 
@@ -431,7 +457,47 @@ ROPE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("llama3.2-1b-new", cfg(head_dim=64, max_position_embeddings=131072, rope_parameters={
         "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192, "rope_theta": 500000.0})),
+    ("dynamic", cfg(head_dim=16, max_position_embeddings=64,
+                    rope_scaling={"type": "dynamic", "factor": 2.0})),
+    ("yarn", cfg(head_dim=32, max_position_embeddings=256, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+        "rope_theta": 1e4})),
+    ("yarn-mscale-beta-notruncate", cfg(head_dim=128, max_position_embeddings=4096,
+                                        rope_scaling={
+        "rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+        "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 16, "beta_slow": 2,
+        "truncate": False})),
+    ("yarn-attention-factor", cfg(head_dim=16, max_position_embeddings=1024, rope_scaling={
+        "rope_type": "yarn", "factor": 8.0, "attention_factor": 0.75})),
+    ("longrope", cfg(head_dim=16, max_position_embeddings=256, rope_scaling=dict(
+        VARIANTS["longrope"].rope_scaling))),
+    ("longrope-no-factor", cfg(head_dim=8, max_position_embeddings=4096, rope_parameters={
+        "rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0],
+        "long_factor": [1.0, 2.0, 4.0, 8.0], "original_max_position_embeddings": 1024,
+        "rope_theta": 1e4})),
 ]
+
+
+@pytest.mark.parametrize("d", [d for _, d in ROPE_CASES], ids=[i for i, _ in ROPE_CASES])
+def test_rope_inv_freq_is_bit_equal_to_transformers(d: dict[str, Any]) -> None:
+    """Every type, computed as transformers computes it in float32, step by step; dynamic
+    and longrope also for forwards past their original length."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from infinilm_models.models.llama.rope import attention_factor, inv_freq
+
+    ours = LlamaConfig.from_dict(d)
+    hf = _hf_config(d)
+    rotary = LlamaRotaryEmbedding(config=hf)
+    assert np.array_equal(inv_freq(ours), rotary.inv_freq.numpy())
+    assert attention_factor(ours) == rotary.attention_scaling
+    if ours.rope_type in ("dynamic", "longrope"):
+        for length in (65, 300, 5000):
+            seq = torch.tensor(length) if ours.rope_type == "dynamic" else length
+            ref, _ = ROPE_INIT_FUNCTIONS[ours.rope_type](hf, None, seq_len=seq)
+            assert np.array_equal(inv_freq(ours, length), ref.numpy()), length
 
 
 @pytest.mark.parametrize("d", [d for _, d in ROPE_CASES], ids=[i for i, _ in ROPE_CASES])
@@ -481,7 +547,9 @@ def test_rope_inv_freq_closed_form() -> None:
     c = LlamaConfig.from_dict(cfg(head_dim=8, rope_theta=10000.0,
                                   rope_scaling={"type": "linear", "factor": 2.0}))
     expected = np.array([1.0, 10000.0 ** -0.25, 10000.0 ** -0.5, 10000.0 ** -0.75]) / 2.0
-    np.testing.assert_allclose(c.rope_inv_freq(), expected, rtol=1e-12, atol=0)
+    # float32 values, as transformers computes them: within float32's rounding
+    np.testing.assert_allclose(c.rope_inv_freq(), expected, rtol=2.0 ** -23, atol=0)
+    assert np.array_equal(c.rope_inv_freq(), c.rope_inv_freq().astype(np.float32))
 
 
 # ---------------------------------------------------------------------- weight shapes
@@ -540,16 +608,23 @@ def _checkpoint_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_tiny_fixture_loads(name: str) -> None:
+    from infinilm_models.models.auto import load_config, model_class
+
     spec = VARIANTS[name]
     ckpt = ensure(name)
-    c = LlamaConfig.from_pretrained(ckpt)
+    c = load_config(ckpt)
+    assert c.model_type == spec.family and type(c) is model_class(ckpt).config_class
     assert c.source == str(ckpt / "config.json")
-    assert c == LlamaConfig.from_pretrained(ckpt / "config.json")
+    assert c == type(c).from_pretrained(ckpt / "config.json")
     for f in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
               "rms_norm_eps", "rope_theta", "max_position_embeddings"):
         assert getattr(c, f) == getattr(spec, f), f
-    assert dict(c.rope_scaling or {}) == dict(spec.rope_scaling or {})
+    want = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in (spec.rope_scaling or {}).items()}
+    if c.rope_type in ("llama3", "yarn", "longrope"):
+        want.setdefault("original_max_position_embeddings", spec.max_position_embeddings)
+    assert dict(c.rope_scaling or {}) == want
     assert c.dtype == "float32" and c.bos_token_id == 1 and c.eos_token_ids == (2,)
 
     expected = c.expected_weight_shapes()

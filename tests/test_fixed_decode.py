@@ -76,3 +76,31 @@ def test_fixed_mask_updated_in_place_equals_a_rebuilt_one():
     np.testing.assert_array_equal(cache.fixed_mask(group).numpy(), fresh(cache))
     decoder.step(np.array([7, 8]))
     np.testing.assert_array_equal(cache.fixed_mask(group).numpy(), fresh(cache))
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["slot", "in_place"])
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_windowed_fixed_mask_updated_in_place_equals_a_rebuilt_one(window, in_place):
+    """A sliding window's mask: each step one position leaves the window as another
+    enters; updated in place it equals one built from scratch, and it masks exactly the
+    positions outside the window (and padding, and beyond the length)."""
+    from infinilm_models.models.llama.kv_cache import mask_value
+
+    model = AutoLlamaModel.from_pretrained(ensure("gqa"), "cpu", "f32", progress=False)
+    cache = model.new_cache(2, 16)
+    model.forward(np.array([[0, 0, 5, 6], [1, 2, 3, 4]]), cache=cache,
+                  attention_mask=np.array([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    for _ in range(9):
+        got = cache.fixed_mask(4, in_place, window).numpy()
+        other = model.new_cache(2, 16)
+        other.length, other.padding[:] = cache.length, cache.padding
+        np.testing.assert_array_equal(got, other.fixed_mask(4, in_place, window).numpy())
+        query = cache.length  # the new token's position
+        seen = np.zeros((2, 17), dtype=bool)
+        seen[:, max(0, query - window + 1):query] = True
+        seen[:, 16 if not in_place else query] = True
+        seen &= ~cache.padding[:, :17]
+        row = got.reshape(2, -1, 4, 17)[:, 0, 0]
+        np.testing.assert_array_equal(row == 0, seen)
+        assert set(np.unique(row)) <= {0.0, mask_value(cache.dtype)}
+        cache.length += 1  # as a step does (what it appends does not enter the mask)

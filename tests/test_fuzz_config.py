@@ -26,7 +26,11 @@ from infinilm_fixtures import special_files
 from infinilm_fixtures.tiny import ensure
 from infinilm_models import AutoLlamaModel
 from infinilm_models.files import MAX_LINK_HOPS
-from infinilm_models.models.llama.configuration import ConfigError, LlamaConfig
+from infinilm_models.models.llama.configuration import (
+    SUPPORTED_ROPE_TYPES,
+    ConfigError,
+    LlamaConfig,
+)
 from infinilm_models.models.llama.loading import CheckpointError
 from infinilm_models.tokenizer import TokenizerError, load_tokenizer
 
@@ -104,8 +108,9 @@ def _names_a_changed_field(message: str, keys: list[str]) -> bool:
 def _check_valid(c: LlamaConfig) -> None:
     assert c.num_attention_heads % c.num_key_value_heads == 0
     assert c.head_dim % 2 == 0 and c.head_dim > 0
-    assert len(c.expected_weight_shapes()) == 9 * c.num_hidden_layers + 3
-    assert c.rope_type in ("default", "linear", "llama3")
+    per_layer = 9 + 3 * c.qkv_bias + c.o_bias + 3 * c.mlp_bias
+    assert len(c.expected_weight_shapes()) == per_layer * c.num_hidden_layers + 3
+    assert c.rope_type in SUPPORTED_ROPE_TYPES
     assert LlamaConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     hash(c)
 

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from infinilm_fixtures.tiny import VARIANTS, ensure
+from infinilm_models.models.auto import load_config
 from infinilm_models.models.llama import loading
 from infinilm_models.models.llama.configuration import LlamaConfig
 from infinilm_models.models.llama.loading import CheckpointError, load_state_dict, weights_files
@@ -52,7 +53,7 @@ CORRUPTIONS = [
 
 
 def _load(model_dir: Path, dtype: str = "f32") -> dict[str, np.ndarray]:
-    config = LlamaConfig.from_pretrained(model_dir)
+    config = load_config(model_dir)  # the family's config class (its weights: biases, ...)
     return load_state_dict(
         model_dir,
         config.expected_weight_shapes(),
@@ -93,9 +94,9 @@ def _error(model_dir: Path, dtype: str = "f32") -> str:
 def _hf_state(model_dir: str) -> dict[str, np.ndarray]:
     """What transformers loads, as float32 numpy (cached: each variant loads once)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 

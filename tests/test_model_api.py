@@ -167,7 +167,8 @@ def test_bad_inputs_name_the_problem(model):
 def test_unknown_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ConfigError,
-                       match=r"model_type 'gpt2' is not supported; known: \['llama'\]"):
+                       match=r"model_type 'gpt2' is not supported; known: \['llama', "
+                             r"'mistral', 'qwen2', 'qwen3'\]"):
         AutoLlamaModel.from_pretrained(tmp_path)
 
 

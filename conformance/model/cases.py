@@ -43,9 +43,9 @@ def config_of(name: str) -> dict:
     if name == "smollm2":
         return {"num_attention_heads": 9, "num_key_value_heads": 3,
                 "intermediate_size": 1536, "num_hidden_layers": 30}
-    from infinilm_models.models.llama.configuration import LlamaConfig
+    from infinilm_models.models.auto import load_config
 
-    c = LlamaConfig.from_pretrained(Path(name).expanduser())
+    c = load_config(Path(name).expanduser())
     return {"num_attention_heads": c.num_attention_heads,
             "num_key_value_heads": c.num_key_value_heads,
             "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers}

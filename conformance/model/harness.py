@@ -1,8 +1,9 @@
 """Model-level comparison machinery: which checkpoints, the three runtimes, captured tensors.
 
 Three runs of the same checkpoint on the same token ids:
-  * golden  – transformers LlamaForCausalLM (eager attention): float32 on the CPU for a
-              CPU run, float64 for an accelerator (on its torch device where float64
+  * golden  – transformers' model of the checkpoint's model_type (AutoModelForCausalLM:
+              LlamaForCausalLM, Qwen2ForCausalLM, ...; eager attention): float32 on the CPU
+              for a CPU run, float64 for an accelerator (on its torch device where float64
               works there, else on the CPU: conformance/placement.py);
   * ref     – transformers in the tested dtype, on the torch device InfiniCore's own tests
               map the tested device to, where that backend works (else the CPU; its error
@@ -30,7 +31,9 @@ from .. import fresh
 from ..placement import golden_placement, torch_device  # noqa: F401 - the harness's API
 from .reference import TORCH_DTYPES, Reference, cached, hf_model  # noqa: F401 - re-exported
 
-TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded")
+TINY = ("mha", "gqa", "mqa", "tied", "untied", "headdim", "llama3rope", "odd", "sharded",
+        # the families sharing LLaMA's blocks and the LLaMA options beyond the first nine
+        "qwen2", "qwen3", "mistral", "bias", "longrope", "dynamic")
 DEFAULT_MODELS = tuple(f"tiny-{n}" for n in TINY) + ("smollm2",)
 
 
@@ -95,6 +98,22 @@ def reused(model):
 def _reset_reused() -> None:
     for model in list(_reused):
         model.reset_buffers()
+
+
+def reset_rope_state(model) -> None:
+    """Put a model's RoPE frequencies back to their state at load, on either side. Dynamic
+    RoPE keeps the frequencies of the longest forward so far (transformers' state machine,
+    which ours follows), so a computation that passes max_position_embeddings depends on
+    what ran before it; the checks that do start both sides from the loaded state."""
+    if isinstance(model, Reference):
+        model = model.model
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is not None and hasattr(rotary, "original_inv_freq"):  # transformers
+        rotary.inv_freq = rotary.original_inv_freq.clone()
+        rotary.max_seq_len_cached = rotary.original_max_seq_len
+    for rank in getattr(model, "ranks", [model]):  # ours, one model or a parallel one
+        if hasattr(rank, "rotary_emb"):
+            rank.rotary_emb.reset()
 
 
 @functools.lru_cache(maxsize=6)  # fused and plain of three dtypes

@@ -55,7 +55,7 @@ def cache_dir() -> Path | None:
 
 @dataclass(frozen=True)
 class Reference:
-    """transformers' LlamaForCausalLM for (checkpoint, dtype, device), loaded only when a
+    """transformers' model for (checkpoint, dtype, device), loaded only when a
     computation needs it (a cache hit never loads the model)."""
 
     path: str
@@ -76,12 +76,13 @@ class Reference:
 
 @functools.lru_cache(maxsize=4)
 def hf_model(path: str, dtype: str, device: str):
-    """transformers' LlamaForCausalLM of a checkpoint in a dtype on a device, eager attention
-    (the reference implementation the model checks compare against)."""
+    """transformers' class for the checkpoint's model_type (AutoModelForCausalLM:
+    LlamaForCausalLM, Qwen2ForCausalLM, ...) in a dtype on a device, eager attention (the
+    reference computation, no fused kernel of its own)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, TORCH_DTYPES[dtype]), attn_implementation="eager")
     return model.to(device).eval()
 

@@ -32,6 +32,9 @@ defects (must fail, naming the op, and at model level the layer and sub-module):
                          replay that executes no kernel)
   softmax_long_decode    causal_softmax of a one-row (decode) matrix longer than 256 keys
                          sees only its newest 256 keys (a kernel bounded by one block)
+  cache_slot_past_256    the KV cache writes the tokens from position 256 on one slot early
+                         (a block table off by one past its first 256-position block):
+                         only a check that decodes past 256 positions can see it
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "gemm_bf16_
           "add_tail16", "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
           "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th",
-          "gemm_last_row_unwritten", "noop_replay", "softmax_long_decode")
+          "gemm_last_row_unwritten", "noop_replay", "softmax_long_decode",
+          "cache_slot_past_256")
 CURRENT: list[str] = [""]  # the node id of the check running in this process
 
 
@@ -256,6 +260,14 @@ def install(name: str) -> None:
             picked = np.minimum(ids.numpy().reshape(-1) + 1, table.shape[0] - 1)
             _store(out, table[picked].reshape(out.shape))
         wrap("embedding", next_row)
+    elif name == "cache_slot_past_256":
+        from infinilm_models.models.llama.kv_cache import KVCache
+
+        slot = KVCache.slot
+
+        def past_256(self, layer, start, seq):
+            return slot(self, layer, start - 1 if start >= 256 else start, seq)
+        KVCache.slot = past_256
     elif name == "gemm_segfault_batched":
         from infinilm_models.runtime import Tensor
 

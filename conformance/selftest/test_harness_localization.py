@@ -57,34 +57,38 @@ def test_wrong_rope_algorithm_is_localized_to_layer0_attention():
     assert "rope" in first.description
 
 
-def test_wrong_gqa_head_mapping_is_localized_to_layer0_attention():
+def test_wrong_gqa_head_mapping_is_localized_to_layer0_attention(monkeypatch):
+    from infinilm_models.models.llama import attention
+
+    real = attention._Views.of.__func__
+
+    def wrong(cls, attn, bufs):  # query head h read against KV head h % kv_heads
+        v = real(cls, attn, bufs)
+        b, s, d, w = bufs.batch, bufs.seq, attn.head_dim, bufs.qkv.shape[1]
+        v.q_src = bufs.qkv.as_strided((b, s, attn.group, attn.num_kv_heads, d),
+                                      (s * w, w, attn.num_kv_heads * d, d, 1)
+                                      ).permute(0, 3, 2, 1, 4)
+        v.q_heads = bufs.q_heads
+        return v
+
+    monkeypatch.setattr(attention._Views, "of", classmethod(wrong))
     model = fresh_model()
-    for layer in model.model.layers:
-        attn = layer.self_attn
-
-        def wrong(bufs, attn=attn):  # query head h read against KV head h % kv_heads
-            b, s, d, w = bufs.batch, bufs.seq, attn.head_dim, bufs.qkv.shape[1]
-            return bufs.qkv.as_strided((b, s, attn.group, attn.num_kv_heads, d),
-                                       (s * w, w, attn.num_kv_heads * d, d, 1)
-                                       ).permute(0, 3, 2, 1, 4)
-
-        attn.query_heads = wrong
     _, first = localize(model, ids())
     assert first is not None and (first.layer, first.submodule) == (0, "attention"), first
 
 
 def test_missing_residual_in_layer1_is_localized():
+    from infinilm_models.models.llama.decoder_layer import AddThenNorm
+
+    class SkipAdd(AddThenNorm):  # the attention's residual add never happens
+        def __call__(self, bufs, out, record, name):
+            if record:
+                record(name, bufs.hidden)
+            self.norm(bufs)
+
     model = fresh_model()
-    model.model.layers[1]._residual_calls = 0
-    original = model.model.layers[1]._residual
-
-    def skip_attention_residual(hidden, block_out, layer=model.model.layers[1]):
-        layer._residual_calls += 1
-        if layer._residual_calls % 2 == 1:  # the first of the two adds: attention's
-            return
-        original(hidden, block_out)
-
-    model.model.layers[1]._residual = skip_attention_residual
+    layer = model.model.layers[1]
+    layer.residual_attn = SkipAdd(layer.post_attention_layernorm, layer.eps)
     _, first = localize(model, ids())
     assert first is not None and (first.layer, first.submodule) == (1, "attention residual"), \
         first

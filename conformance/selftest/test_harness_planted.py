@@ -275,3 +275,26 @@ def test_a_defect_only_past_256_keys_is_caught_by_the_default_run(tmp_path):
     # (known_defect: 0.1.0's f16 truncation, in its envelope, as without the plant)
     assert all(r["status"] in ("passed", "known_defect") for r in doc["results"]
                if r["model"] is not None)
+
+
+def test_a_defect_past_position_256_fails_only_the_long_horizon_check(tmp_path, monkeypatch):
+    """A KV cache that writes the tokens from position 256 on one slot early: every model
+    check of the fixture passes (none decodes that far), the long-horizon check fails and
+    names the first step past the boundary, position 256, in layer 0's attention computing
+    wrong on the golden's input (it reads its own cache). f32: in half precision the one
+    displaced slot of a random tiny model stays below the rounding budget (tolerances.toml:
+    such defects are f32's to catch)."""
+    # one thread: the outer run keeps the cores busy (two threads of a serial inner run
+    # each wait for a core at every OpenMP region)
+    monkeypatch.setenv("INFINILM_THREADS", "1")
+    status, doc, _ = suite(tmp_path, "cache_slot_past_256", "conformance/model", "--model",
+                           "tiny-qwen2", "--dtype", "f32")
+    assert status == 1
+    long = [r for r in doc["results"] if r["check"] == "model_long_horizon"]
+    assert len(long) == 1 and long[0]["status"] == "failed", long
+    others = [r for r in doc["results"] if r["check"] != "model_long_horizon"]
+    wrong = bad({"results": others})
+    assert len(others) >= 15 and not wrong, [(r["nodeid"], r["status"]) for r in wrong]
+    first = locs(doc, "model_long_horizon")[0]
+    assert (first["phase"], first["step"], first["layer"], first["submodule"],
+            first["isolated"]) == ("decode", 256, 0, "attention", True), first["description"]

@@ -1,5 +1,6 @@
-"""Model families on InfiniCore; each is a folder (llama/) registered in auto.py."""
+"""Model families on InfiniCore; each is a folder (llama/, qwen2/, qwen3/, mistral/)
+registered in auto.py."""
 
-from .auto import MODEL_REGISTRY, AutoLlamaModel
+from .auto import MODEL_REGISTRY, AutoLlamaModel, AutoModel
 
-__all__ = ["MODEL_REGISTRY", "AutoLlamaModel"]
+__all__ = ["MODEL_REGISTRY", "AutoLlamaModel", "AutoModel"]

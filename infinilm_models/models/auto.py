@@ -1,5 +1,5 @@
-"""`model_type` -> model class, behind AutoLlamaModel. A new family is a new folder under
-models/ plus one line here."""
+"""`model_type` -> model class, behind AutoModel (and AutoLlamaModel, its older name). A new
+family is a new folder under models/ plus one line here."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from typing import Any
 from .. import files
 from ..errors import ConfigError
 from ..runtime import DType
+from .llama.configuration import LlamaConfig
 from .llama.modeling_llama import LlamaForCausalLM
+from .mistral.modeling_mistral import MistralForCausalLM
+from .qwen2.modeling_qwen2 import Qwen2ForCausalLM
+from .qwen3.modeling_qwen3 import Qwen3ForCausalLM
 
 MODEL_REGISTRY: dict[str, type] = {
     "llama": LlamaForCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+    "mistral": MistralForCausalLM,
 }
 
 
@@ -42,7 +49,12 @@ def model_class(model_path: str | os.PathLike[str]) -> type:
     return cls
 
 
-class AutoLlamaModel:
+def load_config(model_path: str | os.PathLike[str]) -> LlamaConfig:
+    """config.json read by its family's config class."""
+    return model_class(model_path).config_class.from_pretrained(model_path)
+
+
+class AutoModel:
     """Picks the implementation from config.json's model_type and loads the checkpoint."""
 
     @staticmethod
@@ -60,3 +72,7 @@ class AutoLlamaModel:
             return ParallelLlamaForCausalLM.from_pretrained(model_path, device, dtype, tp=tp,
                                                             pp=pp, **kwargs)
         return cls.from_pretrained(model_path, device, dtype, **kwargs)
+
+
+class AutoLlamaModel(AutoModel):
+    """The registry's first name, kept: the same as AutoModel for every family."""

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,19 +37,25 @@ __all__ = [
     "ConfigError", "LlamaConfig", "SUPPORTED_DTYPES", "SUPPORTED_ROPE_TYPES", "WeightShapes",
 ]
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
-# Scaling keys each rope type needs; anything else in the dict is ignored, as in HF.
-_ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "linear": ("factor",),
-    "llama3": (
-        "factor",
-        "low_freq_factor",
-        "high_freq_factor",
-        "original_max_position_embeddings",
-    ),
+# rope_type -> (keys it needs, keys it may have), as transformers' validators list them;
+# anything else in the dict is ignored, as in transformers.
+_ROPE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "default": ((), ()),
+    "linear": (("factor",), ()),
+    "dynamic": (("factor",), ()),
+    "yarn": (("factor",), ("original_max_position_embeddings", "attention_factor", "beta_fast",
+                           "beta_slow", "mscale", "mscale_all_dim", "truncate")),
+    "longrope": (("short_factor", "long_factor"),
+                 ("original_max_position_embeddings", "factor", "attention_factor")),
+    "llama3": (("factor", "low_freq_factor", "high_freq_factor"),
+               ("original_max_position_embeddings",)),
 }
+# Types whose pretraining length transformers fills in when the dict lacks it: the
+# top-level original_max_position_embeddings if config.json has one, else
+# max_position_embeddings (configuration_utils' standardize_rope_params).
+_ORIGINAL_LENGTH_TYPES = ("llama3", "yarn", "longrope")
 
 # Canonical dtype names are the torch/HF spellings, so `DType.parse` and HF both read them.
 # The config's dtype is how the weights are stored; float64 is accepted (transformers loads
@@ -152,6 +158,25 @@ def _token_id(source: str, name: str, value: Any) -> int:
     return int(value)
 
 
+def _rope_value(source: str, rope_type: str, name: str, key: str, value: Any) -> Any:
+    """One scaling key of a rope dict, validated (`name` as the file spells it)."""
+    if key == "original_max_position_embeddings":
+        return _positive_int(source, name, value)
+    if key == "truncate":
+        return _bool(source, name, value)
+    if key in ("short_factor", "long_factor"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise _fail(source, f"{name} ({value!r}) must be a non-empty list of positive "
+                                "numbers")
+        return tuple(_positive_float(source, f"{name}[{i}]", v) for i, v in enumerate(value))
+    if key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+        # transformers reads these with `or` (0 means its default): any finite number.
+        if not _is_number(value) or not math.isfinite(float(value)):
+            raise _fail(source, f"{name} ({value!r}) must be a finite number")
+        return float(value)
+    return _positive_float(source, name, value)
+
+
 def _normalize_rope(
     source: str, rope: Mapping[str, Any] | None, rope_theta: float, label: str = "rope_scaling"
 ) -> Mapping[str, Any] | None:
@@ -167,7 +192,7 @@ def _normalize_rope(
         return None
     # transformers reads `rope_type` first and falls back to the older `type`.
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if not isinstance(rope_type, str) or rope_type not in _ROPE_REQUIRED_KEYS:
+    if not isinstance(rope_type, str) or rope_type not in _ROPE_KEYS:
         raise _fail(
             source,
             f"{label}.rope_type ({rope_type!r}) is not supported; supported: "
@@ -189,16 +214,16 @@ def _normalize_rope(
     if rope_type == "default":
         return None
 
+    required, optional = _ROPE_KEYS[rope_type]
     out: dict[str, Any] = {"rope_type": rope_type}
-    for key in _ROPE_REQUIRED_KEYS[rope_type]:
+    for key in required + optional:
         name = f"{label}.{key}"
         if key not in rope or rope[key] is None:
-            raise _fail(source, f"{name} is missing; rope_type {rope_type!r} requires "
-                                f"{', '.join(_ROPE_REQUIRED_KEYS[rope_type])}")
-        if key == "original_max_position_embeddings":
-            out[key] = _positive_int(source, name, rope[key])
-        else:
-            out[key] = _positive_float(source, name, rope[key])
+            if key in required:
+                raise _fail(source, f"{name} is missing; rope_type {rope_type!r} requires "
+                                    f"{', '.join(required)}")
+            continue
+        out[key] = _rope_value(source, rope_type, name, key, rope[key])
     if rope_type == "llama3" and out["high_freq_factor"] <= out["low_freq_factor"]:
         # Equal factors divide by zero in the smoothing term; smaller inverts the bands.
         raise _fail(
@@ -218,9 +243,15 @@ class LlamaConfig:
     """The architecture of one LLaMA checkpoint, HF field names, validated on construction.
 
     ``rope_scaling`` is held in canonical form: None for plain RoPE, else a read-only
-    mapping with ``rope_type`` and exactly the keys that type needs (``rope_theta``
-    lives in its own field).
+    mapping with ``rope_type`` and exactly the keys that type has (``rope_theta`` lives in
+    its own field; llama3/yarn/longrope always hold ``original_max_position_embeddings``).
+
+    The LLaMA blocks read the architecture through the properties below (`qkv_bias`,
+    `o_bias`, `qk_norm`, `layer_window`); a family that shares LLaMA's blocks (models/qwen2,
+    qwen3, mistral) is a subclass that reads its own config.json fields and answers them.
     """
+
+    MODEL_TYPE: ClassVar[str] = "llama"
 
     hidden_size: int
     intermediate_size: int
@@ -254,9 +285,9 @@ class LlamaConfig:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        if self.model_type != "llama":
+        if self.model_type != self.MODEL_TYPE:
             raise _fail(src, f"model_type ({self.model_type!r}) is not supported; "
-                             "expected 'llama'")
+                             f"expected {self.MODEL_TYPE!r}")
         for name in _REQUIRED_KEYS + ("max_position_embeddings",):
             put(name, _positive_int(src, name, getattr(self, name)))
 
@@ -286,7 +317,13 @@ class LlamaConfig:
 
         put("rms_norm_eps", _positive_float(src, "rms_norm_eps", self.rms_norm_eps))
         put("rope_theta", _positive_float(src, "rope_theta", self.rope_theta))
-        put("rope_scaling", _normalize_rope(src, self.rope_scaling, self.rope_theta))
+        rope = _normalize_rope(src, self.rope_scaling, self.rope_theta)
+        if rope is not None and rope["rope_type"] in _ORIGINAL_LENGTH_TYPES \
+                and "original_max_position_embeddings" not in rope:
+            rope = MappingProxyType({**rope, "original_max_position_embeddings":
+                                     self.max_position_embeddings})
+        put("rope_scaling", rope)
+        self._check_longrope_factors()
         self._check_rope_range()
         self._check_plans()
 
@@ -295,9 +332,8 @@ class LlamaConfig:
                              "'silu' is accepted (the SwiGLU MLP of LLaMA)")
         put("tie_word_embeddings",
             _bool(src, "tie_word_embeddings", self.tie_word_embeddings))
-        _unsupported_flag(src, "attention_bias", self.attention_bias,
-                          "q/k/v/o projections have no bias")
-        _unsupported_flag(src, "mlp_bias", self.mlp_bias, "MLP projections have no bias")
+        put("attention_bias", _bool(src, "attention_bias", self.attention_bias))
+        put("mlp_bias", _bool(src, "mlp_bias", self.mlp_bias))
 
         if self.dtype is not None:
             put("dtype", _dtype(src, "dtype", self.dtype))
@@ -310,6 +346,10 @@ class LlamaConfig:
             put("eos_token_id", ids or None)
         elif eos is not None:
             put("eos_token_id", _token_id(src, "eos_token_id", eos))
+        self._check_family()
+
+    def _check_family(self) -> None:
+        """A family's own fields (subclasses); LLaMA has none."""
 
     def _check_plans(self) -> None:
         src = self.source
@@ -333,21 +373,41 @@ class LlamaConfig:
                              "[[inputs], [outputs]]") from None
         object.__setattr__(self, "base_model_pp_plan", MappingProxyType(norm))
 
+    def _check_longrope_factors(self) -> None:
+        rope = self.rope_scaling
+        if rope is None or rope["rope_type"] != "longrope":
+            return
+        want = self.head_dim // 2
+        for key in ("short_factor", "long_factor"):
+            if len(rope[key]) != want:
+                # transformers only warns, then broadcasting fails (or silently repeats a
+                # factor of length 1) inside the forward.
+                raise _fail(self.source, f"rope_scaling.{key} has {len(rope[key])} entries; "
+                                         f"it needs head_dim / 2 = {want} (one per frequency)")
+
     def _check_rope_range(self) -> None:
         """Refuse a config whose RoPE angles overflow float32 (NaN sin/cos, NaN logits).
 
         The largest inverse frequency is theta^-(d-2)/d (1 for theta >= 1), divided by
-        the scaling factor when that is below 1 (llama3 blends between the two); the
-        largest angle is that times the last position. Done in logarithms: no overflow,
-        and no array of head_dim / 2 entries built for a config that may be absurd.
+        the smallest scaling divisor when that is below 1 (a linear/llama3/yarn factor, a
+        longrope per-frequency factor); the largest angle is that times the last position.
+        Done in logarithms: no overflow, and no array of head_dim / 2 entries built for a
+        config that may be absurd.
         """
         d = self.head_dim
         log_freq = max(0.0, -math.log(self.rope_theta) * (d - 2) / d)
-        factor = self.rope_scaling["factor"] if self.rope_scaling else 1.0
-        log_freq += max(0.0, -math.log(factor))
+        rope = self.rope_scaling or {}
+        if rope.get("rope_type") == "longrope":
+            divisor = min(rope["short_factor"] + rope["long_factor"])
+            name = "rope_scaling.short_factor/long_factor"
+        elif rope.get("rope_type") in ("linear", "llama3", "yarn"):
+            divisor, name = rope["factor"], "rope_scaling.factor"
+        else:  # default, dynamic (its base only grows past the original length)
+            divisor, name = 1.0, ""
+        log_freq += max(0.0, -math.log(divisor))
         if self.max_position_embeddings > 1 and (
                 math.log(self.max_position_embeddings - 1) + log_freq > _F32_MAX_LOG):
-            scaled = f", rope_scaling.factor ({factor!r})" if self.rope_scaling else ""
+            scaled = f", {name} ({divisor!r})" if name else ""
             raise _fail(self.source,
                         f"rope_theta ({self.rope_theta!r}){scaled} and max_position_embeddings "
                         f"({self.max_position_embeddings}) give RoPE angles beyond float32's "
@@ -365,6 +425,11 @@ class LlamaConfig:
             raise _fail(source, f"required field(s) missing: {', '.join(missing)}")
 
         rope_theta, rope_dict = cls._read_rope(d, source)
+        if rope_dict is not None and d.get("original_max_position_embeddings") is not None \
+                and rope_dict.get("rope_type", rope_dict.get("type")) in _ORIGINAL_LENGTH_TYPES:
+            # transformers gives a top-level original_max_position_embeddings priority
+            # over the rope dict's (Phi-3 style files).
+            rope_dict["original_max_position_embeddings"] = d["original_max_position_embeddings"]
         dtype = d.get("dtype")
         if dtype is None and d.get("torch_dtype") is not None:
             # Checked here so that the message names the key the file used.
@@ -373,7 +438,7 @@ class LlamaConfig:
         def opt(key: str, default: Any) -> Any:
             return d[key] if key in d else default
 
-        return cls(
+        kwargs: dict[str, Any] = dict(
             hidden_size=d["hidden_size"],
             intermediate_size=d["intermediate_size"],
             num_hidden_layers=d["num_hidden_layers"],
@@ -385,7 +450,7 @@ class LlamaConfig:
             rms_norm_eps=opt("rms_norm_eps", 1e-6),
             rope_theta=rope_theta,
             rope_scaling=rope_dict,
-            max_position_embeddings=opt("max_position_embeddings", 2048),
+            max_position_embeddings=opt("max_position_embeddings", cls._default_max_positions()),
             tie_word_embeddings=opt("tie_word_embeddings", False),
             hidden_act=opt("hidden_act", "silu"),
             attention_bias=opt("attention_bias", False),
@@ -393,11 +458,23 @@ class LlamaConfig:
             dtype=dtype,
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
-            model_type=opt("model_type", "llama"),
+            model_type=opt("model_type", cls.MODEL_TYPE),
             base_model_tp_plan=opt("base_model_tp_plan", None) or DEFAULT_TP_PLAN,
             base_model_pp_plan=opt("base_model_pp_plan", None) or DEFAULT_PP_PLAN,
             source=source,
         )
+        kwargs.update(cls._family_fields(d))
+        return cls(**kwargs)
+
+    @classmethod
+    def _default_max_positions(cls) -> int:
+        return 2048
+
+    @classmethod
+    def _family_fields(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments a family reads from config.json beyond (or instead of)
+        LLaMA's."""
+        return {}
 
     @staticmethod
     def _read_rope(d: Mapping[str, Any], source: str) -> tuple[Any, dict[str, Any] | None]:
@@ -459,6 +536,43 @@ class LlamaConfig:
             raise ConfigError(f"{file}: invalid JSON: {exc}") from exc
         return cls.from_dict(data, source=str(file))
 
+    # ------------------------------------------------------- what the blocks read
+
+    @property
+    def qkv_bias(self) -> bool:
+        """q_proj, k_proj and v_proj carry a bias."""
+        return self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        """o_proj carries a bias."""
+        return self.attention_bias
+
+    @property
+    def qk_norm(self) -> bool:
+        """A per-head RMSNorm of q and k before RoPE (q_norm / k_norm weights)."""
+        return False
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of a layer (a query sees its last `window` positions, itself
+        included), or None for full causal attention."""
+        return None
+
+    def stage_fields(self, layers: range) -> dict[str, Any]:
+        """Fields of a config holding only `layers` of this one's (a pipeline stage) beyond
+        num_hidden_layers: a family's per-layer fields, sliced."""
+        return {}
+
+    @property
+    def windows(self) -> tuple[int | None, ...]:
+        return tuple(self.layer_window(i) for i in range(self.num_hidden_layers))
+
+    @property
+    def position_limit(self) -> int | None:
+        """The positions the model accepts: max_position_embeddings, or None for dynamic
+        RoPE, which exists to run past it (the cache length is then the limit)."""
+        return None if self.rope_type == "dynamic" else self.max_position_embeddings
+
     # ---------------------------------------------------------------------- derived
 
     @property
@@ -474,37 +588,18 @@ class LlamaConfig:
 
     @property
     def rope_attention_scaling(self) -> float:
-        """Factor on cos/sin; 1.0 for every supported rope type (yarn/longrope differ)."""
-        return 1.0
+        """Factor on cos/sin: 1.0 except for yarn and longrope (rope.py)."""
+        from .rope import attention_factor
 
-    def rope_inv_freq(self) -> np.ndarray:
-        """Inverse RoPE frequencies, float64 [head_dim // 2], as transformers computes them.
+        return attention_factor(self)
 
-        Mirrors the default init and ``ROPE_INIT_FUNCTIONS['linear'|'llama3']`` operation for
-        operation, only in float64 (transformers works in float32).
-        """
-        dim = self.head_dim
-        inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64)
-                                              .astype(np.float64) / dim))
-        rope = self.rope_scaling
-        if rope is None:
-            return inv_freq
-        factor = rope["factor"]
-        if rope["rope_type"] == "linear":
-            return inv_freq / factor
+    def rope_inv_freq(self, seq_len: int | None = None) -> np.ndarray:
+        """Inverse RoPE frequencies [head_dim // 2] as transformers computes them at load
+        (float32 values, held in float64); `seq_len`: dynamic's and longrope's for a
+        forward whose positions reach seq_len (rope.py)."""
+        from .rope import inv_freq
 
-        # llama3: keep short wavelengths, divide long ones by `factor`, blend in between.
-        low = rope["low_freq_factor"]
-        high = rope["high_freq_factor"]
-        old_context_len = rope["original_max_position_embeddings"]
-        low_freq_wavelen = old_context_len / low
-        high_freq_wavelen = old_context_len / high
-        wavelen = 2 * math.pi / inv_freq
-        inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-        smooth = (old_context_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
-        is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
-        return np.where(is_medium, smoothed, inv_freq_llama)
+        return inv_freq(self, seq_len).astype(np.float64)
 
     def expected_weight_shapes(self) -> WeightShapes:
         """HF parameter name -> shape (a read-only Mapping, in HF's parameter order);
@@ -517,7 +612,7 @@ class LlamaConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Mapping):
-                value = dict(value)
+                value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -525,6 +620,14 @@ class LlamaConfig:
 
 
 _LAYER_PREFIX = "model.layers."
+_HF_ORDER = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+             "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm",
+             "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _hf_order(name: str) -> tuple[int, int]:
+    module, _, kind = name.rpartition(".")
+    return _HF_ORDER.index(module), 0 if kind == "weight" else 1
 
 
 class WeightShapes(Mapping[str, tuple[int, ...]]):
@@ -553,6 +656,22 @@ class WeightShapes(Mapping[str, tuple[int, ...]]):
             "mlp.up_proj.weight": (inter, h),
             "mlp.down_proj.weight": (h, inter),
         }
+        # In HF's parameter order: a module's bias after its weight, q_norm/k_norm after
+        # the projections.
+        extra: dict[str, tuple[int, ...]] = {}
+        if config.qkv_bias:
+            extra |= {"self_attn.q_proj.bias": (q_out,), "self_attn.k_proj.bias": (kv_out,),
+                      "self_attn.v_proj.bias": (kv_out,)}
+        if config.o_bias:
+            extra["self_attn.o_proj.bias"] = (h,)
+        if config.qk_norm:
+            extra |= {"self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,)}
+        if config.mlp_bias:
+            extra |= {"mlp.gate_proj.bias": (inter,), "mlp.up_proj.bias": (inter,),
+                      "mlp.down_proj.bias": (h,)}
+        if extra:
+            self._layer = dict(sorted({**self._layer, **extra}.items(),
+                                      key=lambda kv: _hf_order(kv[0])))
         self._head = {"model.embed_tokens.weight": (config.vocab_size, h)}
         self._tail = {"model.norm.weight": (h,), "lm_head.weight": (config.vocab_size, h)}
 

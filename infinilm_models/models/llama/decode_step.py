@@ -50,13 +50,19 @@ class FixedDecoder:
         self.append_in_place = model.fused.kv_caching
         self.lengths = Tensor.zeros((b,), "i64", model.device) if self.append_in_place \
             else None
-        # Paged attention cannot skip padding inside a row: only an unpadded cache.
-        self.paged = self.append_in_place and model.fused.paged_attention and not cache.masked
+        # The windows among the layers (None: full attention): one mask each.
+        self.windows = sorted({layer.self_attn.window for layer in model.model.layers},
+                              key=lambda w: -1 if w is None else w)
+        # Paged attention cannot skip padding inside a row nor see a window: only an
+        # unpadded cache of full-attention layers.
+        self.paged = self.append_in_place and model.fused.paged_attention and \
+            not cache.masked and self.windows == [None]
         self.seq_lens = Tensor.zeros((b,), "i64", model.device) if self.paged else None
         tables = Tensor.from_numpy(np.arange(b, dtype=np.int64).reshape(b, 1), model.device,
                                    "i64") if self.paged else None
-        self.fixed = FixedStep(Tensor.zeros((rows, self.group, n), model.dtype, model.device),
-                               cache.fixed_mask(self.group, self.append_in_place),
+        self.fixed = FixedStep(cache, self.bufs,
+                               Tensor.zeros((rows, self.group, n), model.dtype, model.device),
+                               self._masks(), model.rotary_emb, model.rope_algo,
                                self.lengths, self.seq_lens, tables)
         has_graphs = graph_backend(model.device) is not None
         if graph is True and not has_graphs:
@@ -69,12 +75,16 @@ class FixedDecoder:
         self._tables = None
         self.steps = 0
 
+    def _masks(self) -> dict:
+        return {w: self.cache.fixed_mask(self.group, self.append_in_place, w)
+                for w in self.windows}
+
     def _device_step(self) -> Tensor:
         m = self.model
         if m.fused.embedding:
             ops.embedding(self.bufs.hidden, self.bufs.ids, m.model.embed_tokens)
         for layer in m.model.layers:
-            layer.forward_fixed(self.bufs, self.cache, m.rotary_emb, m.rope_algo, self.fixed)
+            layer.forward(self.bufs, self.fixed)
         return m._head(self.bufs, False, None)
 
     def step(self, token_ids: np.ndarray) -> Tensor:
@@ -94,7 +104,7 @@ class FixedDecoder:
         if self.seq_lens is not None:
             self.seq_lens.copy_from_numpy(np.full(cache.batch_size, start + 1, dtype=np.int64))
         else:
-            cache.fixed_mask(self.group, self.append_in_place)
+            self._masks()  # uploaded into the same buffers
         if not self.use_graph:
             out = self._device_step()
         else:

@@ -72,7 +72,9 @@ FUSIONS: tuple[Fusion, ...] = (
                _z(d, t, 1, 1, 4, 64), _z(d, t, 1, 1, of="i64"),
                Tensor.from_numpy(np.ones(1, dtype=np.int64), d, "i64"), 0.125),
            dtypes=(DType.F16, DType.BF16),
-           fits=lambda config: config.head_dim in (64, 128, 192, 256),
+           # no sliding window: the kernel attends to every cached position
+           fits=lambda config: config.head_dim in (64, 128, 192, 256)
+           and not any(getattr(config, "windows", ())),
            # H200, SmolLM2-135M shapes, bf16, 128 decode steps replayed as one graph:
            # 326 ms with it against 184 ms without (2026-12-02): a whole row's cache as
            # one block is not what its kernel is tuned for. Correct (the benchmark's

@@ -57,9 +57,9 @@ class KVCache:
         self.masked = False  # any padding: attention adds `mask` to its scores
         self._mask: Tensor | None = None
         self._padding_version = 0  # bumped whenever `padding` changes other than by decode
-        self._fixed: Tensor | None = None  # fixed_mask's device buffer, its host copy and
-        self._fixed_host: np.ndarray | None = None  # the (group, padding version, length)
-        self._fixed_state: tuple[int, int, int] | None = None  # it was built for
+        # fixed_mask's per (group, in place, window): [device buffer, host copy, the
+        # (padding version, length) it was built for]
+        self._fixed: dict[tuple, list] = {}
 
     def reset(self) -> None:
         self.length = 0
@@ -156,10 +156,16 @@ class KVCache:
 
     def prefix(self, layer: int, total: int) -> tuple[Tensor, Tensor]:
         """The first `total` positions as [batch * kv_heads, total, head_dim] views."""
+        return self.span(layer, 0, total)
+
+    def span(self, layer: int, first: int, count: int) -> tuple[Tensor, Tensor]:
+        """Positions [first, first + count) as [batch * kv_heads, count, head_dim] views."""
         k, v = self.keys[layer], self.values[layer]
-        shape = (self.batch_size * self.num_kv_heads, total, self.head_dim)
+        shape = (self.batch_size * self.num_kv_heads, count, self.head_dim)
         strides = (k.strides[1], k.strides[2], 1)
-        return (k.as_strided(shape, strides), v.as_strided(shape, strides))
+        offset = first * k.strides[2]
+        return (k.as_strided(shape, strides, offset=k.offset + offset),
+                v.as_strided(shape, strides, offset=v.offset + offset))
 
     def rows(self, first: int, count: int) -> KVCache:
         """Rows [first, first + count) of this cache as a cache of their own, sharing its
@@ -176,7 +182,7 @@ class KVCache:
         view.positions = self.positions[first:first + count]  # numpy views: shared state
         view.padding = self.padding[first:first + count]
         view._mask = self.mask.narrow(0, first, count) if self.masked else None
-        view._fixed = view._fixed_host = view._fixed_state = None
+        view._fixed = {}
         return view
 
     # -- the fixed-shape decode step (captured graphs) ----------------------------------
@@ -194,36 +200,42 @@ class KVCache:
         strides = (k.strides[1], k.strides[2], 1)
         return k.as_strided(shape, strides), v.as_strided(shape, strides)
 
-    def fixed_mask(self, group: int, in_place: bool = False) -> Tensor:
+    def fixed_mask(self, group: int, in_place: bool = False, window: int | None = None
+                   ) -> Tensor:
         """The additive mask of a fixed-shape decode step, expanded to the scores' layout
         [batch * kv_heads, group, max_len + 1]: 0 at the cached positions (padding
         excepted) and at the new token's, mask_value elsewhere. The new token sits in the
         slot (position max_len), or, `in_place` (kv_caching), at the cache's length.
-        Uploaded at every step into the same buffer; from one decode step to the next only
-        the position the last step committed changes, so the host copy is built once and
-        updated there."""
+        `window`: a sliding window's layers see only the positions after length - window.
+        Uploaded at every step into the same buffer (one per group, in_place, window);
+        from one decode step to the next only the position the last step committed (and
+        the one leaving the window) changes, so the host copy is built once and updated
+        there."""
         b, nkv, n = self.batch_size, self.num_kv_heads, self.max_len + 1
-        state = (group, self._padding_version, self.length, in_place)
-        last = self._fixed_state
-        host = self._fixed_host
-        if host is not None and last is not None and last[1] == state[1] \
-                and last[0] == group and last[3] == in_place and self.length == last[2] + 1:
-            host[:, :, last[2]] = 0  # the token the last step committed (never padding)
+        entry = self._fixed.setdefault((group, in_place, window), [None, None, None])
+        t, host, last = entry
+        state = (self._padding_version, self.length)
+        if host is not None and last[0] == state[0] and self.length == last[1] + 1:
+            if window is None or last[1] > self.length - window:
+                host[:, :, last[1]] = 0  # the token the last step committed (never padding)
             if in_place and self.length < self.max_len:
                 host[:, :, self.length] = 0  # where this step's token goes
+            if window is not None and self.length - window >= 0:
+                host[:, :, self.length - window] = mask_value(self.dtype)  # out of the window
         elif host is None or last != state:
             row = self.padding[:, :n].copy()
             row[:, self.length:self.max_len] = True
             row[:, self.max_len] = in_place  # the slot is unused with in-place appends
             if in_place and self.length < self.max_len:
                 row[:, self.length] = False
+            if window is not None:
+                row[:, :max(0, self.length - window + 1)] = True
             full = np.where(row, mask_value(self.dtype), 0.0)[:, None, None, :]
             host = np.broadcast_to(full, (b, nkv, group, n)).reshape(b * nkv, group, n)
-            host = self._fixed_host = host.astype(self.dtype.numpy)
-        self._fixed_state = state
-        t = self._fixed
-        if t is None or t.shape[1] != group:
-            t = self._fixed = Tensor.from_numpy(host, self.device, self.dtype)
+            host = host.astype(self.dtype.numpy)
+        entry[1], entry[2] = host, state
+        if t is None:
+            t = entry[0] = Tensor.from_numpy(host, self.device, self.dtype)
         else:
             t.copy_from_numpy(host)
         return t

@@ -20,14 +20,14 @@ import numpy as np
 from ...arguments import check_bool, check_int, token_ids
 from ...generation import GenerationConfig
 from ...runtime import Device, DType, Tensor, ops
-from .attention import QKV_WEIGHT
+from .attention import QKV_BIAS, QKV_WEIGHT, CachedStep
 from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
 from .decoder_layer import Capture, LlamaDecoderLayer
 from .fusion import Fused, plan
 from .kv_cache import KVCache
 from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
-from .mlp import GATE_UP_WEIGHT
+from .mlp import GATE_UP_BIAS, GATE_UP_WEIGHT
 from .rope import LlamaRotaryEmbedding
 
 DEFAULT_MAX_CACHE_LEN = 2048
@@ -82,6 +82,14 @@ class LlamaModel:
         out.copy_from_numpy(self._host_table[flat])
 
 
+def cache_limit(config: LlamaConfig, max_cache_len: int | None) -> int:
+    """The longest cache a model of `config` holds: `max_cache_len` (default 2048), at most
+    the positions the config accepts."""
+    limit = config.position_limit
+    wanted = _max_cache_len(max_cache_len)
+    return wanted if limit is None else min(wanted, limit)
+
+
 def _max_cache_len(value: int | None) -> int:
     """None means the default; anything else must be a positive integer (0 once silently
     meant the default, and a negative length was accepted until generate failed)."""
@@ -91,6 +99,9 @@ def _max_cache_len(value: int | None) -> int:
 
 
 class LlamaForCausalLM:
+    # The config class of the checkpoints this class loads (a family's subclass has its own).
+    config_class: type[LlamaConfig] = LlamaConfig
+
     def __init__(self, config: LlamaConfig, weights: dict[str, Tensor], device: Device,
                  dtype: DType, max_cache_len: int | None = None,
                  generation_config: GenerationConfig | None = None,
@@ -106,11 +117,14 @@ class LlamaForCausalLM:
         # None on a pipeline stage that does not end the model (parallel.py)
         self.lm_head = weights.get("lm_head.weight")
         self._lm_head_t = self.lm_head.transpose(0, 1) if self.lm_head is not None else None
-        # A cache cannot hold a position the model does not accept.
-        self.max_cache_len = min(_max_cache_len(max_cache_len), config.max_position_embeddings)
+        # A cache cannot hold a position the model does not accept (dynamic RoPE accepts
+        # any: the cache length is its limit).
+        self.max_cache_len = cache_limit(config, max_cache_len)
         # Tables for the positions a cache can hold; a forward with explicit position ids
         # beyond them grows them (rope.py).
-        self.rotary_emb = LlamaRotaryEmbedding(config, device, dtype, self.max_cache_len)
+        self.rotary_emb = LlamaRotaryEmbedding(
+            config, device, dtype, self.max_cache_len,
+            config.position_limit or max(self.max_cache_len, config.max_position_embeddings))
         # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
         self.rope_algo = ops.RoPEAlgo.GPT_NEOX
         self.buffers = BufferPool(config, device, dtype, self.max_cache_len)
@@ -144,7 +158,7 @@ class LlamaForCausalLM:
                             f"got {device!r}")
         dev = Device.parse(device)
         path = Path(model_path)
-        config = LlamaConfig.from_pretrained(path)
+        config = cls.config_class.from_pretrained(path)
         dt = resolve_dtype(config, dtype)
         generation_config = GenerationConfig.from_pretrained(path, config)
         host = load_state_dict(path, config.expected_weight_shapes(), dt.short,
@@ -183,7 +197,10 @@ class LlamaForCausalLM:
         self.check_cache(cache)
         end = min(cache.length + new_tokens, cache.max_len)
         bufs = self.buffers.get(cache.batch_size, 1)
-        self.model.layers[0].self_attn.prepare(bufs, cache, range(cache.length + 1, end + 1))
+        # one layer of each window: the others share its shapes
+        firsts = {layer.self_attn.window: layer for layer in reversed(self.model.layers)}
+        for layer in firsts.values():
+            layer.self_attn.prepare(bufs, cache, range(cache.length + 1, end + 1))
 
     # -- forward --------------------------------------------------------------------------
 
@@ -270,8 +287,9 @@ class LlamaForCausalLM:
 
     def run_layers(self, bufs: Buffers, cache: KVCache, start: int,
                    record: Capture | None) -> None:
+        step = CachedStep(bufs, cache, start, self.rotary_emb, self.rope_algo)
         for layer in self.model.layers:
-            layer.forward(bufs, cache, start, self.rotary_emb, self.rope_algo, record)
+            layer.forward(bufs, step, record)
 
     __call__ = forward
 
@@ -365,7 +383,8 @@ def upload_weights(host: Mapping[str, np.ndarray], device: Device, dtype: DType
     not copied: the caller points it at the embedding's device tensor."""
     groups = {}  # first part's full name -> (fused full name, every part's full name)
     for name in host:
-        for prefix, (fused_name, parts) in (("self_attn.", QKV_WEIGHT), ("mlp.", GATE_UP_WEIGHT)):
+        for prefix, (fused_name, parts) in (("self_attn.", QKV_WEIGHT), ("self_attn.", QKV_BIAS),
+                                            ("mlp.", GATE_UP_WEIGHT), ("mlp.", GATE_UP_BIAS)):
             if name.endswith(prefix + parts[0]):
                 base = name[:-len(parts[0])]
                 if all(base + p in host for p in parts):

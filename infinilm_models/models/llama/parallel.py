@@ -109,13 +109,15 @@ def _plan_style(config: LlamaConfig, module: str) -> str | None:
 def slicer(config: LlamaConfig, shape: RankShape
            ) -> Callable[[str, tuple[int, ...]], tuple[int, int, int] | None]:
     """(dim, start, stop) of the rank's part of a weight, from the plan: the unit of a
-    split is the module's (query heads for q/o, KV heads for k/v, features for the MLP)."""
+    split is the module's (query heads for q/o, KV heads for k/v, features for the MLP).
+    A colwise module's bias is split with its output features; a rowwise one's is whole
+    (rank 0 adds it once, before the all-reduce)."""
     d = config.head_dim
 
     def part(name: str, _shape: tuple[int, ...]) -> tuple[int, int, int] | None:
-        module = name.removeprefix("model.").removesuffix(".weight")
+        module, _, kind = name.removeprefix("model.").rpartition(".")
         style = _plan_style(config, module)
-        if style is None:
+        if style not in ("colwise", "rowwise") or (kind == "bias" and style == "rowwise"):
             return None
         kind = module.rsplit(".", 1)[-1]
         lo, hi = {"q_proj": shape.q_heads, "o_proj": shape.q_heads,
@@ -134,7 +136,8 @@ def rank_config(config: LlamaConfig, shape: RankShape, layers: range) -> LlamaCo
         config, num_attention_heads=shape.q_heads[1] - shape.q_heads[0],
         num_key_value_heads=shape.kv_heads[1] - shape.kv_heads[0],
         intermediate_size=shape.intermediate[1] - shape.intermediate[0],
-        num_hidden_layers=len(layers), head_dim=config.head_dim)
+        num_hidden_layers=len(layers), head_dim=config.head_dim,
+        **config.stage_fields(layers))
 
 
 def resolve_devices(device: str | Device | Sequence[str | Device], world: int) -> list[Device]:
@@ -256,7 +259,10 @@ class ParallelLlamaForCausalLM:
         pp = check_int(pp, "pp", minimum=1)
         check_load_arguments(model_path, dtype, max_cache_len, progress, allow_nonfinite)
         path = Path(model_path)
-        config = LlamaConfig.from_pretrained(path)
+        from ..auto import model_class
+
+        model_cls = model_class(path)
+        config = model_cls.config_class.from_pretrained(path)
         shapes = split_heads(config, tp)
         stages = split_layers(config.num_hidden_layers, pp)
         devices = resolve_devices(device, tp * pp)
@@ -265,8 +271,8 @@ class ParallelLlamaForCausalLM:
         ranks: list[LlamaForCausalLM] = []
         for s, layers in enumerate(stages):
             for t in range(tp):
-                ranks.append(_load_rank(path, config, shapes[t], layers, s == 0, s == pp - 1,
-                                        devices[s * tp + t], dt, max_cache_len,
+                ranks.append(_load_rank(model_cls, path, config, shapes[t], layers, s == 0,
+                                        s == pp - 1, devices[s * tp + t], dt, max_cache_len,
                                         progress and s == 0 and t == 0, allow_nonfinite,
                                         generation_config))
         comms = [make_communicator(devices[s * tp:(s + 1) * tp], timing=timing)
@@ -396,8 +402,9 @@ class _Handoff:
         return self._value
 
 
-def _load_rank(path: Path, config: LlamaConfig, shape: RankShape, layers: range,
-               first_stage: bool, last_stage: bool, device: Device, dtype: DType,
+def _load_rank(model_cls: type[LlamaForCausalLM], path: Path, config: LlamaConfig,
+               shape: RankShape, layers: range, first_stage: bool, last_stage: bool,
+               device: Device, dtype: DType,
                max_cache_len: int | None, progress: bool, allow_nonfinite: bool,
                generation_config: GenerationConfig) -> LlamaForCausalLM:
     """One rank's model: its stage's layers, its slices of them, read from the files."""
@@ -417,6 +424,6 @@ def _load_rank(path: Path, config: LlamaConfig, shape: RankShape, layers: range,
     if last_stage:
         weights.setdefault(LM_HEAD_WEIGHT, weights.get(EMBED_WEIGHT))
     local = rank_config(config, shape, layers)
-    return LlamaForCausalLM(local, weights, device, dtype, max_cache_len, generation_config,
-                            first_layer=layers.start)
+    return model_cls(local, weights, device, dtype, max_cache_len, generation_config,
+                     first_layer=layers.start)
 
