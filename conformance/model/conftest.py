@@ -62,22 +62,25 @@ def _tiny_variants() -> dict:
 # `unsupported` with the reason (plugin/narrowing.py), so results.json and the report show
 # what the CPU run did not cover.
 CPU_LEFT_OUT = {
-    "test_model_logits[smollm2-*-long]": "130 tokens x 30 layers x 3 runs",
+    "test_model_logits[smollm2-*-long]": "130 tokens x 30 layers x 3 runs take minutes",
     # 8 rows x 18 positions x 2 paths in half precision: 260 s and 170 s of the 2-core CI
     # run's ~15 min (measured 2026-12-02); f32 bs8 and every dtype at bs1 stay, and every
     # tiny fixture runs bs8 in every dtype.
-    "test_model_graph[smollm2-f16-bs8]": "8 rows x 18 positions x 2 paths in f16",
-    "test_model_graph[smollm2-bf16-bs8]": "8 rows x 18 positions x 2 paths in bf16",
+    "test_model_graph[smollm2-f16-bs8]": "8 rows x 18 positions x 2 paths in f16 take "
+                                         "minutes",
+    "test_model_graph[smollm2-bf16-bs8]": "8 rows x 18 positions x 2 paths in bf16 take "
+                                          "minutes",
     # its only layout, pp2, would cost the CI minutes (tp needs a divisor of its 9 heads)
-    "test_model_parallel[smollm2-*]": "the 30-layer model split in a pipeline",
+    "test_model_parallel[smollm2-*]": "the 30-layer model split in a pipeline takes minutes",
     # 300 teacher-forced steps through 30 layers in three precisions (520 positions there)
-    "test_model_long_horizon[smollm2-*]": "300 cached decode steps through 30 layers",
+    "test_model_long_horizon[smollm2-*]": "300 cached decode steps through 30 layers take "
+                                          "minutes",
     # The fixtures of 256 positions stop short of 300 (and of any defect past the 256th):
     # their long horizon (94 s of the 2-core CI run, measured 2026-12-07) is the GPU runs';
     # the CPU run decodes 300 positions on the fixtures of 1024 (the families, the options)
     # and on dynamic RoPE's (which runs past its 256)
-    **{f"test_model_long_horizon[tiny-{name}-*]": "the long horizon of a fixture of 256 "
-       "positions (it cannot reach past the 256th)"
+    **{f"test_model_long_horizon[tiny-{name}-*]": "a fixture of 256 positions cannot decode "
+       "past the 256th, and its shorter horizon costs the CI 94 s"
        for name, spec in _tiny_variants().items()
        if spec.max_position_embeddings < 300
        and (spec.rope_scaling or {}).get("rope_type") != "dynamic"},
@@ -95,5 +98,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = item.nodeid.rsplit("::", 1)[-1]
         for pattern, why in CPU_LEFT_OUT.items():
             if fnmatchcase(name, pattern.replace("[", "[[]")):
-                leave_out(item, f"left to GPU runs: on a CPU {why} take minutes "
-                                "(InfiniCore's CPU gemm is a plain loop)")
+                leave_out(item, f"left to GPU runs on a 2-core CPU: {why} (InfiniCore's "
+                                "CPU gemm is a plain loop)")
