@@ -280,8 +280,11 @@ def test_fuzzed_tolerance_files(policy_dir, content: str | bytes) -> None:
     shipped = TolerancePolicy.load().table
     for check, per in policy.table.items():  # every entry is usable in its kind
         for dtype in per:
-            if set(shipped[check][dtype]) <= {"k", "floor"}:
+            kind = set(shipped[check][dtype])
+            if kind <= {"k", "floor"}:
                 policy.calibrated(check, dtype)
+            elif kind == {"margin"}:
+                policy.margin(check, dtype)
             else:
                 policy.get(check, dtype)
 

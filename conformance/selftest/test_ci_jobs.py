@@ -52,23 +52,25 @@ def test_plain_tox_cpu_runs_upstream_only_when_configured_and_passes_under_ci(tm
     a missing path it fails, naming the variable."""
     commands = _tox_commands("cpu")
     assert commands[0].startswith("pytest conformance tests --infini-device cpu")
-    (upstream,) = [c for c in commands if "conformance.ci upstream" in c]
-    argv = shlex.split(upstream.replace("{posargs}", ""))
-    assert argv[:4] == ["python", "-m", "conformance.ci", "upstream"]
+    upstream = [c for c in commands if "conformance.ci upstream" in c]
+    assert len(upstream) == 2, "the suite and the support probe on upstream"
     clone = tmp_path / "clone"  # no ../shared beside it
     clone.mkdir()
-    # `--` COMMAND is replaced by one that would fail: it must not run.
-    at = argv.index("--")
-    cmd = [sys.executable, *argv[1:at], "--", sys.executable, "-c", "raise SystemExit(7)"]
-    proc = subprocess.run(cmd, cwd=clone, env=_env(CI="true"), capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "upstream: not configured" in proc.stdout
     missing = tmp_path / "shared" / "infinicore"
-    proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=120,
-                          env=_env(CI="true", INFINILM_UPSTREAM_SOURCE=str(missing)))
-    assert proc.returncode == 1
-    assert f"INFINILM_UPSTREAM_SOURCE={missing}: no such file" in proc.stderr
+    for command in upstream:
+        argv = shlex.split(command.replace("{posargs}", ""))
+        assert argv[:4] == ["python", "-m", "conformance.ci", "upstream"]
+        # `--` COMMAND is replaced by one that would fail: it must not run.
+        at = argv.index("--")
+        cmd = [sys.executable, *argv[1:at], "--", sys.executable, "-c", "raise SystemExit(7)"]
+        proc = subprocess.run(cmd, cwd=clone, env=_env(CI="true"), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "upstream: not configured" in proc.stdout
+        proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=120,
+                              env=_env(CI="true", INFINILM_UPSTREAM_SOURCE=str(missing)))
+        assert proc.returncode == 1
+        assert f"INFINILM_UPSTREAM_SOURCE={missing}: no such file" in proc.stderr
 
 
 def test_ci_run_configures_the_upstream_source_and_runs_the_readme_command():

@@ -180,13 +180,14 @@ def test_a_nan_is_named_at_its_real_layer_not_where_a_stale_buffer_repeats_it(tm
     first (accumulated) forward. On the 0.1.0 CPU build an f32 gemm with beta = 0 reads its
     output buffer, so the isolated forward that follows inherits the NaN from a reused
     buffer as early as layer 0; the localization must still name layer 3 (it named layer 0
-    on SmolLM2)."""
+    on SmolLM2), at the first point the norm's output reaches: the K/V it writes to the
+    cache, with rms_norm among the ops to look at."""
     status, doc, _ = suite(tmp_path, "nan_rms_norm_7th", MODEL.format("activations"),
                            "--model", "tiny-sharded", "--dtype", "f32")
     assert status == 1
     first = locs(doc, "model_activations")[0]
-    assert (first["layer"], first["submodule"]) == (3, "attention"), first["description"]
-    assert "non-finite" in first["description"]
+    assert (first["layer"], first["submodule"]) == (3, "kv cache"), first["description"]
+    assert "non-finite" in first["description"] and "rms_norm" in first["description"]
 
 
 def test_checkpoint_with_a_nan_weight_is_an_error_naming_the_tensor(tmp_path):
@@ -280,10 +281,10 @@ def test_a_defect_only_past_256_keys_is_caught_by_the_default_run(tmp_path):
 def test_a_defect_past_position_256_fails_only_the_long_horizon_check(tmp_path, monkeypatch):
     """A KV cache that writes the tokens from position 256 on one slot early: every model
     check of the fixture passes (none decodes that far), the long-horizon check fails and
-    names the first step past the boundary, position 256, in layer 0's attention computing
-    wrong on the golden's input (it reads its own cache). f32: in half precision the one
-    displaced slot of a random tiny model stays below the rounding budget (tolerances.toml:
-    such defects are f32's to catch)."""
+    names the first step past the boundary, position 256, in layer 0's KV cache computing
+    wrong on the golden's input (the cache is captured before the attention that reads
+    it). f32: in half precision the one displaced slot of a random tiny model stays below
+    the rounding budget (tolerances.toml: such defects are f32's to catch)."""
     # one thread: the outer run keeps the cores busy (two threads of a serial inner run
     # each wait for a core at every OpenMP region)
     monkeypatch.setenv("INFINILM_THREADS", "1")
@@ -297,4 +298,4 @@ def test_a_defect_past_position_256_fails_only_the_long_horizon_check(tmp_path, 
     assert len(others) >= 15 and not wrong, [(r["nodeid"], r["status"]) for r in wrong]
     first = locs(doc, "model_long_horizon")[0]
     assert (first["phase"], first["step"], first["layer"], first["submodule"],
-            first["isolated"]) == ("decode", 256, 0, "attention", True), first["description"]
+            first["isolated"]) == ("decode", 256, 0, "kv cache", True), first["description"]

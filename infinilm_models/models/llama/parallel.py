@@ -36,6 +36,7 @@ from ...arguments import check_int, token_ids
 from ...generation import GenerationConfig
 from ...runtime import Device, DType, Tensor, ops
 from ...runtime.comm import Communicator, make_communicator
+from ..registry import model_class
 from .configuration import LlamaConfig
 from .kv_cache import KVCache
 from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
@@ -259,8 +260,6 @@ class ParallelLlamaForCausalLM:
         pp = check_int(pp, "pp", minimum=1)
         check_load_arguments(model_path, dtype, max_cache_len, progress, allow_nonfinite)
         path = Path(model_path)
-        from ..auto import model_class
-
         model_cls = model_class(path)
         config = model_cls.config_class.from_pretrained(path)
         shapes = split_heads(config, tp)
