@@ -328,10 +328,11 @@ def test_perf_decode(benchmark, decode_batch, impl, dtype, infini_device, bench_
         extra["op_calls_per_step"] = _calls_per_step(model, cache, feed[:, :1], state)
     if impl == "ours_graph":
         d = state["decoder"]
-        extra.update(graphs_per_step=d.captured.graphs if d.captured else 0,
-                     eager_calls_in_step=d.captured.eager_calls if d.captured else 0,
-                     graph_api=getattr(d.captured.backend, "name", None) if d.captured
-                     else None,
+        c = d.current
+        extra.update(graphs_per_step=c.graphs if c else 0,
+                     eager_calls_in_step=c.eager_calls if c else 0,
+                     graph_api=getattr(c.backend, "name", None) if c else None,
+                     spans_captured=d.graphs, last_span=d.last_span,
                      first_replayed_token_s_after_load=state["first_replay_s"])
     if impl == "hf_compiled":
         extra.update(compile_and_warmup_s=state.get("compile_s"))
@@ -364,8 +365,8 @@ def _calls_per_step(model, cache, token, state) -> int:
     from infinilm_models.runtime.ops._base import CachedOp
 
     d = state.get("decoder")
-    if d is not None and d.captured is not None:
-        return d.captured.eager_calls + d.captured.graphs
+    if d is not None and d.current is not None:
+        return d.current.eager_calls + d.current.graphs
     count = [0]
 
     def hook(*_):
