@@ -48,3 +48,27 @@ def test_buffers_follow_the_cache_past_2048_positions():
     # the prefill's scores were grown to its 2,100 keys (agreement with transformers at
     # this length is the conformance check's: test_model_long_context)
     assert m.buffers.get(1, 2100).scores.shape[2] >= 2100
+
+
+def test_each_span_of_the_fixed_step_attends_over_contiguous_scores():
+    """The fixed step's span grows with the cache (64, 128, ...; the whole allocation at
+    most), and at every span its scores, masks and probabilities are contiguous: the layout
+    the whole-allocation step had. Narrowed views of the allocation-wide buffer (rows of
+    max_len + 1, not 32-byte aligned) crashed every graph check on 0.1.0's NVIDIA build,
+    whose rearrange dies on such rows."""
+    m = AutoLlamaModel.from_pretrained(ensure("gqa"), "cpu", "f32", progress=False)
+    ids = np.random.default_rng(1).integers(3, m.config.vocab_size, (1, 70))
+    cache = m.new_cache(1, 170)
+    m.forward(ids[:, :60], cache=cache)
+    decoder = m.fixed_decoder(cache, graph=False)
+    spans = []
+    for i in range(60, 70):
+        decoder.step(ids[:, i])
+        fixed = decoder.fixed
+        spans.append(decoder.last_span)
+        assert fixed.scores.shape[2] == decoder.last_span and fixed.scores.is_contiguous()
+        assert fixed.probs.is_contiguous()
+        assert all(t.is_contiguous() and t.shape == fixed.scores.shape
+                   for t in fixed.masks.values())
+    assert spans[0] == 64 and spans[-1] == 128
+    assert decoder.span(cache.max_len) == cache.max_len + 1  # the whole allocation at most

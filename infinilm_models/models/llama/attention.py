@@ -243,11 +243,16 @@ class FixedStep:
         """Attend over the cache's first `n` positions with these masks; the new K/V go to
         position `slot` (default max_len; unused with in-place appends)."""
         self.n, self.masks, self.slot = n, masks, slot
-        self.scores = self.scores_all.narrow(2, 0, n)
-        rows, group, _ = self.scores.shape
-        stride = self.scores.strides[1]
+        rows, group, _ = self.scores_all.shape
+        # A contiguous [rows, group, n] at the buffer's start, not a narrowed view of the
+        # whole allocation: the layout the whole-allocation step always had (one per span,
+        # each span its own graph). Narrowed rows of max_len + 1 elements are not 32-byte
+        # aligned, and NVIDIA's rearrange dies on such rows (known defect
+        # nvidia-rearrange-unaligned-rows-segfault): with narrowed scores every graph
+        # check crashed on 0.1.0 (H200, 2026-12-07).
+        self.scores = self.scores_all.as_strided((rows, group, n), (group * n, n, 1))
         # every query row its own softmax of one row (group rows are heads, not tokens)
-        self.probs = self.scores.as_strided((rows * group, 1, n), (stride, stride, 1))
+        self.probs = self.scores.view(rows * group, 1, n)
 
     def append(self, attn: LlamaAttention, v: _Views) -> None:
         cache, i = self.cache, attn.layer_idx

@@ -39,7 +39,6 @@ from ...runtime.graph import CapturedStep, graph_backend
 from .attention import FixedStep
 from .kv_cache import KVCache
 
-
 MIN_SPAN = 64
 
 
