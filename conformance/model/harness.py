@@ -117,13 +117,16 @@ def reset_rope_state(model) -> None:
 
 
 @functools.lru_cache(maxsize=6)  # fused and plain of three dtypes
-def our_model(path: str, dtype: str, device: str, model_cls=None, fused: str = "auto"):
+def our_model(path: str, dtype: str, device: str, model_cls=None, fused: str = "auto",
+              max_cache_len: int | None = None):
     """Ours as a user gets it (`fused` "auto": the fused ops the build has), or with
-    "plain", the op sequence of InfiniCore 0.1.0 (the fused path's reference)."""
+    "plain", the op sequence of InfiniCore 0.1.0 (the fused path's reference);
+    `max_cache_len` as from_pretrained's (default: what the checkpoint allows)."""
     from infinilm_models import AutoLlamaModel
 
     cls = model_cls if model_cls is not None else AutoLlamaModel
-    return reused(cls.from_pretrained(path, device, dtype, progress=False, fused=fused))
+    return reused(cls.from_pretrained(path, device, dtype, progress=False, fused=fused,
+                                      max_cache_len=max_cache_len))
 
 
 def points_of(model) -> list[CapturePoint]:

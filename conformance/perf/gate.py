@@ -23,10 +23,14 @@ def gate(verify, tolerances, dtype: str, ours: np.ndarray | None, ref: np.ndarra
         if name == "ours":
             verify.require(verify.calibrated(x, ref, golden, "model_logits", dtype,
                                              f"gate {what}: ours logits"))
+        # the near tie at each row: at least twice how far transformers' own logits in the
+        # dtype are from the golden's there (judge.greedy_tokens), not only a fixed margin:
+        # at long contexts half precision drifts further
         side = "ours" if name == "ours" else f"transformers {dtype}"
         verify.require(verify.greedy_tokens(
             x.argmax(-1)[:, None], golden.argmax(-1)[:, None], golden[:, None], dtype,
-            f"gate {what}: {side} top-1 per row", sides=(side, "golden f32")))
+            f"gate {what}: {side} top-1 per row", sides=(side, "golden f32"),
+            spread=np.abs(ref - golden).max(-1)[:, None]))
 
 
 def hf_logits(model, ids: np.ndarray, tdev: str) -> np.ndarray:

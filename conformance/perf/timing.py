@@ -32,6 +32,11 @@ class Scale:
     min_rounds: int
     max_rounds: int
     warmup_rounds: int
+    # decode contexts: (id, prompt tokens, positions allocated; 0: prompt + new tokens)
+    decode_contexts: tuple[tuple[str, int, int], ...] = ()
+
+    def contexts(self) -> tuple[tuple[str, int, int], ...]:
+        return self.decode_contexts or ((f"p{self.decode_prompt}", self.decode_prompt, 0),)
 
 
 SCALES = {
@@ -41,8 +46,13 @@ SCALES = {
     "cpu": Scale("cpu", (32, 128), 128, (1, 8), 30, (16, 64), 16, 16, (1, 8), 0.5, 3, 20, 1),
     # The issue's shapes: prefill 128/1024, decode against a 1024 cache, model prefill
     # 128/512, 128 new tokens.
+    # Decode after a 32-token prompt (the launch-limited case), after 2,048 tokens, and 200
+    # positions filled of 256 or of 4,096 allocated (what a step reads against what a
+    # cache holds: issue 33).
     "full": Scale("full", (128, 1024), 1024, (1, 8), 30, (128, 512), 32, 128, (1, 8),
-                  0.5, 5, 200, 2),
+                  0.5, 5, 200, 2,
+                  (("p32", 32, 0), ("p2048", 2048, 0), ("fill200-alloc256", 72, 256),
+                   ("fill200-alloc4096", 72, 4096))),
 }
 
 

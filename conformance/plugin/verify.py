@@ -120,13 +120,13 @@ class Verify:
 
     def greedy_tokens(self, ours, reference, reference_logits, dtype: str, what: str, *,
                       sides: tuple[str, str] = ("ours", "golden"),
-                      prompt_tokens: int | None = None) -> Comparison:
+                      prompt_tokens: int | None = None, spread=None) -> Comparison:
         """Two sides' greedy tokens ([rows, steps]), equal up to a near tie of the reference
         side's logits ([rows, steps, vocab]) at the first divergence (judge.greedy_tokens,
         the margin of [generation_margin] in the dtype). Records the typed Generation."""
         c, gen = judge.greedy_tokens(ours, reference, reference_logits,
                                      self.policy.margin("generation_margin", dtype), what,
-                                     sides, prompt_tokens)
+                                     sides, prompt_tokens, spread)
         self.generations.append(gen)
         return self.keep(c)
 

@@ -181,3 +181,29 @@ def test_tolerance_table_is_complete():
             assert isinstance(POLICY.calibrated(check, dtype), Calibrated)
     assert [POLICY.margin("generation_margin", d) for d in ("f32", "f16", "bf16")] == \
         [0.0, 0.05, 0.25]
+
+
+def test_the_near_tie_follows_what_the_dtype_costs_at_that_position():
+    """At a long context transformers' own half-precision logits drift further from the
+    golden than the fixed margin: the near tie there is twice that drift (spread), so
+    transformers' own run passes, and a flip at a wider gap still fails."""
+    rng = np.random.default_rng(3)
+    golden = rng.standard_normal((4, 1, 50)) * 3
+    golden[:, 0, 7] = golden.max(-1)[:, 0] + 0.3  # the golden's top-1, 0.3 ahead
+    ref = golden + rng.uniform(-0.2, 0.2, golden.shape)  # a correct run, drift 0.2
+    ref[0, 0, 7] -= 0.2
+    ref[0, 0, np.argsort(golden[0, 0])[-2]] += 0.2  # row 0: drift swaps the top two
+    spread = np.abs(ref - golden).max(-1)
+    tokens = lambda x: x.argmax(-1)  # noqa: E731
+    assert tokens(ref)[0, 0] != tokens(golden)[0, 0]
+    fixed, _ = judge.greedy_tokens(tokens(ref), tokens(golden), golden, 0.25, "g")
+    assert not fixed.passed  # the fixed margin failed transformers' own run (issue 33)
+    own, gen = judge.greedy_tokens(tokens(ref), tokens(golden), golden, 0.25, "g",
+                                   sides=("transformers bf16", "golden"), spread=spread)
+    assert own.passed and gen.allowed_margin >= 0.3 and "transformers bf16" in own.reason
+    wide = golden.copy()
+    wide[1, 0, 7] += 5.0  # row 1: the golden's top-1 far ahead; ours flips it anyway
+    ours = tokens(wide)
+    ours[1, 0] = 0
+    bad, _ = judge.greedy_tokens(ours, tokens(wide), wide, 0.25, "g", spread=spread)
+    assert not bad.passed and "not a near tie" in bad.reason

@@ -117,6 +117,8 @@ class LlamaAttention:
         descriptors.
         """
         q_heads = self._cached_views(bufs).q_heads
+        if len(totals):  # the scores grown to the longest first: one layout for every step
+            bufs.scores_for(max(totals))
         for total in totals:
             lo = self.window_start(total - bufs.seq, total)
             keys, values, scores, probs = attention_views(self, bufs, cache, lo, total)
@@ -141,7 +143,7 @@ def attention_views(attn: LlamaAttention, bufs: Buffers, cache: KVCache, lo: int
     [b * heads, s, n] for the softmax."""
     b, s, n = bufs.batch, bufs.seq, total - lo
     keys, values = cache.span(attn.layer_idx, lo, n)  # [b * nkv, n, d]
-    scores = bufs.scores.narrow(2, 0, n)  # [b * nkv, g * s, n], rows of max_len
+    scores = bufs.scores_for(n)  # [b * nkv, g * s, n]
     # Softmax per (b, kv head, group) over rows of one sequence: the causal mask is
     # aligned bottom-right, so the s new tokens see the cached ones before them.
     probs = scores.as_strided((b * attn.num_kv_heads * attn.group, s, n),
@@ -218,29 +220,46 @@ class CachedStep:
 
 class FixedStep:
     """The fixed-shape decode step's append and attend (decode_step.py), the buffers every
-    layer's attention shares: the scores over all max_len + 1 positions and the step's
-    additive masks in the same layout (one per window among the layers)."""
+    layer's attention shares: the scores over a span of the cache's first n positions and
+    the step's additive masks in the same layout (one per window among the layers). The
+    span is the step's (`use`): a power of two past the cache length, so the attention
+    reads what is filled and a little more, not the whole allocation; each span has shapes
+    and pointers of its own, one captured graph each."""
 
     def __init__(self, cache: KVCache, bufs: Buffers, scores: Tensor,
                  masks: dict[int | None, Tensor], rope, rope_algo,
                  lengths: Tensor | None = None, seq_lens: Tensor | None = None,
                  block_tables: Tensor | None = None) -> None:
-        """`lengths`: the cache length per row on the device, where the new K/V are
-        appended in place (kv_caching) instead of into the decode slot; `seq_lens` and
+        """`scores`: [b * kv_heads, group, max_len + 1], every span a view of it;
+        `lengths`: the cache length per row on the device, where the new K/V are appended
+        in place (kv_caching) instead of into the decode slot; `seq_lens` and
         `block_tables`: paged attention over the cache (seq_lens = lengths + 1)."""
-        self.cache, self.bufs, self.scores, self.masks = cache, bufs, scores, masks
+        self.cache, self.bufs, self.scores_all = cache, bufs, scores
         self.rope, self.rope_algo = rope, rope_algo
         self.lengths, self.seq_lens, self.block_tables = lengths, seq_lens, block_tables
-        rows, group, n = scores.shape
+        self.use(scores.shape[2], masks)
+
+    def use(self, n: int, masks: dict[int | None, Tensor], slot: int | None = None) -> None:
+        """Attend over the cache's first `n` positions with these masks; the new K/V go to
+        position `slot` (default max_len; unused with in-place appends)."""
+        self.n, self.masks, self.slot = n, masks, slot
+        rows, group, _ = self.scores_all.shape
+        # A contiguous [rows, group, n] at the buffer's start, not a narrowed view of the
+        # whole allocation: the layout the whole-allocation step always had (one per span,
+        # each span its own graph). Narrowed rows of max_len + 1 elements are not 32-byte
+        # aligned, and NVIDIA's rearrange dies on such rows (known defect
+        # nvidia-rearrange-unaligned-rows-segfault): with narrowed scores every graph
+        # check crashed on 0.1.0 (H200, 2026-12-07).
+        self.scores = self.scores_all.as_strided((rows, group, n), (group * n, n, 1))
         # every query row its own softmax of one row (group rows are heads, not tokens)
-        self.probs = scores.view(rows * group, 1, n)
+        self.probs = self.scores.view(rows * group, 1, n)
 
     def append(self, attn: LlamaAttention, v: _Views) -> None:
         cache, i = self.cache, attn.layer_idx
         if self.lengths is not None:  # kv_caching: at the cache length, read on the device
             ops.kv_caching(cache.keys[i], cache.values[i], v.k_src, v.v_src, self.lengths)
             return
-        k_slot, v_slot = cache.decode_slot(i)
+        k_slot, v_slot = cache.decode_slot(i, self.slot)
         ops.copy(k_slot, v.k_src)
         ops.copy(v_slot, v.v_src)
 
@@ -255,7 +274,7 @@ class FixedStep:
             return v.attn_tokens
         if v.q_src is not None:
             ops.copy(v.q_dst, v.q_src)
-        keys, values = cache.full(i)
+        keys, values = cache.full(i, self.n)
         ops.copy(self.scores, self.masks[attn.window])
         ops.gemm(self.scores, v.q_heads, keys.transpose(1, 2), attn.scaling, 1.0)
         ops.causal_softmax(self.probs, self.probs)  # one row per matrix: nothing masked

@@ -26,7 +26,7 @@ class Buffers:
     k: Tensor  # [T, kv_heads * head_dim] view of qkv
     v: Tensor  # [T, kv_heads * head_dim] view of qkv
     q_heads: Tensor  # [batch * kv_heads, group * seq, head_dim]
-    scores: Tensor  # [batch * kv_heads, group * seq, max_len]
+    scores: Tensor  # [batch * kv_heads, group * seq, n]: n grown on demand (scores_for)
     attn: Tensor  # [batch * kv_heads, group * seq, head_dim]
     attn_tokens: Tensor  # [T, heads * head_dim]
     attn_out: Tensor  # [T, hidden]
@@ -43,14 +43,25 @@ class Buffers:
     # Views of these buffers that modules build once and reuse on every call (a decode
     # step would otherwise rebuild dozens of identical views per layer).
     views: dict = field(default_factory=dict)
+    # allocates a zeroed tensor of this pool's dtype and device (scores_for grows with it)
+    allocate: object = None
+
+    def scores_for(self, n: int) -> Tensor:
+        """The scores of `n` keys per query row: [batch * kv_heads, group * seq, n], a view
+        of a buffer grown (to the next power of two) when a longer cache first needs it,
+        so a model's buffers follow the caches it is given, not the longest it allows."""
+        if self.scores.shape[2] < n:
+            cols = 1 << (n - 1).bit_length()
+            self.scores = self.allocate((self.scores.shape[0], self.scores.shape[1], cols))
+        return self.scores.narrow(2, 0, n)
 
 
 class BufferPool:
     """Buffers per (batch, seq), a few shapes kept (prefill shapes vary, decode repeats)."""
 
-    def __init__(self, config: LlamaConfig, device: Device, dtype: DType, max_len: int,
+    def __init__(self, config: LlamaConfig, device: Device, dtype: DType,
                  keep: int = 8) -> None:
-        self.config, self.device, self.dtype, self.max_len = config, device, dtype, max_len
+        self.config, self.device, self.dtype = config, device, dtype
         self.keep = keep
         self._pool: OrderedDict[tuple[int, int], Buffers] = OrderedDict()
 
@@ -104,7 +115,8 @@ class BufferPool:
             qkv=qkv, q=qkv.narrow(1, 0, qd), k=qkv.narrow(1, qd, kvd),
             v=qkv.narrow(1, qd + kvd, kvd),
             q_heads=z(rows, group * seq, c.head_dim),
-            scores=z(rows, group * seq, self.max_len + 1),
+            # as many keys as its queries (a prefill); grown for a longer cache
+            scores=z(rows, group * seq, max(16, 1 << (seq - 1).bit_length())),
             attn=z(rows, group * seq, c.head_dim),
             attn_tokens=z(t, c.num_attention_heads * c.head_dim),
             attn_out=z(t, c.hidden_size),
@@ -114,6 +126,7 @@ class BufferPool:
             act=z(t, c.intermediate_size), mlp_out=z(t, c.hidden_size),
             pos_ids=z(t, dtype=DType.I32), ids=z(t, dtype=DType.I64),
             last_normed=z(batch, c.hidden_size), logits=z(batch, c.vocab_size),
+            allocate=lambda shape: z(*shape),
         )
 
     def all_logits(self, bufs: Buffers) -> Tensor:

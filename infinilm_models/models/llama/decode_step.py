@@ -8,9 +8,16 @@ at every step.
 What moves from step to step goes into fixed buffers before the step (host-side work, not
 captured): the token's embedding rows and positions (one copy each) and the step's mask
 (0 at the cached positions and at the slot, a large negative value beyond the length).
-The new token's K/V are written to the cache's fixed slot, attended there, and copied to
-their position after the step by one copy over all layers (two calls: K and V); keeping
-that copy outside the graph is what lets one graph serve every cache length.
+The new token's K/V are written to a fixed slot, attended there, and copied to their
+position after the step by one copy over all layers (two calls: K and V); keeping that
+copy outside the graph is what lets one graph serve many cache lengths.
+
+Spans: the attention reads the cache's first n positions, n the smallest power of two
+(at least MIN_SPAN) past the cache length, the whole allocation at most, and the slot is
+the span's last position (still past every cached one). So a step's attention costs what
+is filled (within 2x), not what was allocated: a 4096-position cache holding 200 reads
+256. Each span has its own shapes and pointers, hence its own graph, captured the second
+time it is used and kept (a 2048-position decode uses log2(2048 / 64) + 1 = 6).
 
 With the build's embedding op the token rows are gathered inside the step (only the ids
 are uploaded before it), and with kv_caching the new K/V are appended at the cache length
@@ -31,6 +38,8 @@ from ...runtime.device import Stream, stream_scope
 from ...runtime.graph import CapturedStep, graph_backend
 from .attention import FixedStep
 from .kv_cache import KVCache
+
+MIN_SPAN = 64
 
 
 class FixedDecoder:
@@ -71,12 +80,25 @@ class FixedDecoder:
         self.eager_ops = eager_ops if eager_ops is not None else \
             uncapturable_ops(current_build(), model.device.type)
         self.stream = Stream(model.device) if self.use_graph else None
-        self.captured: CapturedStep | None = None
+        self.captured: dict[int, CapturedStep] = {}  # span -> its graph
+        self.used: set[int] = set()  # spans run once eagerly (handles, descriptors)
+        self.last_span: int | None = None
         self._tables = None
         self.steps = 0
 
-    def _masks(self) -> dict:
-        return {w: self.cache.fixed_mask(self.group, self.append_in_place, w)
+    def span(self, start: int) -> int:
+        """The positions the step at cache length `start` attends over (see the module's
+        docstring); the whole allocation (max_len + 1) for paged attention."""
+        whole = self.cache.max_len + 1
+        if self.paged:
+            return whole
+        n = MIN_SPAN
+        while n < start + 1:
+            n *= 2
+        return min(n, whole)
+
+    def _masks(self, n: int | None = None) -> dict:
+        return {w: self.cache.fixed_mask(self.group, self.append_in_place, w, n)
                 for w in self.windows}
 
     def _device_step(self) -> Tensor:
@@ -101,34 +123,48 @@ class FixedDecoder:
         bufs.pos_ids.copy_from_numpy(pos.reshape(-1).astype(np.int32))
         if self.lengths is not None:
             self.lengths.copy_from_numpy(np.full(cache.batch_size, start, dtype=np.int64))
+        n = self.last_span = self.span(start)
+        slot = None if self.append_in_place else n - 1
         if self.seq_lens is not None:
             self.seq_lens.copy_from_numpy(np.full(cache.batch_size, start + 1, dtype=np.int64))
         else:
-            self._masks()  # uploaded into the same buffers
+            self.fixed.use(n, self._masks(n), slot)  # the span's masks, uploaded
         if not self.use_graph:
             out = self._device_step()
         else:
             tables = (m.rotary_emb.sin.data_ptr, m.rotary_emb.cos.data_ptr)
-            if self.captured is not None and tables != self._tables:
-                self.captured.close()  # the RoPE tables grew: their pointers moved
-                self.captured = None
-            if self.captured is None and self.steps > 0:
-                self.captured = CapturedStep(m.device, self.stream, self._device_step,
-                                             self.eager_ops).capture()
+            if self.captured and tables != self._tables:
+                self.close()  # the RoPE tables grew: their pointers moved
+            captured = self.captured.get(n)
+            if captured is None and n in self.used:
+                captured = self.captured[n] = CapturedStep(
+                    m.device, self.stream, self._device_step, self.eager_ops).capture()
                 self._tables = tables
             with stream_scope(self.stream.handle):
-                if self.captured is None:  # the first step eagerly: handles, descriptors
+                if captured is None:  # a span's first step eagerly: handles, descriptors
                     self._device_step()
+                    self.used.add(n)
                 else:
-                    self.captured.replay()
+                    captured.replay()
             out = bufs.logits.view(cache.batch_size, 1, m.config.vocab_size)
         if not self.append_in_place:
-            cache.commit_slot(start)
+            cache.commit_slot(start, slot)
         cache.length = start + 1
         self.steps += 1
         return out
 
+    @property
+    def current(self) -> CapturedStep | None:
+        """The graph of the last step's span (None: it ran eagerly)."""
+        return self.captured.get(self.last_span)
+
+    @property
+    def graphs(self) -> int:
+        """Device graphs held: one per span used twice (each may hold several segments
+        where an op is not capturable)."""
+        return len(self.captured)
+
     def close(self) -> None:
-        if self.captured is not None:
-            self.captured.close()
-            self.captured = None
+        for captured in self.captured.values():
+            captured.close()
+        self.captured.clear()

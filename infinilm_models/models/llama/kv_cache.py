@@ -187,46 +187,54 @@ class KVCache:
 
     # -- the fixed-shape decode step (captured graphs) ----------------------------------
 
-    def decode_slot(self, layer: int) -> tuple[Tensor, Tensor]:
-        """Where a fixed-shape decode step writes the new token's K/V: position max_len,
-        the same pointers at every step."""
-        return (self.k_all.select(0, layer).narrow(2, self.max_len, 1),
-                self.v_all.select(0, layer).narrow(2, self.max_len, 1))
+    def decode_slot(self, layer: int, position: int | None = None) -> tuple[Tensor, Tensor]:
+        """Where a fixed-shape decode step writes the new token's K/V: position `position`
+        (default max_len, past every cached one), the same pointers at every step of one
+        span."""
+        at = self.max_len if position is None else position
+        return (self.k_all.select(0, layer).narrow(2, at, 1),
+                self.v_all.select(0, layer).narrow(2, at, 1))
 
-    def full(self, layer: int) -> tuple[Tensor, Tensor]:
-        """All max_len + 1 positions (the slot included) as [batch * kv_heads, ., d]."""
+    def full(self, layer: int, n: int | None = None) -> tuple[Tensor, Tensor]:
+        """The first `n` positions (default all max_len + 1, the slot included) as
+        [batch * kv_heads, n, head_dim]."""
         k, v = self.k_all.select(0, layer), self.v_all.select(0, layer)
-        shape = (self.batch_size * self.num_kv_heads, self.max_len + 1, self.head_dim)
+        n = self.max_len + 1 if n is None else n
+        shape = (self.batch_size * self.num_kv_heads, n, self.head_dim)
         strides = (k.strides[1], k.strides[2], 1)
         return k.as_strided(shape, strides), v.as_strided(shape, strides)
 
-    def fixed_mask(self, group: int, in_place: bool = False, window: int | None = None
-                   ) -> Tensor:
-        """The additive mask of a fixed-shape decode step, expanded to the scores' layout
-        [batch * kv_heads, group, max_len + 1]: 0 at the cached positions (padding
-        excepted) and at the new token's, mask_value elsewhere. The new token sits in the
-        slot (position max_len), or, `in_place` (kv_caching), at the cache's length.
+    def fixed_mask(self, group: int, in_place: bool = False, window: int | None = None,
+                   n: int | None = None) -> Tensor:
+        """The additive mask of a fixed-shape decode step over the first `n` positions
+        (default all max_len + 1), expanded to the scores' layout [batch * kv_heads,
+        group, n]: 0 at the cached positions (padding excepted) and at the new token's,
+        mask_value elsewhere. The new token sits in the slot, the last of the n positions
+        (position max_len by default), or, `in_place` (kv_caching), at the cache's length.
         `window`: a sliding window's layers see only the positions after length - window.
-        Uploaded at every step into the same buffer (one per group, in_place, window);
+        Uploaded at every step into the same buffer (one per group, in_place, window, n);
         from one decode step to the next only the position the last step committed (and
         the one leaving the window) changes, so the host copy is built once and updated
         there."""
-        b, nkv, n = self.batch_size, self.num_kv_heads, self.max_len + 1
-        entry = self._fixed.setdefault((group, in_place, window), [None, None, None])
+        b, nkv = self.batch_size, self.num_kv_heads
+        n = self.max_len + 1 if n is None else n
+        cached = n if in_place else n - 1  # positions held (the last one the slot)
+        entry = self._fixed.setdefault((group, in_place, window, n), [None, None, None])
         t, host, last = entry
         state = (self._padding_version, self.length)
         if host is not None and last[0] == state[0] and self.length == last[1] + 1:
             if window is None or last[1] > self.length - window:
                 host[:, :, last[1]] = 0  # the token the last step committed (never padding)
-            if in_place and self.length < self.max_len:
+            if in_place and self.length < cached:
                 host[:, :, self.length] = 0  # where this step's token goes
             if window is not None and self.length - window >= 0:
                 host[:, :, self.length - window] = mask_value(self.dtype)  # out of the window
         elif host is None or last != state:
             row = self.padding[:, :n].copy()
-            row[:, self.length:self.max_len] = True
-            row[:, self.max_len] = in_place  # the slot is unused with in-place appends
-            if in_place and self.length < self.max_len:
+            row[:, self.length:cached] = True
+            if not in_place:
+                row[:, n - 1] = False  # the slot
+            elif self.length < cached:
                 row[:, self.length] = False
             if window is not None:
                 row[:, :max(0, self.length - window + 1)] = True
@@ -240,10 +248,13 @@ class KVCache:
             t.copy_from_numpy(host)
         return t
 
-    def commit_slot(self, position: int) -> None:
-        """After a fixed-shape step: the slot's K/V of every layer to `position` (two
-        copies over the layer axis of the one allocation)."""
+    def commit_slot(self, position: int, slot: int | None = None) -> None:
+        """After a fixed-shape step: the slot's K/V (position `slot`, default max_len) of
+        every layer to `position` (two copies over the layer axis of the one allocation)."""
         from ...runtime import ops
 
+        slot = self.max_len if slot is None else slot
+        if slot == position:
+            return
         for t in (self.k_all, self.v_all):
-            ops.copy(t.narrow(3, position, 1), t.narrow(3, self.max_len, 1))
+            ops.copy(t.narrow(3, position, 1), t.narrow(3, slot, 1))

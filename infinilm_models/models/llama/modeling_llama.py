@@ -25,7 +25,7 @@ from .buffers import BufferPool, Buffers
 from .configuration import LlamaConfig
 from .decoder_layer import Capture, LlamaDecoderLayer
 from .fusion import Fused, plan
-from .kv_cache import KVCache
+from .kv_cache import CacheOverflowError, KVCache
 from .loading import EMBED_WEIGHT, LM_HEAD_WEIGHT, load_state_dict
 from .mlp import GATE_UP_BIAS, GATE_UP_WEIGHT
 from .rope import LlamaRotaryEmbedding
@@ -83,9 +83,12 @@ class LlamaModel:
 
 
 def cache_limit(config: LlamaConfig, max_cache_len: int | None) -> int:
-    """The longest cache a model of `config` holds: `max_cache_len` (default 2048), at most
-    the positions the config accepts."""
+    """The longest cache a model of `config` holds: `max_cache_len`, at most the positions
+    the config accepts; by default all of them (its max_position_embeddings: SmolLM2's
+    8192), or 2048 where the config sets no limit (dynamic RoPE accepts any length)."""
     limit = config.position_limit
+    if max_cache_len is None:
+        return DEFAULT_MAX_CACHE_LEN if limit is None else limit
     wanted = _max_cache_len(max_cache_len)
     return wanted if limit is None else min(wanted, limit)
 
@@ -127,7 +130,7 @@ class LlamaForCausalLM:
             config.position_limit or max(self.max_cache_len, config.max_position_embeddings))
         # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
         self.rope_algo = ops.RoPEAlgo.GPT_NEOX
-        self.buffers = BufferPool(config, device, dtype, self.max_cache_len)
+        self.buffers = BufferPool(config, device, dtype)
         self._scratch_caches: dict[int, KVCache] = {}
         # What `generate` uses when given no config: the checkpoint's generation defaults.
         self.generation_config = (generation_config if generation_config is not None
@@ -143,7 +146,8 @@ class LlamaForCausalLM:
         """Load a Hugging Face LLaMA checkpoint directory onto ``device``.
 
         ``dtype`` defaults to the config's (float64 checkpoints run in f32, the widest
-        supported); ``max_cache_len`` (default 2048, at most max_position_embeddings) is
+        supported); ``max_cache_len`` (default: every position the checkpoint allows, its
+        max_position_embeddings; 2048 where it sets no limit) is
         the longest prompt + generation a cache holds. ``allow_nonfinite`` loads weights
         holding NaN/Inf with a warning instead of refusing them (loading.py says why the
         default is an error). Arguments are checked before anything is read; then
@@ -181,6 +185,11 @@ class LlamaForCausalLM:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         max_len = (self.max_cache_len if max_len is None
                    else check_int(max_len, "max_len", minimum=1))
+        if max_len > self.max_cache_len:
+            raise CacheOverflowError(
+                f"new_cache(max_len={max_len}): the model holds at most {self.max_cache_len} "
+                "positions (max_cache_len; the checkpoint allows "
+                f"{self.config.position_limit or 'any number'})")
         return KVCache(self.config, batch_size, max_len, self.device, self.dtype)
 
     def fixed_decoder(self, cache: KVCache, *, graph: bool | str = "auto"):
