@@ -369,14 +369,19 @@ def _check_finite(arr: np.ndarray, path: Path, name: str, allow: bool) -> None:
     where = tuple(int(i) for i in np.unravel_index(first, arr.shape))
     message = (f"{path}: tensor {name!r} holds {bad} non-finite value(s) out of {flat.size} "
                f"(first: {float(flat[first])} at index {list(where)})")
+    _refuse_unless_allowed(message + "; a model with NaN/Inf weights can only produce NaN "
+                           "or garbage logits", allow)
+
+
+def _refuse_unless_allowed(message: str, allow: bool, stacklevel: int = 4) -> None:
+    """A tensor that is not finite in this run: a CheckpointError naming it, or with
+    allow_nonfinite a warning (a poisoned checkpoint loaded on purpose, for diagnosis)."""
     if allow:
         warnings.warn(message + "; loaded anyway (allow_nonfinite=True)", UserWarning,
-                      stacklevel=3)
+                      stacklevel=stacklevel)
         return
-    raise CheckpointError(
-        message + "; a model with NaN/Inf weights can only produce NaN or garbage logits. "
-        "Pass allow_nonfinite=True to from_pretrained (the CLI: --allow-nonfinite) to load "
-        "it anyway for diagnosis")
+    raise CheckpointError(message + ". Pass allow_nonfinite=True to from_pretrained (the "
+                          "CLI: --allow-nonfinite) to load it anyway for diagnosis")
 
 
 def _convert(arr: np.ndarray, target: np.dtype, path: Path, name: str,
@@ -431,13 +436,7 @@ def _check_converted(stored: np.ndarray, out: np.ndarray, path: Path, name: str,
                f"the dtype of this run (first: {value!r} at index {where} becomes "
                f"{float(flat_out[first])}; {short}'s largest finite value is {limit:g}); "
                f"{hint}")
-    if allow:
-        warnings.warn(message + "; loaded anyway (allow_nonfinite=True)", UserWarning,
-                      stacklevel=4)
-        return
-    raise CheckpointError(
-        message + ". Pass allow_nonfinite=True to from_pretrained (the CLI: "
-        "--allow-nonfinite) to load it anyway for diagnosis")
+    _refuse_unless_allowed(message, allow, stacklevel=5)
 
 
 # ------------------------------------------------------------------------------ check
