@@ -20,7 +20,9 @@ Policy
   rounding floor of 5e-6) cannot. Any other rounding, reduction order or tiling passes.
 * **Calibrated** (model level): ours-vs-golden <= k x (transformers in the tested dtype
   vs golden) + floor. The golden is transformers in float32 on the CPU; the bound is
-  earned from what the dtype costs a mature implementation on the same input.
+  earned from what the dtype costs a mature implementation on the same input. In f16/bf16
+  k multiplies the spread of correct implementations (`spread`: the larger error of
+  transformers' and of its faithful-rounding alternative, model/faithful.py).
 * **Exact**, only where a standard demands it: integer outputs (token ids), copies
   (rearrange), argmax (any of the tied maxima is right).
 * **Properties**: IEEE 754 mandates correctly rounded add/mul; "not correctly rounded"
