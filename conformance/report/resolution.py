@@ -18,6 +18,11 @@ from conformance.record import CheckRecord
 from .format import fmt_number
 
 
+def _pct(v: float) -> str:
+    """A relative size in percent, two significant digits (f32 resolves 0.0032%)."""
+    return f"{v * 100:.2g}%"
+
+
 def _rms(threshold: float | None) -> float | None:
     return math.sqrt(threshold) if threshold is not None and math.isfinite(threshold) and \
         threshold >= 0 else None
@@ -44,17 +49,17 @@ def resolution(r: CheckRecord) -> str | None:
     sub = sub_module_resolution(r)
     if sub is not None:
         lo, at_lo, hi, at_hi = sub
-        parts.append(f"a sub-module {lo:.2%} off (relative RMS of its output, {at_lo}; "
-                     f"{hi:.2%} at {at_hi})")
+        parts.append(f"a sub-module {_pct(lo)} off (relative RMS of its output, {at_lo}; "
+                     f"{_pct(hi)} at {at_hi})")
     for c in r.comparisons:
         b = c.bound
         if b is None or b.kind != "calibrated" or b.threshold is None or \
                 "compared" in c.metrics:  # a series: per tensor above
             continue
         if b.metric == "nmse" and _rms(b.threshold) is not None:
-            parts.append(f"{c.what} {_rms(b.threshold):.2%} off (relative RMS)")
+            parts.append(f"{c.what} {_pct(_rms(b.threshold))} off (relative RMS)")
         elif b.metric == "rel_delta":
-            parts.append(f"{c.what} {b.threshold:.2%} off")
+            parts.append(f"{c.what} {_pct(b.threshold)} off")
         else:
             parts.append(f"{c.what} off by {b.metric} {fmt_number(b.threshold)}")
     if not parts:

@@ -74,7 +74,11 @@ def test_the_resolution_line_reads_the_bounds_of_the_record():
     r = CheckRecord("n", "model_activations", "t", "passed", dtype="bf16", model="m",
                     tensors=rows, comparisons=[c])
     line = resolution(r)
-    assert "a sub-module 1.00% off" in line and "(relative RMS of its output, prefill norm" in line
-    assert "2.00% at prefill layers.0.mlp" in line
-    assert "all positions: logits 1.05% off" in line  # sqrt(4 x 2.5e-5 + 1e-5)
+    assert "a sub-module 1% off" in line and "(relative RMS of its output, prefill norm" in line
+    assert "2% at prefill layers.0.mlp" in line
+    assert "all positions: logits 1% off" in line  # sqrt(4 x 2.5e-5 + 1e-5) = 1.05%
+    f32 = CheckRecord("n", "model_logits", "t", "passed", dtype="f32", model="m",
+                      comparisons=[judge.calibrated_value("logits", 0.0, 0.0,
+                                                          Calibrated(4.0, 1e-9), "nmse")])
+    assert "logits 0.0032% off" in resolution(f32)
     assert resolution(CheckRecord("n", "op_gemm", "t", "passed", dtype="bf16", op="gemm")) is None
