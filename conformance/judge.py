@@ -20,7 +20,9 @@ Policy
   rounding floor of 5e-6) cannot. Any other rounding, reduction order or tiling passes.
 * **Calibrated** (model level): ours-vs-golden <= k x (transformers in the tested dtype
   vs golden) + floor. The golden is transformers in float32 on the CPU; the bound is
-  earned from what the dtype costs a mature implementation on the same input.
+  earned from what the dtype costs a mature implementation on the same input. In f16/bf16
+  k multiplies the spread of correct implementations (`spread`: the larger error of
+  transformers' and of its faithful-rounding alternative, model/faithful.py).
 * **Exact**, only where a standard demands it: integer outputs (token ids), copies
   (rearrange), argmax (any of the tied maxima is right).
 * **Properties**: IEEE 754 mandates correctly rounded add/mul; "not correctly rounded"
@@ -389,13 +391,37 @@ def _close(a: np.ndarray, e: np.ndarray, tol: Tolerance, what: str,
     return Comparison(what, True, f"{what}: within {bound.describe()}", m, bound)
 
 
+def spread(reference: float, alternative: float | None) -> float:
+    """The spread of correct implementations in a half-precision dtype: the larger error
+    against the golden of transformers' and of the second correct implementation the
+    harness computes (model/faithful.py: every gemm rounded the other way). Without the
+    alternative (f32), or where it is not finite, transformers' alone: never a looser
+    bound than transformers' gives."""
+    if alternative is None or not math.isfinite(alternative) or not math.isfinite(reference):
+        return reference
+    return max(reference, alternative)
+
+
+def _basis(reference: float, alternative: float | None, metric: str) -> str:
+    """What a calibrated bound's k multiplies, in words."""
+    if alternative is None:
+        return f"transformers' {reference:.3g}"
+    return (f"the spread {spread(reference, alternative):.3g} of correct implementations "
+            f"(transformers' {metric} {reference:.3g}, faithful-rounding alternative's "
+            f"{alternative:.3g})")
+
+
 def calibrated(ours: Any, reference: Any, golden: Any, cal: Calibrated, what: str,
-               metric: str = "nmse") -> Comparison:
+               metric: str = "nmse", alternative: Any = None) -> Comparison:
     """ours-vs-golden against k x (reference-vs-golden) + floor, on one metric of
-    error_metrics. Non-finite values on any side fail."""
+    error_metrics; with an `alternative` (a second correct computation in the same dtype),
+    k x the spread of both (`spread`). Non-finite values on any side fail."""
     o, r, g = as_f64(ours), as_f64(reference), as_f64(golden)
     bound = Bound("calibrated", cal.source, k=cal.k, floor=cal.floor, metric=metric)
-    for side, x in (("ours", o), ("golden", g), ("reference", r)):
+    sides = [("ours", o), ("golden", g), ("reference", r)]
+    if alternative is not None:
+        sides.append(("alternative", as_f64(alternative)))
+    for side, x in sides:
         if x.shape != g.shape:
             return Comparison(what, False, f"{what}: {side} shape {x.shape} != golden "
                                            f"{g.shape}", {}, bound)
@@ -404,26 +430,35 @@ def calibrated(ours: Any, reference: Any, golden: Any, cal: Calibrated, what: st
             return Comparison(what, False, f"{what}: non-finite value {x[idx]} in {side} at "
                                            f"{idx}", {"nonfinite": 1.0}, bound)
     mine, theirs = error_metrics(o, g), error_metrics(r, g)
+    alt = error_metrics(sides[3][1], g)[metric] if alternative is not None else None
     return calibrated_value(what, mine[metric], theirs[metric], cal, metric,
-                            metrics={**mine, "reference_" + metric: theirs[metric]})
+                            metrics={**mine, "reference_" + metric: theirs[metric]},
+                            alternative=alt)
 
 
 def calibrated_value(what: str, ours: float, reference: float, cal: Calibrated,
-                     metric: str, metrics: dict[str, float] | None = None) -> Comparison:
-    """The calibrated bound on two already computed errors (KL, perplexity delta...)."""
-    limit = cal.threshold(reference)
-    bound = Bound("calibrated", cal.source, k=cal.k, floor=cal.floor, reference=reference,
+                     metric: str, metrics: dict[str, float] | None = None,
+                     alternative: float | None = None) -> Comparison:
+    """The calibrated bound on two already computed errors (KL, perplexity delta...):
+    ours <= k x reference + floor, or with the `alternative`'s error, k x their `spread`.
+    The metrics keep transformers' error as reference_<metric> (what a known defect's
+    envelope multiplies), the alternative's as alternative_<metric>."""
+    basis = spread(reference, alternative)
+    limit = cal.threshold(basis)
+    bound = Bound("calibrated", cal.source, k=cal.k, floor=cal.floor, reference=basis,
                   threshold=limit, metric=metric)
     m = dict(metrics or {})
     m.setdefault(metric, ours)
     m.setdefault("reference_" + metric, reference)
+    if alternative is not None:
+        m["alternative_" + metric] = alternative
     if not (math.isfinite(ours) and math.isfinite(reference)):
         return Comparison(what, False, f"{what}: {metric} is not finite (ours {ours}, "
                                        f"reference {reference})", m, bound)
     if ours > limit:
         return Comparison(what, False, f"{what}: {metric} {ours:.3g} > {limit:.3g} "
-                                       f"({cal.k:g} x transformers' {reference:.3g} + "
-                                       f"{cal.floor:g})", m, bound)
+                                       f"({cal.k:g} x {_basis(reference, alternative, metric)}"
+                                       f" + {cal.floor:g})", m, bound)
     return Comparison(what, True, f"{what}: {metric} {ours:.3g} <= {limit:.3g}", m, bound)
 
 
@@ -675,12 +710,16 @@ def with_envelope(c: Comparison, envelope: Mapping[str, Any], defect: str) -> Co
 
 
 def calibrated_series(what: str, labels: list[str], ours: list[float], reference: list[float],
-                      cal: Calibrated, metric: str = "nmse") -> tuple[Comparison, list[bool]]:
+                      cal: Calibrated, metric: str = "nmse",
+                      alternative: list[float] | None = None) -> tuple[Comparison, list[bool]]:
     """One calibrated bound applied to a series (every captured tensor of a run): passes
-    when each ours[i] <= k x reference[i] + floor; a non-finite value breaches. Returns the
-    comparison (reason naming the first breach, metrics of the worst one) and the per-entry
+    when each ours[i] <= k x reference[i] + floor (with `alternative`, k x the `spread` of
+    reference[i] and alternative[i]); a non-finite value breaches. Returns the comparison
+    (reason naming the first breach, metrics of the worst one) and the per-entry
     verdicts."""
-    limits = [cal.threshold(r) if math.isfinite(r) else math.nan for r in reference]
+    alts = alternative if alternative is not None else [None] * len(reference)
+    basis = [spread(r, a) for r, a in zip(reference, alts)]
+    limits = [cal.threshold(b) if math.isfinite(b) else math.nan for b in basis]
     ok = [math.isfinite(o) and math.isfinite(lim) and o <= lim
           for o, lim in zip(ours, limits)]
     ratios = [o / lim if (math.isfinite(o) and math.isfinite(lim) and lim > 0) else math.inf
@@ -692,13 +731,17 @@ def calibrated_series(what: str, labels: list[str], ours: list[float], reference
     m = {metric: ours[worst], f"reference_{metric}": reference[worst],
          "threshold": limits[worst], "worst_ratio": ratios[worst],
          "breaches": float(ok.count(False)), "compared": float(len(ok))}
-    bound = replace(bound, reference=reference[worst], threshold=limits[worst])
+    if alternative is not None:
+        m[f"alternative_{metric}"] = alts[worst]
+    bound = replace(bound, reference=basis[worst], threshold=limits[worst])
+    what_k = "transformers'" if alternative is None else "the spread of correct implementations'"
     if all(ok):
-        return Comparison(what, True, f"{what}: all {len(ok)} within {cal.k:g} x transformers' "
+        return Comparison(what, True, f"{what}: all {len(ok)} within {cal.k:g} x {what_k} "
                                       f"{metric} + {cal.floor:g} (worst {labels[worst]}: "
                                       f"{ratios[worst]:.2g} of its bound)", m, bound), ok
     first = ok.index(False)
     return Comparison(what, False, f"{what}: {ok.count(False)} of {len(ok)} out of bound; first "
                                    f"{labels[first]}: {metric} {ours[first]:.3g} > "
-                                   f"{limits[first]:.3g} ({cal.k:g} x transformers' "
-                                   f"{reference[first]:.3g} + {cal.floor:g})", m, bound), ok
+                                   f"{limits[first]:.3g} ({cal.k:g} x "
+                                   f"{_basis(reference[first], alts[first], metric)} + "
+                                   f"{cal.floor:g})", m, bound), ok

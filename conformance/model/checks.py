@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from conformance.judge import Calibrated, calibrated_series, token_nmse
+from conformance.judge import Calibrated, calibrated_series, spread, token_nmse
 from conformance.record import (
     Amplification,
     Bound,
@@ -58,8 +58,13 @@ class CaptureResult:
 def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden: dict,
                     ours_iso: dict | None, ref_iso: dict | None, cal: Calibrated,
                     gate: Calibrated, phase: str, step: int | None = None,
-                    steps: Sequence[dict] | None = None, context: str = "") -> CaptureResult:
+                    steps: Sequence[dict] | None = None, context: str = "",
+                    alt: dict | None = None, alt_iso: dict | None = None) -> CaptureResult:
     """Judge every capture point present on all three sides (see the module docstring).
+
+    `alt`, `alt_iso`: the second correct half-precision implementation's captures
+    (model/faithful.py), accumulated and isolated: each bound is then k x the spread of
+    transformers' and its error (judge.spread), not transformers' alone. None in f32.
 
     `steps`: for pooled decode steps, each step's own captures ({"ours", "ours_iso",
     "golden"}), so that a localization names the step where its tensor deviates most.
@@ -69,32 +74,41 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
     rows: list[TensorRow] = []
     acc: list[tuple[CapturePoint, float, float]] = []
     iso: list[tuple[CapturePoint, float, float]] = []
+    acc_alt: list[float | None] = []  # the alternative's error per entry (None: not run)
+    iso_alt: list[float | None] = []
     missing = _missing(points, ours, golden, ours_iso)
     for p in points:
         g = golden.get(p.name)
         if g is None or p.name not in ours:
             continue
         a_o, a_r = token_nmse(ours[p.name], g), token_nmse(ref.get(p.name), g)
+        a_a = token_nmse(alt.get(p.name), g) if alt is not None else None
         acc.append((p, a_o, a_r))
+        acc_alt.append(a_a)
         row = TensorRow(phase=phase, step=step, tensor=p.name, layer=p.layer,
                         submodule=p.submodule,
-                        accumulated=ErrorPoint(a_o, a_r, cal.threshold(a_r),
-                                               gate_threshold=gate.threshold(a_r)))
+                        accumulated=ErrorPoint(a_o, a_r, cal.threshold(spread(a_r, a_a)),
+                                               gate_threshold=gate.threshold(spread(a_r, a_a))))
         if p.isolatable and ours_iso is not None and ref_iso is not None and \
                 p.name in ours_iso:
             i_o, i_r = token_nmse(ours_iso[p.name], g), token_nmse(ref_iso.get(p.name), g)
+            i_a = token_nmse(alt_iso.get(p.name), g) if alt_iso is not None else None
             iso.append((p, i_o, i_r))
-            row.isolated = ErrorPoint(i_o, i_r, cal.threshold(i_r))
+            iso_alt.append(i_a)
+            row.isolated = ErrorPoint(i_o, i_r, cal.threshold(spread(i_r, i_a)))
         rows.append(row)
 
+    alts = acc_alt if alt is not None else None
     c_acc, acc_ok = calibrated_series(
         f"{label}: accumulated error per tensor (gate)", [p.name for p, _, _ in acc],
-        [o for _, o, _ in acc], [r for _, _, r in acc], gate)
+        [o for _, o, _ in acc], [r for _, _, r in acc], gate, alternative=alts)
     c_iso, iso_ok = calibrated_series(
         f"{label}: isolated sub-modules (on the reference's input)",
-        [p.name for p, _, _ in iso], [o for _, o, _ in iso], [r for _, _, r in iso], cal)
+        [p.name for p, _, _ in iso], [o for _, o, _ in iso], [r for _, _, r in iso], cal,
+        alternative=iso_alt if alt_iso is not None else None)
     _, strict_ok = calibrated_series("strict", [p.name for p, _, _ in acc],
-                                     [o for _, o, _ in acc], [r for _, _, r in acc], cal)
+                                     [o for _, o, _ in acc], [r for _, _, r in acc], cal,
+                                     alternative=alts)
     for row, ok, strict in zip(rows, acc_ok, strict_ok):
         row.accumulated.passed = ok
         row.accumulated.within_strict = strict
@@ -128,17 +142,17 @@ def compare_capture(points: list[CapturePoint], *, ours: dict, ref: dict, golden
         earlier = [(p, o, r) for (p, o, r), ok in zip(iso, iso_ok) if not ok
                    and math.isfinite(o) and _order(points, p) < _order(points, p0)]
         if earlier:
-            p, o, r = earlier[0]
-            loc(p, o, cal.threshold(r), True)
+            p, o, _ = earlier[0]
+            loc(p, o, by_name[p.name].isolated.threshold, True)
         else:
-            loc(p0, nonfinite[1], gate.threshold(nonfinite[2]), False)
+            loc(p0, nonfinite[1], by_name[p0.name].accumulated.gate_threshold, False)
         return result
     if not c_iso.passed:
-        p, o, r = iso[iso_ok.index(False)]
-        loc(p, o, cal.threshold(r), True)
+        p, o, _ = iso[iso_ok.index(False)]
+        loc(p, o, by_name[p.name].isolated.threshold, True)
     if not result.localizations and not c_acc.passed:
-        p, o, r = acc[acc_ok.index(False)]
-        loc(p, o, gate.threshold(r), False)
+        p, o, _ = acc[acc_ok.index(False)]
+        loc(p, o, by_name[p.name].accumulated.gate_threshold, False)
     return result
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from conformance.judge import token_nmse
 
 from .checks import compare_capture
+from .faithful import alternative
 from .harness import hf_forward, our_capture, points_of
 
 DECODE = 6
@@ -21,6 +22,8 @@ def judge_parallel(verify, tolerances, dtype: str, par, ours_m, golden_m, ref_m,
     same = ref_m is golden_m
     golden = hf_forward(golden_m, ids)
     ref = golden if same else hf_forward(ref_m, ids)
+    alt_m = alternative(ref_m)  # f16/bf16: bounds on the spread of correct implementations
+    alt = hf_forward(alt_m, ids) if alt_m is not None else None
     base_cache = ours_m.new_cache(ids.shape[0], ids.shape[1] + DECODE)
     base = our_capture(ours_m, ids, cache=base_cache)
     par_cache = par.new_cache(ids.shape[0], ids.shape[1] + DECODE)
@@ -31,28 +34,31 @@ def judge_parallel(verify, tolerances, dtype: str, par, ours_m, golden_m, ref_m,
 
     # 1. against the unsharded run of ours
     ref_err = token_nmse(ref["logits"], golden["logits"]) if not same else 0.0
+    alt_err = token_nmse(alt["logits"], golden["logits"]) if alt is not None else None
     verify.calibrated_value("logits vs the unsharded model",
                             token_nmse(mine["logits"], base["logits"]), ref_err,
-                            "parallel_vs_unsharded", dtype, "nmse")
+                            "parallel_vs_unsharded", dtype, "nmse", alternative=alt_err)
     # 2. per layer against transformers: the first layer out of bound is named
     points = [p for p in points_of(ours_m) if not p.cache]
     found = compare_capture(
         points, ours=mine, ref=ref, golden=golden, ours_iso=None, ref_iso=None,
         cal=tolerances.calibrated("model_activations", dtype),
-        gate=tolerances.calibrated("model_activations_gate", dtype), phase="prefill")
+        gate=tolerances.calibrated("model_activations_gate", dtype), phase="prefill", alt=alt)
     for c in found.comparisons:
         verify.keep(c)
     verify.localization.extend(found.localizations)
     verify.calibrated(mine["logits"], ref["logits"], golden["logits"], "model_logits", dtype,
-                      "logits vs transformers")
+                      "logits vs transformers",
+                      alternative=alt["logits"] if alt is not None else None)
     # 3. each rank's KV cache against the heads it holds in the unsharded cache
-    bad = rank_caches(par, par_cache, base, dtype, tolerances, ref_err)
+    bad = rank_caches(par, par_cache, base, dtype, tolerances, ref_err, alt_err)
     verify.keep(bad)
     # 4. cached greedy decoding, both ours: identical tokens up to a near tie
     decode(verify, dtype, par, par_cache, ours_m, base_cache, ids)
 
 
-def rank_caches(par, par_cache, base: dict, dtype: str, tolerances, ref_err: float):
+def rank_caches(par, par_cache, base: dict, dtype: str, tolerances, ref_err: float,
+                alt_err: float | None = None):
     """The first (rank, layer) whose K or V differs from the unsharded cache's heads."""
     from conformance.judge import calibrated_series
 
@@ -68,7 +74,8 @@ def rank_caches(par, par_cache, base: dict, dtype: str, tolerances, ref_err: flo
                 errs.append(token_nmse(mine, want))
                 refs.append(ref_err)
     c, _ = calibrated_series("KV cache per rank vs the unsharded cache's heads", labels, errs,
-                             refs, tolerances.calibrated("parallel_vs_unsharded", dtype))
+                             refs, tolerances.calibrated("parallel_vs_unsharded", dtype),
+                             alternative=None if alt_err is None else [alt_err] * len(refs))
     return c
 
 

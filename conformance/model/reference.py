@@ -56,22 +56,37 @@ def cache_dir() -> Path | None:
 @dataclass(frozen=True)
 class Reference:
     """transformers' model for (checkpoint, dtype, device), loaded only when a
-    computation needs it (a cache hit never loads the model)."""
+    computation needs it (a cache hit never loads the model). `variant`: "" for
+    transformers as it is, or faithful.VARIANT for the second correct half-precision
+    implementation (every gemm rounded the other way)."""
 
     path: str
     dtype: str
     device: str
+    variant: str = ""
 
     @property
     def model(self):
+        if self.variant:
+            from .faithful import VARIANT, faithful_model
+
+            if self.variant != VARIANT:
+                raise ValueError(f"unknown reference variant {self.variant!r}")
+            return faithful_model(self.path, self.dtype, self.device)
         return hf_model(self.path, self.dtype, self.device)
 
     def key(self) -> dict:
-        return {"checkpoint": checkpoint_digest(self.path), "dtype": self.dtype,
-                "device": device_identity(self.device)}
+        key = {"checkpoint": checkpoint_digest(self.path), "dtype": self.dtype,
+               "device": device_identity(self.device)}
+        if self.variant:  # transformers' own keys stay what they were
+            from .faithful import RECIPE
+
+            key["variant"] = f"{self.variant} {RECIPE}"
+        return key
 
     def describe(self) -> str:
-        return f"transformers {TORCH_DTYPES[self.dtype]} on {self.device}"
+        what = f"transformers {TORCH_DTYPES[self.dtype]} on {self.device}"
+        return f"{what}, every gemm rounded the other way" if self.variant else what
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,6 +9,7 @@ import numpy as np
 from conformance.judge import nmse
 
 from .checks import compare_capture
+from .faithful import alternative
 from .harness import hf_decode, our_capture, points_of
 from .prompts import CACHE_PREFIX as PREFIX
 from .prompts import CACHE_STEPS as STEPS
@@ -55,12 +56,17 @@ def test_model_cache(model_name, model_path, dtype, runtimes, verify, tolerances
     # the same two computations, or, where its two paths happen to round identically (as
     # on the CPU), its error in this dtype: two results that are each as accurate as
     # transformers' may differ from each other by that much.
+    # In f16/bf16 the faithful-rounding alternative's same two numbers widen it to the
+    # spread of correct implementations (faithful.py).
     mine = nmse(cached, recompute)
     theirs = max(nmse(ref_cached, ref_full), nmse(ref_cached, golden))
+    alt_m = alternative(ref_m)
+    alt_cached, alt_full = hf_steps(alt_m, ids) if alt_m is not None else (None, None)
+    alt = max(nmse(alt_cached, alt_full), nmse(alt_cached, golden)) if alt_m else None
     verify.calibrated_value("cached vs recompute (ours)", mine, theirs, "cache_vs_recompute",
-                            dtype, "nmse")
+                            dtype, "nmse", alternative=alt)
     verify.calibrated(cached, ref_cached, golden, "model_logits", dtype,
-                      "cached logits vs transformers' cached decoding")
+                      "cached logits vs transformers' cached decoding", alternative=alt_cached)
     verify.measure("cached vs recompute (NMSE)", {"nmse": mine}, {"nmse": theirs},
                    "reference: transformers' same two computations, or its error in the dtype")
     if any(c.counts_against for c in verify.comparisons):
@@ -75,6 +81,8 @@ def _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache
     starts there or arrives from earlier layers); the first layer out of bound is named."""
     points = [p for p in points_of(ours_m) if p.cache]
     steps = hf_decode(golden_m, None if ref_m is golden_m else ref_m, ids, PREFIX)
+    alt_m = alternative(ref_m)
+    alt = hf_decode(golden_m, alt_m, ids, PREFIX)[-1] if alt_m is not None else {}
     iso_cache = ours_m.new_cache(ids.shape[0], PREFIX + STEPS)
     for i, theirs in enumerate(steps):
         chunk = ids[:, :PREFIX] if i == 0 else ids[:, PREFIX + i - 1:PREFIX + i]
@@ -89,5 +97,5 @@ def _localize_in_cache(verify, tolerances, dtype, golden_m, ref_m, ours_m, cache
         points, ours=ours, ref=last["ref"], golden=last["golden"], ours_iso=ours_iso,
         ref_iso=last["ref_iso"], cal=tolerances.calibrated("model_activations", dtype),
         gate=tolerances.calibrated("model_activations", dtype), phase="decode",
-        context="KV cache after cached decoding")
+        context="KV cache after cached decoding", alt=alt.get("ref"), alt_iso=alt.get("ref_iso"))
     verify.localization.extend(found.localizations)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from .checks import compare_capture
+from .faithful import alternative
 from .harness import hf_decode, our_capture, points_of
 from .prompts import prompt_ids
 
@@ -32,6 +33,10 @@ def test_model_decode(model_name, model_path, dtype, batch, runtimes, verify, to
     # transformers' side of every step at once (computed once, reference.py); the prefill
     # builds all five caches (its activations are test_model_activations')
     hf = hf_decode(golden_m, None if ref_m is golden_m else ref_m, ids, PREFIX)
+    alt_m = alternative(ref_m)  # f16/bf16: the faithful-rounding alternative's decoding
+    if alt_m is not None:
+        hf = [{**h, "alt": a["ref"], "alt_iso": a["ref_iso"]}
+              for h, a in zip(hf, hf_decode(golden_m, alt_m, ids, PREFIX))]
     caches = {"ours": ours_m.new_cache(batch, PREFIX + steps),
               "ours_iso": ours_m.new_cache(batch, PREFIX + steps)}
     runs = []
@@ -47,17 +52,18 @@ def test_model_decode(model_name, model_path, dtype, batch, runtimes, verify, to
     verify.capture(compare_capture(
         points, ours=first["ours"], ref=first["ref"], golden=first["golden"],
         ours_iso=first["ours_iso"], ref_iso=first["ref_iso"], cal=cal, gate=gate,
-        phase="prefill"))
+        phase="prefill", alt=first.get("alt"), alt_iso=first.get("alt_iso")))
     runs = runs[1:]
     pooled = {k: pool([r[k] for r in runs]) for k in runs[0]}
     verify.param(batch=batch, prefix=PREFIX, steps=steps)
     verify.capture(compare_capture(
         points, ours=pooled["ours"], ref=pooled["ref"], golden=pooled["golden"],
         ours_iso=pooled["ours_iso"], ref_iso=pooled["ref_iso"], cal=cal, gate=gate,
-        phase="decode", steps=runs))
+        phase="decode", steps=runs, alt=pooled.get("alt"), alt_iso=pooled.get("alt_iso")))
     verify.calibrated(pooled["ours"]["logits"], pooled["ref"]["logits"],
                       pooled["golden"]["logits"], "model_logits", dtype,
-                      f"decode logits ({steps} steps)")
+                      f"decode logits ({steps} steps)",
+                      alternative=pooled["alt"]["logits"] if "alt" in pooled else None)
 
 
 def pool(captures: list[dict]) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .faithful import alternative
 from .harness import hf_forward
 from .prompts import prompt_ids
 
@@ -34,11 +35,15 @@ def test_model_perplexity(model_name, model_path, dtype, infini_device, runtimes
     ours = perplexity(ours_m.forward(ids[None], all_logits=True).numpy().astype(np.float64),
                       ids)
     mine, theirs = abs(ours - golden) / golden, abs(ref - golden) / golden
+    alt_m = alternative(ref_m)  # f16/bf16: the spread of correct implementations
+    alt = perplexity(hf_forward(alt_m, ids[None])["logits"], ids) if alt_m else None
     verify.param(tokens=len(ids))
     verify.measure("perplexity of the fixture text", {"ours": ours, "golden": golden},
-                   {"transformers_same_dtype": ref})
+                   {"transformers_same_dtype": ref,
+                    **({"faithful_rounding_alternative": alt} if alt else {})})
     verify.calibrated_value("perplexity: relative delta to the golden", mine, theirs,
-                            "perplexity", dtype, "rel_delta")
+                            "perplexity", dtype, "rel_delta",
+                            alternative=abs(alt - golden) / golden if alt else None)
 
 
 def _text_tokens(model_path) -> int:

@@ -87,14 +87,19 @@ class Verify:
         return c
 
     def calibrated(self, ours, reference, golden, check: str, dtype: str, what: str,
-                   metric: str = "nmse") -> Comparison:
+                   metric: str = "nmse", alternative=None) -> Comparison:
+        """`alternative`: a second correct computation's output in the dtype (f16/bf16:
+        the bound is then k x the spread of both, judge.spread)."""
         return self.keep(judge.calibrated(ours, reference, golden,
-                                          self.policy.calibrated(check, dtype), what, metric))
+                                          self.policy.calibrated(check, dtype), what, metric,
+                                          alternative=alternative))
 
     def calibrated_value(self, what: str, ours: float, reference: float, check: str,
-                         dtype: str, metric: str) -> Comparison:
+                         dtype: str, metric: str, alternative: float | None = None
+                         ) -> Comparison:
         return self.keep(judge.calibrated_value(what, ours, reference,
-                                                self.policy.calibrated(check, dtype), metric))
+                                                self.policy.calibrated(check, dtype), metric,
+                                                alternative=alternative))
 
     def exact(self, actual, expected, what: str = "output", *,
               standard: str = "integer output") -> Comparison:

@@ -16,6 +16,7 @@ from .format import (
     safe_href,
     where_label,
 )
+from .resolution import resolution
 
 METRIC_COLUMNS = ("max_abs", "max_rel", "mean_abs", "nmse", "sqnr_db", "cosine")
 # Metrics a property comparison is read by (IEEE rounding: how far, how often, which way).
@@ -101,13 +102,17 @@ def generation_line(g: Generation) -> str:
 
 
 def notes(r: CheckRecord) -> list[str]:
-    """The facts a check ran with (its setup) and a line per pair of greedy paths."""
+    """The facts a check ran with (its setup), a line per pair of greedy paths and, for a
+    model check, the smallest defect its bounds resolve (resolution.py)."""
     out = [f"{k} = {fmt_number(v, 5)}" for k, v in r.setup.items()
            if k != "collection_error"]
     firsts = [g.first_divergence for g in r.generations]
     if firsts:
         out.append(f"greedy paths: {len(firsts)}; first divergent step of each: "
                    + ", ".join("none" if f is None else str(f) for f in firsts))
+    resolved = resolution(r)
+    if resolved:
+        out.append(resolved)
     return out
 
 

@@ -12,10 +12,16 @@ correct but different (must pass; at most findings):
   host_gemm        gemm computed by numpy in float32 (another reduction order and tiling)
   subnormal_mask   causal_softmax leaves the smallest subnormal in masked positions
   gemm_bf16_ulp    10% of every bf16/f16 gemm's outputs 1 ulp off (another tiling's rounding)
+  gemm_half_ulp25, gemm_half_ulp50    the same for 25% and 50% of the outputs
+  gemm_half_other25, gemm_half_other50   25% / 50% of every bf16/f16 gemm's products
+                   rounded the other way: the neighbour of the exact product farther from
+                   it (a faithfully rounded kernel; at 100% that is model/faithful.py);
+                   with beta != 0 the sum with C then rounded to nearest
 defects (must fail, naming the op, and at model level the layer and sub-module):
   add_tail16       add leaves the tail of rows not a multiple of 16 unwritten (zeros)
   sampler_no_last  random_sample never returns the last index
   rms_eps100       rms_norm with 100 x epsilon
+  rms_norm_scale2  rms_norm's output 2% too large (every norm of every layer)
   gemm_m1_scale    gemm output 0.2% too large when M = 1 (a decode gemv)
   rope_decode_pos0 rope ignores the position ids of one-token (decode) calls
   softmax_drop_newest  causal_softmax drops the newest key of one query row in decode
@@ -43,6 +49,8 @@ import numpy as np
 import pytest
 
 PLANTS = ("ulp_noise", "gemm_jitter", "host_gemm", "subnormal_mask", "gemm_bf16_ulp",
+          "gemm_half_ulp25", "gemm_half_ulp50", "gemm_half_other25", "gemm_half_other50",
+          "rms_norm_scale2",
           "add_tail16", "sampler_no_last", "rms_eps100", "gemm_m1_scale", "rope_decode_pos0",
           "softmax_drop_newest", "gemm_segfault_batched", "nan_layer1_attention",
           "add_rms_norm_scale", "embedding_next_row", "nan_rms_norm_7th",
@@ -133,11 +141,32 @@ def install(name: str) -> None:
                     x = _ulp_step(x, c.dtype, sign)
                 _store(c, x)
         wrap("gemm", jitter)
-    elif name == "gemm_bf16_ulp":
-        def ulp10(c, *_, **__):
+    elif name in ("gemm_bf16_ulp", "gemm_half_ulp25", "gemm_half_ulp50"):
+        share = {"gemm_bf16_ulp": 0.10, "gemm_half_ulp25": 0.25, "gemm_half_ulp50": 0.50}[name]
+
+        def ulp(c, *_, **__):
             if c.dtype.short in ("bf16", "f16"):
-                nudge(c, 0.10)
-        wrap("gemm", ulp10)
+                nudge(c, share)
+        wrap("gemm", ulp)
+    elif name in ("gemm_half_other25", "gemm_half_other50"):
+        share = 0.25 if name == "gemm_half_other25" else 0.50
+
+        def other_way(c, a, b, alpha=1.0, beta=0.0):
+            if c.dtype.short not in ("bf16", "f16"):
+                return real["gemm"](c, a, b, alpha, beta)
+            before = _host(c) if beta else None
+            real["gemm"](c, a, b, alpha, beta)
+            exact = alpha * np.matmul(_host(a), _host(b))
+            # the product's nearest value: the real kernel's output where it is the product
+            near = _host(c) if not beta else exact.astype(c.dtype.numpy).astype(np.float64)
+            # past the exact product to the dtype's next value on its far side
+            pick = (rng.random(near.shape) < share) & (near != exact)
+            out = np.where(pick, _ulp_step(near, c.dtype, np.sign(exact - near)), near)
+            if beta:  # the sum (ours' residual add) rounded to nearest: see model/faithful.py
+                out = (beta * before + out).astype(c.dtype.numpy).astype(np.float64)
+            _store(c, out)
+            return c
+        ops.gemm = other_way
     elif name == "host_gemm":
         def host_gemm(c, a, b, alpha=1.0, beta=0.0):
             out = alpha * np.matmul(a.numpy().astype(np.float32), b.numpy().astype(np.float32))
@@ -172,6 +201,10 @@ def install(name: str) -> None:
             xs, ws = _host(x), _host(w)
             _store(y, xs / np.sqrt(np.mean(xs * xs, axis=-1, keepdims=True) + 100 * eps) * ws)
         wrap("rms_norm", eps100)
+    elif name == "rms_norm_scale2":
+        def scale2(y, *_, **__):
+            _store(y, _host(y) * 1.02)
+        wrap("rms_norm", scale2)
     elif name == "gemm_m1_scale":
         def gemm_m1(c, a, b, alpha=1.0, beta=0.0):
             if a.shape[-2] != 1:

@@ -8,6 +8,7 @@ op wrapped; the assertions read the results.json it wrote."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -85,17 +86,114 @@ def test_correct_but_different_backends_pass(tmp_path, plant):
         assert any("exactly 0" in f for f in findings)
 
 
-def test_half_precision_gemm_rounding_differently_passes_every_model_check(tmp_path):
-    """A backend whose f16/bf16 gemm rounds 10% of its outputs the other way (another
-    tiling's rounding) is correct: the model bounds leave room for its own error beside
-    transformers' (tolerances.toml, model_activations). With k = 4, tiny-odd's bf16 long
-    prompt logits failed; tiny-gqa bf16 len1 is issue 20's KL case; the graph check's bs8
-    decode splits at exact ties and must compare like with like."""
-    _, doc, _ = suite(tmp_path, "gemm_bf16_ulp", *[MODEL.format(c) for c in (
-        "activations", "logits", "graph", "decode", "cache")], "--model", "tiny-gqa,tiny-odd",
-                      "--dtype", "bf16")
-    assert len(doc["results"]) >= 16
+
+# -- half precision: the spread of correct implementations (tolerances.toml, model level) --
+
+TINY_ALL = ",".join(f"tiny-{n}" for n in ("mha", "gqa", "mqa", "tied", "untied", "headdim",
+                                          "llama3rope", "odd", "sharded"))
+# Every half-precision model check of the CPU run (fused: unsupported on 0.1.0).
+EVERY_MODEL = ["conformance/model"]
+# A backend that rounds its half-precision gemms otherwise is correct: 25%/50% of the
+# products rounded the other way (faithfully), or 25%/50% of the outputs (the fused
+# residual sums too) nudged one ulp with random sign.
+HALF_ROUNDING = ["gemm_half_other25", "gemm_half_other50", "gemm_half_ulp25",
+                 "gemm_half_ulp50"]
+# SmolLM2 in bf16 on the CPU takes 4 to 9 minutes an inner run (0.1.0's half-precision gemm
+# is a plain loop): these run when asked for (INFINILM_SLOW_SELFTESTS=1), and the default
+# (CI) run records them `unsupported` with the reason, as the CPU run does SmolLM2's
+# longest model cases (plugin/narrowing.py).
+SLOW = pytest.mark.skipif(not os.environ.get("INFINILM_SLOW_SELFTESTS"),
+                          reason="unsupported: left out of the default run: a SmolLM2 bf16 "
+                                 "inner run takes 4-9 min on 2 CPU cores (set "
+                                 "INFINILM_SLOW_SELFTESTS=1 to run it)")
+
+
+# The 50% backends on every tiny fixture; the 25% ones (a subset of their roundings) on the
+# four whose checks came closest to a bound under them (tolerances.toml's measurements).
+ROUNDING_CASES = [(p, TINY_ALL if p.endswith("50") else "tiny-mha,tiny-tied,tiny-odd,tiny-sharded")
+                  for p in HALF_ROUNDING]
+
+
+@pytest.mark.parametrize("plant,models", ROUNDING_CASES, ids=HALF_ROUNDING)
+def test_half_precision_gemm_rounding_differently_passes_every_model_check(tmp_path, plant,
+                                                                            models):
+    """Every model check of the tiny fixtures passes in bf16 with gemms that round
+    otherwise: the bounds are k x the spread of correct implementations (transformers and
+    its faithful-rounding alternative, model/faithful.py), not of transformers alone (with
+    which 25% of the outputs nudged failed SmolLM2's isolated layer 13 attention)."""
+    _, doc, _ = suite(tmp_path, plant, *EVERY_MODEL, "--model", models, "--dtype", "bf16")
+    assert len([r for r in doc["results"] if r["status"] == "passed"]) >= \
+        13 * len(models.split(","))
     assert not bad(doc), [(r["nodeid"], r["message"][:200]) for r in bad(doc)]
+
+
+@SLOW
+@pytest.mark.parametrize("plant", HALF_ROUNDING)
+def test_half_precision_gemm_rounding_differently_passes_smollm2(tmp_path, plant):
+    _, doc, _ = suite(tmp_path, plant, *EVERY_MODEL, "--model", "smollm2", "--dtype", "bf16")
+    assert len([r for r in doc["results"] if r["status"] == "passed"]) >= 9
+    assert not bad(doc), [(r["nodeid"], r["message"][:200]) for r in bad(doc)]
+
+
+def _first_isolated(doc: dict, check: str) -> dict:
+    found = locs(doc, check)
+    assert found, f"{check} did not fail"
+    return found[0]
+
+
+@pytest.mark.parametrize("model", ["tiny-gqa,tiny-tied", pytest.param("smollm2", marks=SLOW)])
+def test_a_harmful_norm_defect_is_caught_in_bf16(tmp_path, model):
+    """Every RMSNorm 2% too large: each bf16 activations and decode check fails, naming
+    layer 0's first sub-module after the norm as where it starts (its isolated
+    comparison out of bound), with rms_norm among the ops to look at."""
+    status, doc, _ = suite(tmp_path, "rms_norm_scale2", MODEL.format("activations"),
+                           MODEL.format("decode"), "--model", model, "--dtype", "bf16")
+    assert status == 1
+    assert doc["results"] and all(r["status"] == "failed" for r in doc["results"]), \
+        [(r["nodeid"], r["status"]) for r in doc["results"]]
+    first = _first_isolated(doc, "model_activations")
+    assert (first["layer"], first["origin"]) == (0, "starts here"), first["description"]
+    assert "rms_norm" in first["ops"]
+
+
+def _isolated(record: dict) -> dict[tuple[str, str], dict]:
+    return {(t["phase"], t["tensor"]): t["isolated"] for t in record["tensors"]
+            if t["isolated"]}
+
+
+def test_a_100x_rms_norm_epsilon_below_what_bf16_resolves_is_caught_in_f32(tmp_path):
+    """RMSNorm with 100x its epsilon on tiny-sharded (the tiny fixture it moves most): the
+    f32 activations check fails at layer 0; in bf16 it passes, and its record shows why:
+    the defect's own effect on every isolated sub-module (the f32 NMSE, float32 rounding
+    being ~1e-12) is below that sub-module's bf16 bound, the smallest defect bf16 resolves
+    there; the report prints that resolution."""
+    _, doc, run = suite(tmp_path, "rms_eps100", MODEL.format("activations"), "--model",
+                        "tiny-sharded", "--dtype", "f32,bf16")
+    by_dtype = {r["dtype"]: r for r in doc["results"]}
+    assert by_dtype["f32"]["status"] == "failed"
+    first = _first_isolated(doc, "model_activations")
+    assert (first["layer"], first["origin"]) == (0, "starts here"), first["description"]
+    assert by_dtype["bf16"]["status"] == "passed", by_dtype["bf16"]["message"]
+    effect, resolved = _isolated(by_dtype["f32"]), _isolated(by_dtype["bf16"])
+    assert effect.keys() == resolved.keys() and effect
+    assert max(effect[k]["nmse"] for k in effect) > 1e-5  # a real effect, not f32 noise
+    for key, e in effect.items():
+        assert e["nmse"] < resolved[key]["threshold"], (key, e, resolved[key])
+    assert "smallest defect resolved in bf16" in (run / "index.html").read_text()
+
+
+@SLOW
+def test_a_100x_rms_norm_epsilon_is_caught_in_bf16_on_smollm2(tmp_path):
+    """On SmolLM2 (small embeddings: the epsilon matters at layer 0) the bf16 activations
+    check fails too, naming layer 0 (its K cache, the first tensor after the norm)."""
+    status, doc, _ = suite(tmp_path, "rms_eps100", MODEL.format("activations"), "--model",
+                           "smollm2", "--dtype", "f32,bf16")
+    assert status == 1
+    assert all(r["status"] == "failed" for r in doc["results"]), \
+        [(r["nodeid"], r["status"]) for r in doc["results"]]
+    for r in doc["results"]:
+        first = r["localization"][0]
+        assert (first["layer"], first["origin"]) == (0, "starts here"), first["description"]
 
 
 # -- defects --------------------------------------------------------------------------------
