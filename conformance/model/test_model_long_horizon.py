@@ -32,6 +32,7 @@ import numpy as np
 from conformance.judge import calibrated_series, token_nmse
 
 from .checks import compare_capture
+from .faithful import alternative
 from .harness import hf_capture, our_capture, points_of, reset_rope_state
 from .prompts import prompt_ids
 from .reference import Reference, cached
@@ -118,6 +119,11 @@ def test_model_long_horizon(model_name, model_path, dtype, runtimes, verify, tol
     golden = hf_golden(golden_m, ids, PREFIX)
     ref = step_metrics(golden, golden) if ref_m is golden_m else \
         hf_reference_metrics(golden_m, ref_m, ids, PREFIX)
+    # f16/bf16: the logits bounds are on the spread of two correct implementations
+    # (transformers and the same with every gemm rounded the other way, faithful.py); the
+    # agreement rates keep their own calibration on transformers (long_horizon_top1/5)
+    alt_m = alternative(ref_m)
+    alt = hf_reference_metrics(golden_m, alt_m, ids, PREFIX) if alt_m is not None else None
     ours = our_teacher_forced(ours_m, ids, PREFIX)
     mine = step_metrics(ours, golden)
     # step i of the arrays is the token at position PREFIX - 1 + i (the prefill's last)
@@ -131,11 +137,14 @@ def test_model_long_horizon(model_name, model_path, dtype, runtimes, verify, tol
     top5 = verify.calibrated_value(
         "the golden's top-1 outside our top-5", 1.0 - float(mine["top5"].mean()),
         1.0 - float(ref["top5"].mean()), "long_horizon_top5", dtype, "top5_miss")
-    mean = verify.calibrated_value("mean logits NMSE per step", float(mine["nmse"].mean()),
-                                   float(ref["nmse"].mean()), "model_logits", dtype, "nmse")
+    mean = verify.calibrated_value(
+        "mean logits NMSE per step", float(mine["nmse"].mean()), float(ref["nmse"].mean()),
+        "model_logits", dtype, "nmse",
+        alternative=float(alt["nmse"].mean()) if alt is not None else None)
     series, ok = calibrated_series("logits NMSE of each step (gate)", labels,
                                    list(mine["nmse"]), list(ref["nmse"]),
-                                   tolerances.calibrated("model_activations_gate", dtype))
+                                   tolerances.calibrated("model_activations_gate", dtype),
+                                   alternative=list(alt["nmse"]) if alt is not None else None)
     verify.keep(series)
     first = first_bad_step(ok, mine, ref, any(c.counts_against for c in (top1, top5, mean)))
     verify.param(positions=n, prefix=PREFIX,
