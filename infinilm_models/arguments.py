@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -160,6 +161,14 @@ def nonempty(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError(f"{value!r}: an empty value")
     return value
+
+
+def output_file(value: str) -> Path:
+    """A file option to write: not empty, not an existing directory."""
+    path = Path(nonempty(value))
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory, not a file")
+    return path
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

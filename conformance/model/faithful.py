@@ -101,18 +101,15 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, eager_mask)
 
 
-@functools.lru_cache(maxsize=2)
-def faithful_model(path: str, dtype: str, device: str):
-    """A model of its own (the shared one stays transformers' as it is), every gemm
-    rounded the other way."""
+def make_faithful(model, dtype: str):
+    """Turns a freshly loaded transformers model (one of its own: the shared one stays
+    transformers' as it is) into the alternative, every gemm rounded the other way.
+    reference.Reference loads it (variant VARIANT) and caches it."""
     import torch
-
-    from .reference import hf_model
 
     if dtype not in HALF:
         raise ValueError(f"the faithful-rounding alternative is for f16/bf16, not {dtype!r}")
     _register()
-    model = hf_model.__wrapped__(path, dtype, device)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.forward = types.MethodType(_linear, module)

@@ -68,7 +68,7 @@ class Reference:
     @property
     def model(self):
         if self.variant:
-            from .faithful import VARIANT, faithful_model
+            from .faithful import VARIANT
 
             if self.variant != VARIANT:
                 raise ValueError(f"unknown reference variant {self.variant!r}")
@@ -100,6 +100,15 @@ def hf_model(path: str, dtype: str, device: str):
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, TORCH_DTYPES[dtype]), attn_implementation="eager")
     return model.to(device).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def faithful_model(path: str, dtype: str, device: str):
+    """The second correct half-precision implementation (faithful.py): a model of its own,
+    every gemm rounded the other way."""
+    from .faithful import make_faithful
+
+    return make_faithful(hf_model.__wrapped__(path, dtype, device), dtype)
 
 
 @functools.cache

@@ -178,7 +178,7 @@ def history_entry(run: RunRecord, run_dir: Path, key: Key, benchmark: dict | Non
     """One history line: the run, whether it was green, and per benchmark its median
     (and quartiles where the rounds were recorded) and its verdict against the pinned
     baseline."""
-    from .compare import partition, rounds_of
+    from .benchfiles import partition, rounds_of
     from .perfstats import median
 
     entry = _meta(run, run_dir, key)

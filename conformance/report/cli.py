@@ -16,15 +16,7 @@ from pathlib import Path
 
 from conformance.record import RecordError, RunRecord, results_path
 from conformance.results import atomic_write_text
-from infinilm_models.arguments import OneLineParser, float_in, int_at_least, nonempty
-
-
-def _out_path(value: str) -> Path:
-    """A file to write: not empty, not an existing directory."""
-    path = Path(nonempty(value))
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value!r} is a directory, not a file")
-    return path
+from infinilm_models.arguments import OneLineParser, float_in, int_at_least, nonempty, output_file
 
 
 def _window(value: str) -> tuple[int, int]:
@@ -50,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "already does this at the end of every run).")
     r.add_argument("run", type=nonempty,
                    help="run directory (e.g. reports/latest) or its results.json")
-    r.add_argument("-o", "--output", type=_out_path, help="HTML file (default: RUN/index.html)")
+    r.add_argument("-o", "--output", type=output_file, help="HTML file (default: RUN/index.html)")
     r.add_argument("--no-plots", action="store_true", help="skip the per-layer plots")
 
     c = sub.add_parser("compare", help="a run against a baseline run",
@@ -99,9 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="compare benchmarks even of a different device, scale or build")
     c.add_argument("--fail-on-growth", action="store_true",
                    help="also exit 1 when an error grew past --factor")
-    c.add_argument("--json", type=_out_path, metavar="FILE",
+    c.add_argument("--json", type=output_file, metavar="FILE",
                    help="also write the comparison as JSON")
-    c.add_argument("--html", type=_out_path, metavar="FILE", help="also write it as an HTML page")
+    c.add_argument("--html", type=output_file, metavar="FILE", help="also write it as an HTML page")
     c.add_argument("--limit", type=int_at_least(0), default=40,
                    help="lines per section printed (40)")
 
@@ -142,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Render RUN/index.html in headless Chromium and save "
                                    "the top of the page as RUN/index.png.")
     s.add_argument("run", type=nonempty, help="run directory, results.json or an HTML file")
-    s.add_argument("-o", "--output", type=_out_path, help="PNG file (default: next to the HTML)")
+    s.add_argument("-o", "--output", type=output_file, help="PNG file (default: next to the HTML)")
     s.add_argument("--window-size", default=(1400, 1800), type=_window,
                    help="WIDTH,HEIGHT (1400,1800)")
     return p
@@ -207,7 +199,9 @@ def _compare_one(args, run_path: str, baseline: str) -> int:
                           limit=args.limit)
         print("\n".join(result.lines))
         return result.exit_code
-    from .compare import compare_runs, format_text, perf_of
+    from .benchfiles import perf_of
+    from .compare import compare_runs
+    from .comparetext import format_text
 
     run_src, base_src = results_path(run_path), results_path(baseline)
     run, base = RunRecord.load(run_src), RunRecord.load(base_src)
@@ -253,7 +247,7 @@ def _baseline(args) -> int:
         return 0
     if not args.run:
         raise ValueError("baseline pin: give the run directory whose benchmarks to pin")
-    from .compare import partition, perf_of
+    from .benchfiles import partition, perf_of
 
     src = results_path(args.run)
     run = RunRecord.load(src)

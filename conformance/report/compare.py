@@ -7,23 +7,21 @@ which lines up an f32 run with a bf16 run of the same cases. Only recorded statu
 the comparisons' own metrics are compared; nothing is re-judged.
 
 Benchmarks (pytest-benchmark JSON: results.json's `perf`, else RUN/benchmark.json) are
-compared on the medians of their timed rounds with perfstats.judge (a factor and a
-Mann-Whitney test over the rounds); a slower benchmark fails the comparison. Benchmark files
-of a different device, scale or InfiniCore build are not compared (`partition`).
+compared on the medians of their timed rounds (benchfiles.py); a slower benchmark fails the
+comparison. Benchmark files of a different device, scale or InfiniCore build are not
+compared (`partition`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from conformance.policy import lines as policy_lines
 from conformance.policy import verdict_text
 from conformance.record import FAILING, CheckRecord, RecordError, RunRecord
 
-from .perfstats import judge, median
+from .benchfiles import PerfChange, compare_perf, describe, partition
 
 # Metrics where larger is worse. sqnr/cosine/top-1 are better-larger and left out;
 # reference_* metrics are transformers' own error, not ours, and never compared.
@@ -50,17 +48,6 @@ class Growth:
     baseline: float
     run: float
     ratio: float
-
-
-@dataclass
-class PerfChange:
-    name: str
-    baseline_median_s: float
-    run_median_s: float
-    ratio: float     # median(run) / median(baseline)
-    verdict: str     # slower | faster | same | noise (perfstats.judge)
-    p_slower: float | None = None  # one-sided Mann-Whitney over the rounds; None: no rounds
-    rounds: tuple[int, int] = (0, 0)  # (run, baseline)
 
 
 @dataclass
@@ -254,155 +241,3 @@ def compare_runs(run: RunRecord, baseline: RunRecord, factor: float = 2.0,
                 result.perf_note = f"benchmarks of {describe(a)} against {describe(b)}"
             result.perf = compare_perf(run_perf, baseline_perf, perf_tolerance, perf_alpha)
     return result
-
-
-PARTITION = ("device", "scale", "build")
-
-
-def partition(doc: dict) -> dict[str, str]:
-    """What a benchmark file measured: device kind, scale, InfiniCore build (from the
-    `infinilm` block conformance/perf adds; "?" where an older file lacks it)."""
-    info = doc.get("infinilm") or {}
-    scale = info.get("scale")
-    device = str(info.get("infini_device") or "?").split(":")[0]
-    return {"device": device,
-            "scale": str(scale.get("name") if isinstance(scale, dict) else scale or "?"),
-            "build": str(info.get("infinicore") or "?")}
-
-
-def describe(part: dict[str, str]) -> str:
-    return f"device {part['device']}, scale {part['scale']}, build {part['build']}"
-
-
-def load_benchmark(path: str | Path) -> dict:
-    """A pytest-benchmark JSON file (`pytest --benchmark-json=FILE`)."""
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except OSError as e:
-        raise RecordError(f"{p}: cannot be read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{p}: not valid JSON: {e.msg} at line {e.lineno}") from None
-    _check_benchmark(doc, str(p))
-    return doc
-
-
-def _check_benchmark(doc: object, source: str) -> None:
-    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise RecordError(f"{source}: field benchmarks: missing or not an array "
-                           "(expected pytest-benchmark JSON)")
-    for i, b in enumerate(doc["benchmarks"]):
-        if not isinstance(b, dict) or not isinstance((b.get("stats") or {}).get("mean"),
-                                                     (int, float)):
-            raise RecordError(f"{source}: field benchmarks[{i}].stats.mean: missing or not "
-                               "a number")
-
-
-def perf_of(run: RunRecord, run_dir: Path, override: str | Path | None) -> dict | None:
-    """Benchmarks for one side: an explicit file, else results.json's `perf`, else
-    benchmark.json in the run directory, else none."""
-    if override is not None:
-        return load_benchmark(override)
-    if run.perf is not None:
-        _check_benchmark(run.perf, f"{run_dir / 'results.json'} (perf)")
-        return run.perf
-    if (run_dir / "benchmark.json").is_file():
-        return load_benchmark(run_dir / "benchmark.json")
-    return None
-
-
-def rounds_of(doc: dict) -> dict[str, tuple[float, list[float]]]:
-    """fullname -> (median, the timed rounds) of each benchmark of a pytest-benchmark file
-    (`data` is present in --benchmark-json files; saved storage may lack it)."""
-    out = {}
-    for b in doc["benchmarks"]:
-        stats = b["stats"]
-        data = [float(x) for x in stats.get("data") or [] if isinstance(x, (int, float))]
-        med = stats.get("median")
-        med = float(med) if isinstance(med, (int, float)) else \
-            (median(data) if data else float(stats["mean"]))
-        out[b.get("fullname") or b["name"]] = (med, data)
-    return out
-
-
-def compare_perf(run: dict, baseline: dict, tolerance: float,
-                 alpha: float = 0.05) -> list[PerfChange]:
-    """Per benchmark in both files: medians, their ratio, and the verdict of
-    perfstats.judge (the factor and a rank test over the rounds)."""
-    a, b = rounds_of(run), rounds_of(baseline)
-    out = []
-    for name in sorted(a.keys() & b.keys()):
-        (ma, ra), (mb, rb) = a[name], b[name]
-        change = judge(ra, rb, tolerance, alpha, ma, mb)
-        out.append(PerfChange(name, mb, ma, change.ratio, change.verdict, change.p_slower,
-                              (len(ra), len(rb))))
-    return out
-
-
-def describe_side(side: Side) -> str:
-    """verdict, the statuses present, and how many planned checks did not run."""
-    text = (side.verdict_text or side.verdict.upper()) + ", " + ", ".join(
-        f"{n} {s}" for s, n in side.counts.items() if n)
-    if side.counts.get("not_run"):
-        text += f"; NOT RUN: {side.counts['not_run']} of {side.planned} planned checks"
-    return text
-
-
-def format_text(c: Comparison, limit: int = 40) -> str:
-    lines = [f"compare {c.run_id} against baseline {c.baseline_id}: {c.matched} checks matched",
-             f"  newly failing: {len(c.newly_failing)}   newly passing: {len(c.newly_passing)}"
-             f"   other status changes: {len(c.other_changes)}   only in run: "
-             f"{len(c.only_in_run)}   only in baseline: {len(c.only_in_baseline)}   "
-             f"errors grown > {c.factor:g}x: {len(c.grown)}"]
-    for name, side in (("run", c.run), ("baseline", c.baseline)):
-        if side is not None:
-            lines.append(f"  {name} {side.run_id}: {describe_side(side)}")
-            lines.append(f"  {' ' * len(name)} on {side.build}")
-            lines += [f"  {' ' * len(name)} {line}" for line in side.policy]
-    if c.models_matched_by == "name":
-        lines.append("  models matched by name: a run recorded no checkpoint digests")
-
-    def section(title: str, items: list) -> None:
-        if not items:
-            return
-        lines.append(f"\n{title} ({len(items)}):")
-        for ch in items[:limit]:
-            lines.append(f"  {ch.baseline or '-':>12} -> {ch.run or '-':<12} {ch.key}")
-        if len(items) > limit:
-            lines.append(f"  ... {len(items) - limit} more")
-
-    section("NEWLY FAILING", c.newly_failing)
-    section("newly passing", c.newly_passing)
-    section("other status changes", c.other_changes)
-    section("only in run", c.only_in_run)
-    section("only in baseline", c.only_in_baseline)
-    if c.grown:
-        lines.append(f"\nerrors grown by more than {c.factor:g}x ({len(c.grown)}), largest first:")
-        for g in c.grown[:limit]:
-            lines.append(f"  x{g.ratio:<9.3g} {g.metric:<9} {g.baseline:.3g} -> {g.run:.3g}  "
-                         f"{g.key}  {g.where}")
-        if len(c.grown) > limit:
-            lines.append(f"  ... {len(c.grown) - limit} more")
-    if c.perf_note:
-        lines.append(f"\n{c.perf_note}")
-    if c.perf is not None:
-        lines.append(f"\nperformance (median of the rounds; slower: median > +"
-                     f"{c.perf_tolerance:.0%} and Mann-Whitney p <= {c.perf_alpha:g} over "
-                     f"the rounds): {len(c.slower)} slower")
-        for p in sorted(c.perf, key=lambda p: (p.verdict != "slower", -p.ratio))[:limit]:
-            pv = "" if p.p_slower is None else f"p={p.p_slower:.2g}"
-            lines.append(f"  {p.verdict:<6} x{p.ratio:.3f} {pv:<9} {p.baseline_median_s * 1e3:.3f}"
-                         f" ms -> {p.run_median_s * 1e3:.3f} ms  {p.name}")
-        if len(c.perf) > limit:
-            lines.append(f"  ... {len(c.perf) - limit} more")
-        if not c.perf:
-            lines.append("  no benchmark in common")
-    if c.disjoint:
-        lines.append(f"\n0 of {c.total} checks matched: the runs tested different models or "
-                     "cases? (a model is matched by its checkpoint's digest where the runs "
-                     "recorded it; --ignore-param model_name matches across models)")
-    lines.append(f"\nexit status {c.exit_code}: " + (
-        "nothing matched" if c.disjoint else
-        "something newly fails" if c.newly_failing else
-        f"{len(c.slower)} benchmark(s) slower" if c.slower else "nothing newly fails"))
-    return "\n".join(lines)

@@ -19,7 +19,9 @@ from pathlib import Path
 from conformance.record import RunRecord, results_path
 
 from . import baselines
-from .compare import Comparison, compare_runs, format_text, partition, perf_of
+from .benchfiles import partition, perf_of
+from .compare import Comparison, compare_runs
+from .comparetext import format_text
 
 
 @dataclass
@@ -48,7 +50,7 @@ def gate_run(run_path: str | Path, store: Path, *, suite: str | None = None,
 
     pinned_dir = baselines.pinned(store, key, scale) if scale else None
     if baseline_benchmark is not None:
-        from .compare import load_benchmark
+        from .benchfiles import load_benchmark
 
         base_perf, pinned_label = load_benchmark(baseline_benchmark), baseline_benchmark
     elif pinned_dir is not None:
@@ -112,7 +114,7 @@ def gate_run(run_path: str | Path, store: Path, *, suite: str | None = None,
 
 
 def perf_of_file(path: Path) -> dict:
-    from .compare import load_benchmark
+    from .benchfiles import load_benchmark
 
     return load_benchmark(path)
 

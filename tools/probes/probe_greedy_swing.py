@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 import conformance.selftest.plants as plants
-from conformance.model.conftest import prompt_ids
 from conformance.model.harness import our_model, resolve_model
+from conformance.model.prompts import prompt_ids
 
 plant = sys.argv[1]
 if plant != "-":
