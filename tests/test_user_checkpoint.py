@@ -103,9 +103,11 @@ def test_rope_tables_cover_the_cache_not_every_position(tmp_path: Path) -> None:
     model_dir = _copy("gqa", tmp_path)
     _edit_config(model_dir, max_position_embeddings=2**20)
     model = _load(model_dir)
-    # Built for what a cache can hold (max_cache_len 2048), not for 2^20 positions.
-    assert model.max_cache_len == 2048 and model.rotary_emb.rows == 2048
+    # The model holds every position the checkpoint allows (issue 33), but its tables and a
+    # default cache are built for 2048 of them, not for 2^20.
+    assert model.max_cache_len == 2**20 and model.rotary_emb.rows == 2048
     assert model.rotary_emb.sin.shape == (2048, model.config.head_dim // 2)
+    assert model.new_cache(1).max_len == 2048
     small = _load(model_dir, max_cache_len=16)
     assert small.rotary_emb.rows == 16
     # Explicit positions beyond the table grow it; the numbers are those of a big table.

@@ -168,11 +168,13 @@ class Supervisor:
         op, last_call = parse_traceback(text)
         in_flight = _read_mark(self.crash_file.with_suffix(".call"))
         if in_flight is not None:
-            # faulthandler's dump can be cut short (two threads faulting at once); the
-            # call marked before it was made is always there.
+            # faulthandler's dump can be cut short or garbled (two threads faulting at
+            # once: the innermost frame lost, so the first readable one is the op's Python
+            # wrapper, not a C call); the call marked before it was made is always there.
             name, tensors = in_flight
             op = op or _py_op_name(name)
-            if last_call is None or "interleaved" in last_call:
+            if last_call is None or "interleaved" in last_call or \
+                    not last_call.startswith("infini"):
                 last_call = f"infiniop{name} ({tensors})"
         crash = Crash(signal=sig, exit_code=code, timeout=timed_out, op=op,
                       last_call=last_call, traceback=_trim(text))
@@ -311,7 +313,9 @@ def _trim(text: str) -> str:
     return "\n".join(keep)[:MESSAGE_LIMIT]
 
 
-_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
+# A function name ends at whitespace, or where a second thread's header was written straight
+# after it (two threads faulting at once: "... in _computeThread 0x7f... (most recent ...").
+_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+?)(?=Thread 0x|Current thread|\s|$)')
 _MEMORY_CALLS = {"memcpy": "infinirtMemcpy", "__init__": "infinirtMalloc",
                  "free": "infinirtFree", "synchronize": "infinirtDeviceSynchronize",
                  "activate": "infinirtSetDevice", "handle": "infiniopCreateHandle",

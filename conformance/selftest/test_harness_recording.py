@@ -309,3 +309,18 @@ def test_strict_any_defect_that_shows_nowhere_fails_a_full_run(pytester):
     failed = [r for r in doc["results"] if r["status"] == "failed"]
     assert [r["nodeid"] for r in failed] == ["known_defects.toml::demo-any"]
     assert "XPASS, strict = 'any'" in failed[0]["message"]
+
+
+def test_a_crash_dump_with_a_second_threads_header_glued_on_names_the_call():
+    """Two threads faulting at once can write the second thread's header straight after
+    the first one's function name (CI, 2026-12-07: "_computeThread"); the call is still
+    the op's C function, not a name made of the two."""
+    from conformance.plugin.supervisor import parse_traceback
+
+    dump = ('Fatal Python error: Segmentation fault\n\nThread 0x00007f01 (most recent call '
+            'first):\n  File "/x/infinilm_models/runtime/ops/_base.py", line 257 in _compute'
+            'Thread 0x00007f02 (most recent call first):\n'
+            '  File "/x/infinilm_models/runtime/ops/gemm.py", line 40 in gemm\n')
+    assert parse_traceback(dump) == ("gemm", "infiniopGemm (_base.py:257 _compute)")
+    plain = dump.replace("_computeThread", "_compute\nThread")
+    assert parse_traceback(plain) == ("gemm", "infiniopGemm (_base.py:257 _compute)")

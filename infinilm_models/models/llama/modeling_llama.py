@@ -93,6 +93,11 @@ def cache_limit(config: LlamaConfig, max_cache_len: int | None) -> int:
     return wanted if limit is None else min(wanted, limit)
 
 
+def default_cache_len(max_cache_len: int) -> int:
+    """What is allocated when no length is asked for: the model's limit, at most 2048."""
+    return min(max_cache_len, DEFAULT_MAX_CACHE_LEN)
+
+
 def _max_cache_len(value: int | None) -> int:
     """None means the default; anything else must be a positive integer (0 once silently
     meant the default, and a negative length was accepted until generate failed)."""
@@ -123,10 +128,11 @@ class LlamaForCausalLM:
         # A cache cannot hold a position the model does not accept (dynamic RoPE accepts
         # any: the cache length is its limit).
         self.max_cache_len = cache_limit(config, max_cache_len)
-        # Tables for the positions a cache can hold; a forward with explicit position ids
-        # beyond them grows them (rope.py).
+        # Tables for the positions a default cache holds; a forward beyond them grows them
+        # (rope.py): memory follows the positions used, not the checkpoint's limit (2^31 - 1
+        # positions would be a 16 GiB table).
         self.rotary_emb = LlamaRotaryEmbedding(
-            config, device, dtype, self.max_cache_len,
+            config, device, dtype, default_cache_len(self.max_cache_len),
             config.position_limit or max(self.max_cache_len, config.max_position_embeddings))
         # HF LLaMA's rotate_half pairs dimension i with i + head_dim / 2: GPT-NeoX style.
         self.rope_algo = ops.RoPEAlgo.GPT_NEOX
@@ -182,8 +188,11 @@ class LlamaForCausalLM:
         self._scratch_caches.clear()
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """A KV cache of `max_len` positions per row (default: the model's max_cache_len, at
+        most 2048, so that a checkpoint allowing millions of positions does not allocate them
+        all; pass a larger `max_len`, up to max_cache_len, for a longer context)."""
         batch_size = check_int(batch_size, "batch_size", minimum=1)
-        max_len = (self.max_cache_len if max_len is None
+        max_len = (default_cache_len(self.max_cache_len) if max_len is None
                    else check_int(max_len, "max_len", minimum=1))
         if max_len > self.max_cache_len:
             raise CacheOverflowError(
