@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..llama.configuration import LlamaConfig
 from ..qwen2.configuration import Qwen2Config
 
 
@@ -30,13 +31,9 @@ class Qwen3Config(Qwen2Config):
         out["head_dim"] = d.get("head_dim", 128)  # null: derived, as in LLaMA
         return out
 
-    @property
-    def qkv_bias(self) -> bool:
-        return self.attention_bias
-
-    @property
-    def o_bias(self) -> bool:
-        return self.attention_bias
+    # The projections' bias follows attention_bias, as LLaMA's (Qwen2's is fixed).
+    qkv_bias = LlamaConfig.qkv_bias
+    o_bias = LlamaConfig.o_bias
 
     @property
     def qk_norm(self) -> bool:
