@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conformance.report.cli import main
-from conformance.report.perfstats import judge, mann_whitney_greater
+from conformance.report.perfstats import _u_statistic, judge, mann_whitney_greater
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ("conformance/perf/test_perf_ops.py", "-k", "kv_proj-prefill32-b1 and infinicore")
@@ -75,6 +76,17 @@ def _brute_force_p(x: list[float], y: list[float]) -> float:
 ])
 def test_mann_whitney_exact_tail_matches_enumeration(x, y):
     assert mann_whitney_greater(x, y) == pytest.approx(_brute_force_p(x, y))
+
+
+def test_u_from_midranks_is_the_pairwise_count_ties_included():
+    """The rank-sum U (perfstats: O(n log n), for benchmarks of tens of thousands of
+    rounds) is the definition's pairwise count, ties one half, on samples full of ties."""
+    rng = random.Random(7)
+    for _ in range(200):
+        x = [rng.choice([1.0, 2.0, 2.5, 3.0, rng.random()]) for _ in range(rng.randint(1, 25))]
+        y = [rng.choice([1.0, 2.0, 3.0, rng.random()]) for _ in range(rng.randint(1, 25))]
+        pairs = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in x for b in y)
+        assert _u_statistic(x, y) == pytest.approx(pairs, abs=1e-9), (x, y)
 
 
 def test_judge_needs_both_the_factor_and_the_rounds():

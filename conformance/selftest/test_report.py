@@ -616,13 +616,17 @@ def test_sum(benchmark):
     for i in range(2):
         f = tmp_path / f"bench{i}.json"
         r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist",
-                                          f"--benchmark-json={f}",
+                                          f"--benchmark-json={f}", "--benchmark-max-time=0.2",
                                           f"--report-dir={pytester.path / 'reports'}")
         assert r.ret == 0
         files.append(f)
     out = tmp_path / "cmp.json"
+    # Two real timings of one benchmark differ by noise (one in three CI runs, a shift
+    # the rank test resolves over thousands of rounds): this test is about reading the
+    # files, so no tolerance a noisy machine can break (test_perf_gate.py tests the gate).
     rc = main(["compare", str(op_runs["f32"]), str(op_runs["f32"]), "--benchmark",
-               str(files[1]), "--baseline-benchmark", str(files[0]), "--json", str(out)])
+               str(files[1]), "--baseline-benchmark", str(files[0]), "--json", str(out),
+               "--perf-tolerance", "1000"])
     assert rc == 0
     (p,) = json.loads(out.read_text())["perf"]
     medians = [json.loads(f.read_text())["benchmarks"][0]["stats"]["median"] for f in files]
