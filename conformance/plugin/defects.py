@@ -74,6 +74,9 @@ class KnownDefect:
     builds: tuple[str, ...] = ()  # build keys it was observed on (pypi:0.1.0, git:<commit>)
     vouched: bool = True  # False: applied to a build the table has not seen
     parts: tuple[KnownDefect, ...] = ()  # the entries a merged one stands for
+    # the table it was read from, named where a fix asks for its removal (a vendor's own
+    # table stacked on ours: the entry to remove is in theirs)
+    table: str = "known_defects.toml"
 
     def __post_init__(self) -> None:
         if self.kind == "crash":
@@ -278,7 +281,8 @@ def load(path: Path) -> list[KnownDefect]:
             envelope_by_model=by_model,
             applies_to=tuple(applies if isinstance(applies, list) else [applies]),
             strict=strict, derivation=e.get("derivation", ""),
-            builds=_build_keys(where, e["builds"]) if "builds" in e else ()))
+            builds=_build_keys(where, e["builds"]) if "builds" in e else (),
+            table=str(path)))
     return out
 
 
@@ -453,5 +457,6 @@ def merge(found: list[KnownDefect]) -> KnownDefect:
         applies_to=applies, strict=strict,
         derivation="\n\n".join(d.derivation for d in found if d.derivation),
         crash="crash" in kinds, builds=tuple(dict.fromkeys(k for d in found for k in d.builds)),
+        table=", ".join(dict.fromkeys(d.table for d in found)),
         vouched=all(d.vouched for d in found),
         parts=tuple(p for d in found for p in (d.parts or (d,))))

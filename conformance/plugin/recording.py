@@ -131,7 +131,7 @@ def decide(report: pytest.TestReport, call: pytest.CallInfo, comparisons: list[C
     if defect is not None and defect.strict == "each":
         return "failed", (f"known defect {defect.id} no longer shows (XPASS, strict): every "
                           "comparison is within its normal bound; remove it from "
-                          "known_defects.toml if InfiniCore was fixed")
+                          f"{defect.table} if InfiniCore was fixed")
     return "passed", ""
 
 

@@ -94,8 +94,8 @@ def settle_strict_any(run: RunRecord, config: pytest.Config) -> list[CheckRecord
                 nodeid=f"known_defects.toml::{d.id}", check="known_defects", test=d.id,
                 status="failed", known_defect=DefectRef(**d.ref()),
                 message=f"known defect {d.id} no longer shows in any of the {len(ran)} checks "
-                        "it covers that ran (XPASS, strict = 'any'); remove it from "
-                        "known_defects.toml if InfiniCore was fixed"))
+                        f"it covers that ran (XPASS, strict = 'any'); remove it from "
+                        f"{d.table} if InfiniCore was fixed"))
     return extra
 
 

@@ -161,6 +161,8 @@ def test_a_vendor_table_keyed_by_libs_and_exports_applies_strictly(tmp_path: Pat
     assert beta0["known_defect"]["reason"] == "vendor beta0"
     clean = by_id[CLEAN_CHECK]
     assert clean["status"] == "failed" and "XPASS" in clean["message"], clean["message"]
+    # the fix asks for the entry's removal from the table it is in: the vendor's
+    assert f"remove it from {vendor} if" in clean["message"], clean["message"]
     tables = doc["environment"]["policy"]["known_defects"]
     assert [(Path(t["file"]).name, t["shipped"], t["overrides"]) for t in tables] == [
         ("known_defects.toml", True, []), ("vendor.toml", False, [BETA0])]
