@@ -24,6 +24,25 @@ UPSTREAM_ENV = "INFINILM_UPSTREAM_SOURCE"
 DEVICE_ENV = "INFINILM_DEVICE"
 
 
+# This project's layout: the upstream snapshot beside the checkout (.ci/run points the
+# variable at it).
+PROJECT_UPSTREAM = Path(__file__).resolve().parents[1].parent / "shared" / "infinicore"
+NOT_CONFIGURED = (f"unsupported: upstream InfiniCore not configured ({UPSTREAM_ENV} is not "
+                  "set and there is no ../shared/infinicore): set it to an upstream source "
+                  "tree or tarball to check upstream too")
+
+
+def upstream_source() -> Path | None:
+    """The upstream source the tests read, by the upstream run's rule: $INFINILM_UPSTREAM_
+    SOURCE when set (a path that does not exist is returned as is: the caller fails on it,
+    as the run does), else this project's ../shared/infinicore where it exists, else None:
+    not configured, which is not an error, under CI too (plain `tox` on any clone)."""
+    src = os.environ.get(UPSTREAM_ENV, "").strip()
+    if src:
+        return Path(src).expanduser()
+    return PROJECT_UPSTREAM if PROJECT_UPSTREAM.exists() else None
+
+
 def _build_command(backend: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "infinilm_models.runtime.build", "--backend", backend,
             *extra]

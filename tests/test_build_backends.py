@@ -10,11 +10,11 @@ import os
 import shlex
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
+from conformance.ci import NOT_CONFIGURED, upstream_source
 from infinilm_models.build import backends, cli, config, install, recipe, source, vendor, xmake
 from infinilm_models.build.errors import BuildError
 from infinilm_models.build.fetch import fetch_sdist, unpack
@@ -49,21 +49,14 @@ SDK_VARIABLE = {"cambricon": "NEUWARE_HOME", "ascend": "ASCEND_TOOLKIT_HOME",
                 "metax": "MACA_HOME", "moore": "MUSA_HOME", "kunlun": "KUNLUN_HOME"}
 
 
-def _upstream() -> Path:
-    return Path(os.environ.get("INFINILM_UPSTREAM_SOURCE")
-                or REPO.parent / "shared" / "infinicore")
-
-
-def _trees() -> list[str]:
+def _trees() -> list:
     """The real trees to read. 0.1.0 is always there: the build tool's own copy of the
     sdist (fetched through pip's index configuration when absent, as a build does).
-    Upstream, absent: under CI (the CI variable set) a failing case, as tox's upstream run
-    fails; elsewhere not collected, with a warning, as that run is skipped."""
-    if _upstream().exists() or os.environ.get("CI", "").lower() not in ("", "0", "false"):
+    Upstream where configured (conformance.ci.upstream_source: the upstream run's rule);
+    not configured, its cases are recorded unsupported with the reason, under CI too."""
+    if upstream_source() is not None:
         return ["0.1.0", "upstream"]
-    warnings.warn(f"no upstream InfiniCore at {_upstream()} (set INFINILM_UPSTREAM_SOURCE): "
-                  "its backends' configurations are not checked", stacklevel=1)
-    return ["0.1.0"]
+    return ["0.1.0", pytest.param("upstream", marks=pytest.mark.skip(reason=NOT_CONFIGURED))]
 
 
 @pytest.fixture(scope="module", params=_trees())
@@ -73,9 +66,10 @@ def tree(request: pytest.FixtureRequest,
     if request.param == "0.1.0":
         path = fetch_sdist(cache_home() / "sdist")
     else:
-        path = _upstream()
-        if not path.exists():
-            pytest.fail(f"no upstream InfiniCore at {path}: set INFINILM_UPSTREAM_SOURCE")
+        path = upstream_source()
+        if path is None or not path.exists():
+            pytest.fail(f"no upstream InfiniCore at {path}: INFINILM_UPSTREAM_SOURCE names "
+                        "a path that does not exist")
     src = source.resolve(path)
     return request.param, src, unpack(src, tmp_path_factory.mktemp(f"tree-{request.param}"))
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conformance.ci import NOT_CONFIGURED, upstream_source
 from infinilm_models.runtime import Device, discovery, library
 from infinilm_models.runtime.capabilities import (
     DEVICE_TABLES,
@@ -32,17 +33,13 @@ UPSTREAM = {"cpu": 0, "nvidia": 1, "cambricon": 2, "ascend": 3, "metax": 4, "moo
 RELEASE_010 = {**{k: v for k, v in UPSTREAM.items() if v < 8}, "sugon": 8}
 
 
-def _upstream_sources() -> list[Path]:
-    env = os.environ.get("INFINILM_UPSTREAM_SOURCE")
-    return ([Path(env)] if env else []) + [ROOT.parent / "shared" / "infinicore"]
-
-
 @pytest.fixture(scope="module")
 def upstream_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prefix holding upstream's installed header: the build in hand when it is an
     upstream one, else a cached upstream build, else a prefix made of the header of the
-    upstream source snapshot ($INFINILM_UPSTREAM_SOURCE, default ../shared/infinicore: the
-    file its build installs)."""
+    upstream source (conformance.ci.upstream_source: $INFINILM_UPSTREAM_SOURCE, else
+    ../shared/infinicore; the file its build installs). None of these: not configured,
+    recorded unsupported with the reason, as the upstream run leaves itself out."""
     build = current_build()
     if "hygon" in device_table(build.root).codes:
         return build.root
@@ -51,22 +48,22 @@ def upstream_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (prefix / "include" / "infinicore.h").is_file() and \
                 "hygon" in device_table(prefix).codes:
             return prefix
-    for src in _upstream_sources():
-        for tar in sorted(src.glob("*.tar.gz")) if src.is_dir() else []:
-            with tarfile.open(tar) as t:
-                member = next((m for m in t if m.name.endswith("/include/infinicore.h")),
-                              None)
-                if member is None:
-                    continue
-                prefix = tmp_path_factory.mktemp("upstream")
-                (prefix / "include").mkdir()
-                (prefix / "include" / "infinicore.h").write_bytes(t.extractfile(member).read())
-                return prefix
-        header = src / "include" / "infinicore.h"
-        if header.is_file():
-            return src
-    pytest.fail("no upstream InfiniCore header: set INFINILM_UPSTREAM_SOURCE to the upstream "
-                f"source (looked in {[str(s) for s in _upstream_sources()]})")
+    src = upstream_source()
+    if src is None:
+        pytest.skip(NOT_CONFIGURED)
+    for tar in sorted(src.glob("*.tar.gz")) if src.is_dir() else []:
+        with tarfile.open(tar) as t:
+            member = next((m for m in t if m.name.endswith("/include/infinicore.h")), None)
+            if member is None:
+                continue
+            prefix = tmp_path_factory.mktemp("upstream")
+            (prefix / "include").mkdir()
+            (prefix / "include" / "infinicore.h").write_bytes(t.extractfile(member).read())
+            return prefix
+    if (src / "include" / "infinicore.h").is_file():
+        return src
+    pytest.fail(f"no upstream InfiniCore header in {src} (INFINILM_UPSTREAM_SOURCE or "
+                "../shared/infinicore: an upstream source tree or tarball)")
 
 
 @pytest.fixture(scope="module")

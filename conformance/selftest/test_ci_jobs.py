@@ -73,6 +73,27 @@ def test_plain_tox_cpu_runs_upstream_only_when_configured_and_passes_under_ci(tm
         assert f"INFINILM_UPSTREAM_SOURCE={missing}: no such file" in proc.stderr
 
 
+def test_the_tests_that_read_upstream_follow_the_runs_rule(monkeypatch, tmp_path):
+    """The unit tests that read upstream's tree (device names, build configurations) take
+    their source by the upstream run's rule (conformance.ci.upstream_source): the variable
+    when set, a missing path included (they then fail, as the run does); else this
+    project's ../shared/infinicore; else none, and they are recorded unsupported, under CI
+    too. They once failed a fresh clone's `CI=true tox -e cpu` with 34 errors."""
+    from conformance import ci
+
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("INFINILM_UPSTREAM_SOURCE", str(tmp_path / "missing"))
+    assert ci.upstream_source() == tmp_path / "missing"
+    monkeypatch.delenv("INFINILM_UPSTREAM_SOURCE")
+    monkeypatch.setattr(ci, "PROJECT_UPSTREAM", tmp_path / "shared" / "infinicore")
+    assert ci.upstream_source() is None and ci.NOT_CONFIGURED.startswith("unsupported: ")
+    (tmp_path / "shared" / "infinicore").mkdir(parents=True)
+    assert ci.upstream_source() == tmp_path / "shared" / "infinicore"
+    for test in ("tests/test_build_backends.py", "tests/test_device_names.py"):
+        text = (ROOT / test).read_text()
+        assert "upstream_source()" in text and "NOT_CONFIGURED" in text, test
+
+
 def test_ci_run_configures_the_upstream_source_and_runs_the_readme_command():
     text = (ROOT / ".ci" / "run").read_text()
     assert 'INFINILM_UPSTREAM_SOURCE="${INFINILM_UPSTREAM_SOURCE-$PWD/../shared/infinicore}"' \
